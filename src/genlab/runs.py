@@ -1,0 +1,93 @@
+"""The run-directory contract in one place.
+
+A run directory holds `.hydra/config.yaml` (the resolved config), `summary.json` (flat final
+metrics plus status, seed, git_commit, fid_extractor), `metrics.csv`, `checkpoints/`, `samples/*.png`
+and `wandb/`. Everything that reads or writes these files goes through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SUMMARY = "summary.json"
+STATUSES = ("ok", "failed", "diverged", "running")
+
+
+class RunReadError(RuntimeError):
+    """A run directory's file is missing, truncated or not what genlab wrote."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):  # tensors and numpy scalars
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them readable instead of dropping them
+    return v
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write summary.json atomically; keys sorted, values plain JSON."""
+    if summary.get("status") not in STATUSES:
+        raise ValueError(f"summary status must be one of {STATUSES}, got {summary.get('status')!r}")
+    path = Path(run_dir) / SUMMARY
+    atomic_write_text(path, json.dumps({k: _jsonable(v) for k, v in summary.items()},
+                                       indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise RunReadError(f"{path}: missing") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunReadError(f"{path}: corrupt or truncated ({e})") from e
+    if not isinstance(data, dict) or "status" not in data:
+        raise RunReadError(f"{path}: not a genlab summary (no 'status' key)")
+    return data
+
+
+def find_runs(*roots: str | Path) -> list[Path]:
+    """Every run directory (a folder with .hydra/config.yaml) under the given roots, sorted."""
+    found: set[Path] = set()
+    for root in map(Path, roots):
+        if (root / ".hydra" / "config.yaml").is_file():
+            found.add(root)
+        found.update(p.parent.parent for p in root.glob("**/.hydra/config.yaml"))
+    return sorted(found)
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of genlab's source tree (with '+dirty' when it has uncommitted changes)."""
+    here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
