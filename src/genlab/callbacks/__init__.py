@@ -1,0 +1,1 @@
+"""Lightning callbacks: sample grids, divergence guard, gradient noise, periodic evaluation."""

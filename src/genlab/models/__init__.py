@@ -1,0 +1,1 @@
+"""LightningModules, one per model family; variants are options, not subclasses."""

@@ -1,0 +1,190 @@
+"""Variational auto-encoder and its variants as options on one LightningModule.
+
+Units: every ELBO, reconstruction term, KL and log-likelihood is in nats per image, summed over
+pixels and latent dimensions and averaged over images. Higher ELBO and log-likelihood are better;
+KL is >= 0.
+
+Options: beta weights the KL term in the training loss (beta=1 is the plain VAE; the logged
+train/elbo is always the beta=1 bound so runs with different beta compare on one scale);
+iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016; eps chooses the
+reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
+family, so its KL is a Monte-Carlo estimate with the uniform density rather than the Gaussian
+closed form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from genlab.config import require, require_choice, require_nonnegative, require_positive
+from genlab.models.common import eval_means, interleave, log_eval
+from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
+from genlab.nets import ConvDecoder, ConvEncoder
+
+EPS = ("gaussian", "uniform")
+SQRT3 = math.sqrt(3.0)
+LOG_2PI = math.log(2 * math.pi)
+
+
+class VAE(pl.LightningModule):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int = 16,
+        beta: float = 1.0,
+        likelihood: str = "bernoulli",
+        std: float = 0.1,
+        learn_std: bool = False,
+        eps: str = "gaussian",
+        iwae_k: int = 1,
+        loglik_samples: int = 1000,
+        loglik_chunk: int = 8192,
+        lr: float = 1e-3,
+        base_channels: int = 32,
+        n_grid: int = 64,
+    ):
+        super().__init__()
+        require_positive(latent_dim, "model.latent_dim", integer=True)
+        require_nonnegative(beta, "model.beta")
+        require_choice(likelihood, "model.likelihood", LIKELIHOODS)
+        require_positive(std, "model.std")
+        require_choice(eps, "model.eps", EPS)
+        require_positive(iwae_k, "model.iwae_k", integer=True)
+        require(iwae_k == 1 or beta == 1, "model.beta",
+                "1 when model.iwae_k > 1 (the importance-weighted bound has no KL weight)", beta)
+        require(isinstance(loglik_samples, int) and loglik_samples >= 0, "model.loglik_samples",
+                "an integer >= 0 (0 skips the test log-likelihood)", loglik_samples)
+        require_positive(loglik_chunk, "model.loglik_chunk", integer=True)
+        require_positive(lr, "model.lr")
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.encoder = ConvEncoder(image_shape, 2 * latent_dim, base_channels)
+        self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
+        self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
+        self.means = eval_means(["elbo", "recon", "kl", "loglik"])
+        # a fixed latent batch so sample grids of one run are comparable across epochs
+        self.register_buffer("fixed_z", torch.randn(n_grid, latent_dim,
+                                                    generator=torch.Generator().manual_seed(0)),
+                             persistent=False)
+
+    # -- the model ----------------------------------------------------------------------------
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation of q(z | x), each [B, D]."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+
+    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None) -> Tensor:
+        """Reparameterised z = mu + std * eps, shape [B, D] or [k, B, D]; eps has unit variance."""
+        shape = mu.shape if k is None else (k, *mu.shape)
+        if self.hparams.eps == "gaussian":
+            e = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+        else:
+            e = (torch.rand(shape, device=mu.device, dtype=mu.dtype) * 2 - 1) * SQRT3
+        return mu + std * e
+
+    def log_q(self, z: Tensor, mu: Tensor, std: Tensor) -> Tensor:
+        """log q(z | x) summed over latent dimensions."""
+        if self.hparams.eps == "gaussian":
+            return (-0.5 * ((z - mu) / std) ** 2 - std.log() - 0.5 * LOG_2PI).sum(-1)
+        inside = ((z - mu).abs() <= SQRT3 * std * (1 + 1e-5)).all(-1)
+        log_density = -(torch.log(2 * SQRT3 * std)).sum(-1).expand_as(inside)
+        return torch.where(inside, log_density, torch.full_like(log_density, -math.inf))
+
+    @staticmethod
+    def log_prior(z: Tensor) -> Tensor:
+        return (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def recon_log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        return log_likelihood(x, out, self.hparams.likelihood, self.log_std)
+
+    def elbo_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Single-sample ELBO terms per image: recon = log p(x|z), kl = KL(q(z|x) || p(z))."""
+        mu, std = self.posterior(x)
+        z = self.sample_z(mu, std)
+        recon = self.recon_log_likelihood(x, self.decode(z))
+        if self.hparams.eps == "gaussian":
+            kl = 0.5 * (mu**2 + std**2 - 1 - 2 * std.log()).sum(1)
+        else:
+            kl = self.log_q(z, mu, std) - self.log_prior(z)
+        return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i: [k, B]."""
+        mu, std = self.posterior(x)
+        z = self.sample_z(mu, std, k)
+        out = self.decode(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
+        recon = self.recon_log_likelihood(x.expand(k, *x.shape).flatten(0, 1),
+                                          out.flatten(0, 1)).view(k, -1)
+        return recon + self.log_prior(z) - self.log_q(z, mu, std)
+
+    def iwae_bound(self, x: Tensor, k: int) -> Tensor:
+        """log (1/k) sum_i w_i, the importance-weighted bound per image [B]; k=1 is the ELBO."""
+        return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
+
+    @torch.no_grad()
+    def log_likelihood_estimate(self, x: Tensor, k: int) -> Tensor:
+        """Importance-sampled log p(x) with k samples from q(z|x), in chunks that fit memory.
+        A stochastic lower bound that tightens as k grows; always >= the ELBO in expectation."""
+        per_chunk = max(1, self.hparams.loglik_chunk // x.shape[0])
+        chunks = [self.log_weights(x, min(per_chunk, k - i)) for i in range(0, k, per_chunk)]
+        return torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(k)
+
+    @torch.no_grad()
+    def generate(self, n: int, z: Tensor | None = None) -> Tensor:
+        """n images from the prior, as decoder means in [0, 1]."""
+        if z is None:
+            z = torch.randn(n, self.hparams.latent_dim, device=self.device)
+        return mean_image(self.decode(z), self.hparams.likelihood)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return mean_image(self.decode(self.posterior(x)[0]), self.hparams.likelihood)
+
+    @torch.no_grad()
+    def interpolate(self, a: Tensor, b: Tensor, steps: int = 10) -> Tensor:
+        """Decoded straight lines between the posterior means of a[i] and b[i]: [len(a)*steps, ...]."""
+        za, zb = self.posterior(a)[0], self.posterior(b)[0]
+        t = torch.linspace(0, 1, steps, device=za.device).view(1, steps, 1)
+        z = (za.unsqueeze(1) * (1 - t) + zb.unsqueeze(1) * t).flatten(0, 1)
+        return mean_image(self.decode(z), self.hparams.likelihood)
+
+    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
+        """Images for the sample-grid callback: prior samples and reconstructions."""
+        n = min(len(real), len(self.fixed_z))
+        return {"prior": self.generate(n, self.fixed_z[:n]),
+                "reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        if self.hparams.iwae_k > 1:
+            bound = self.iwae_bound(x, self.hparams.iwae_k)
+            loss, elbo = -bound.mean(), None
+        else:
+            t = self.elbo_terms(x)
+            loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
+            elbo = t["elbo"].mean()
+        self.log("train/loss", loss, prog_bar=True)
+        if elbo is not None:
+            self.log("train/elbo", elbo.detach())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        log_eval(self, "val", self.elbo_terms(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        x = batch[0]
+        values = self.elbo_terms(x)
+        if self.hparams.loglik_samples:
+            values["loglik"] = self.log_likelihood_estimate(x, self.hparams.loglik_samples)
+        log_eval(self, "test", values)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
