@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks.guard import DivergedError
-from genlab.runs import git_commit, write_summary
+from genlab.runs import git_commit, read_checkpoint, write_summary
 
 log = logging.getLogger("genlab")
 
@@ -31,21 +31,19 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None]
 
 
-def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items()
-            if k.startswith(("val/", "test/")) and v.numel() == 1}
-
-
 def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
     summary = {"status": "running", "seed": cfg.seed, "git_commit": git_commit(),
                "objective": cfg.objective.metric}
     if trainer.is_global_zero:
@@ -57,9 +55,11 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        summary.update(_final_metrics(trainer), status="ok", best_checkpoint=best or None)
+        # val/* and test/* in the summary both describe the best checkpoint
+        for results in (trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False),
+                        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)):
+            summary.update({k: float(v) for k, v in results[0].items()})
+        summary.update(status="ok", best_checkpoint=best or None)
     except DivergedError as e:
         summary.update(status="diverged", error=str(e))
         log.error("run diverged: %s", e)

@@ -52,7 +52,7 @@ class SampleGrids(pl.Callback):
         return paths
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.write(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")

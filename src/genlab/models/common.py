@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+
+
+class GenerativeModule(pl.LightningModule):
+    """What every genlab family provides, so callbacks, genlab-sample and the metrics treat all
+    families alike: `generate(n)` -> images in [0, 1], and `sample_grids(real)` -> named image
+    batches. Checkpoints also record the class and the data config, so a checkpoint alone is
+    enough for genlab-sample."""
+
+    data_config: dict | None = None  # set by genlab-train
+
+    def generate(self, n: int) -> Tensor:
+        raise NotImplementedError
+
+    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
+        return {"samples": self.generate(len(real))}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        cls = type(self)
+        checkpoint["genlab"] = {"model_class": f"{cls.__module__}.{cls.__qualname__}",
+                                "data": self.data_config}
 
 
 def eval_means(names: list[str], stages=("val", "test")) -> nn.ModuleDict:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.models.common import eval_means, interleave, log_eval
+from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
 
@@ -30,7 +29,7 @@ SQRT3 = math.sqrt(3.0)
 LOG_2PI = math.log(2 * math.pi)
 
 
-class VAE(pl.LightningModule):
+class VAE(GenerativeModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int],

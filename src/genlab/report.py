@@ -1,0 +1,459 @@
+"""genlab-report: run directories -> a results table (markdown and CSV) and figures.
+
+    genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
+                  [--group-by model.d_mode corruption.kind ...] [--x KEY] [--step-metric val/elbo]
+
+Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
+`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/*.png`. Runs are grouped into
+configurations; a configuration is a run's command-line overrides without `seed` and `hydra.*`
+(so the seeds of one setting fall together), or, with --group-by, the values of the given dotted
+config keys. For every configuration and metric it reports mean, standard deviation (n-1) and
+the number of ok seeds; failed, diverged and running runs are counted apart and never averaged.
+FID-like metrics are split by the feature extractor that produced them, so "val/fid" becomes
+"val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
+
+A file that cannot be read (corrupt summary, malformed metrics.csv, broken PNG) is named on stderr
+and in summary.md, and the report goes on; the exit status is 2 only when no run could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import yaml
+from matplotlib.figure import Figure
+
+from genlab import runs
+
+# Metrics computed in some feature space: only comparable under the same extractor.
+FEATURE_METRIC = re.compile(r"(fid|kid|isc?|inception_score|precision|recall|prc)(_|$)")
+MISSING = "(missing)"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    overrides: list[str]
+    summary: dict[str, Any]
+    values: dict[str, float]  # column name -> value, FID-like columns already split by extractor
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+    @property
+    def seed(self) -> Any:
+        return self.summary.get("seed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genlab-report", description="Run directories -> a results table (markdown and CSV) and figures.")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the report")
+    parser.add_argument("--metrics", nargs="+", metavar="M",
+                        help="metrics to report (default: every metric in the summaries)")
+    parser.add_argument("--group-by", nargs="+", metavar="KEY",
+                        help="dotted config keys that define a configuration "
+                             "(default: the overrides without seed and hydra.*)")
+    parser.add_argument("--x", metavar="KEY",
+                        help="dotted config key to put on the x axis of a metric-vs-value figure")
+    parser.add_argument("--step-metric", default="val/elbo", metavar="M",
+                        help="metric from metrics.csv to plot against training step")
+    args = parser.parse_args(argv)
+
+    skipped: list[str] = []
+    loaded = load_runs(args.dirs, skipped)
+    if not loaded:
+        print(f"genlab-report: error: no run could be read under {' '.join(args.dirs)} "
+              "(a run directory holds .hydra/config.yaml and summary.json)", file=sys.stderr)
+        return 2
+
+    groups = group_runs(loaded, args.group_by)
+    columns = metric_columns(loaded, args.metrics)
+    rows = table_rows(groups, columns, args.group_by)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "summary.csv", rows)
+    figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
+    if args.x:
+        figures += [plot_against(args.out, loaded, args.group_by, args.x, col) for col in columns]
+    figures.append(plot_samples(args.out, groups, skipped))
+    write_markdown(args.out / "summary.md", args, loaded, rows, columns,
+                   [f for f in figures if f], skipped)
+    print(f"genlab-report: {len(loaded)} runs, {len(groups)} configurations -> {args.out}")
+    return 0
+
+
+def skip(skipped: list[str], what: str) -> None:
+    """Record an unreadable file ("PATH: reason"); it is printed now and listed in summary.md."""
+    line = f"skipped: {what}"
+    skipped.append(line)
+    print(line, file=sys.stderr)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def load_runs(dirs: list[str], skipped: list[str]) -> list[Run]:
+    for d in dirs:
+        if not Path(d).exists():
+            skip(skipped, f"{d}: does not exist")
+    loaded = []
+    for path in runs.find_runs(*dirs):
+        try:
+            config = _read_yaml(path / ".hydra" / "config.yaml", dict)
+            overrides_file = path / ".hydra" / "overrides.yaml"
+            overrides = _read_yaml(overrides_file, list) if overrides_file.is_file() else []
+            summary = runs.read_summary(path)
+        except (runs.RunReadError, _Unreadable) as e:  # both say "PATH: reason"
+            skip(skipped, str(e))
+            continue
+        except OSError as e:  # permissions, a folder where a file should be
+            skip(skipped, f"{e.filename or path}: {e.strerror or e}")
+            continue
+        if summary["status"] not in runs.STATUSES:
+            skip(skipped, f"{path / runs.SUMMARY}: unknown status {summary['status']!r}")
+            continue
+        loaded.append(Run(path, config, [str(o) for o in overrides], summary,
+                          summary_values(summary)))
+    return loaded
+
+
+class _Unreadable(Exception):
+    """A file the report cannot use; the message is "PATH: reason"."""
+
+
+def _read_yaml(path: Path, kind: type) -> Any:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise _Unreadable(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if data is None:
+        data = kind()
+    if not isinstance(data, kind):
+        raise _Unreadable(f"{path}: expected a YAML {kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def summary_values(summary: dict[str, Any]) -> dict[str, float]:
+    """Metric values from a flat summary, keyed by report column.
+
+    Metrics are the keys with a slash (val/elbo, test/fid); non-finite values were written as
+    strings ("nan") by runs.write_summary and come back as floats here.
+    """
+    values = {}
+    for key, v in summary.items():
+        if "/" not in key or isinstance(v, bool):
+            continue
+        try:
+            values[column_name(key, summary)] = float(v)
+        except (TypeError, ValueError):
+            continue  # a non-numeric entry under a metric-like name is not a metric
+    return values
+
+
+def column_name(metric: str, summary: dict[str, Any]) -> str:
+    if FEATURE_METRIC.match(metric.rsplit("/", 1)[-1]):
+        return f"{metric} [{summary.get('fid_extractor') or 'unknown extractor'}]"
+    return metric
+
+
+def lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# --- grouping and the table ----------------------------------------------------------------------
+
+Identity = tuple[tuple[str, str], ...]
+
+
+def identity(run: Run, group_by: list[str] | None) -> Identity:
+    if group_by:
+        return tuple((key, as_text(lookup(run.config, key))) for key in group_by)
+    pairs = []
+    for override in run.overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")  # "+x=1" and "++x=1" set the same key as "x=1"
+        if key == "seed" or key == "hydra" or key.startswith("hydra."):
+            continue
+        pairs.append((key, value))
+    return tuple(sorted(pairs))
+
+
+def label(ident: Identity) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ident) or "(defaults)"
+
+
+def _natural(ident: Identity) -> tuple:
+    """Sort key: numbers by value (beta=2 before beta=10), the rest as text."""
+    out = []
+    for key, value in ident:
+        try:
+            out.append((key, 0, float(value), ""))
+        except ValueError:
+            out.append((key, 1, 0.0, value))
+    return tuple(out)
+
+
+def group_runs(loaded: list[Run], group_by: list[str] | None) -> dict[Identity, list[Run]]:
+    groups: dict[Identity, list[Run]] = {}
+    for run in loaded:
+        groups.setdefault(identity(run, group_by), []).append(run)
+    for members in groups.values():  # so that "the first ok seed" is the lowest seed number
+        members.sort(key=lambda r: (not isinstance(r.seed, int),
+                                    r.seed if isinstance(r.seed, int) else 0, str(r.path)))
+    return dict(sorted(groups.items(), key=lambda item: _natural(item[0])))
+
+
+def metric_columns(loaded: list[Run], wanted: list[str] | None) -> list[str]:
+    """Columns found in ok runs; with --metrics, those metrics (each extractor its own column)."""
+    found = sorted({c for r in loaded if r.status == "ok" for c in r.values})
+    if not wanted:
+        return found
+    base = lambda c: c.split(" [", 1)[0]  # noqa: E731
+    columns = [c for m in wanted for c in found if base(c) == m]
+    # A requested metric that no ok run has still gets its (empty) column, so its absence shows.
+    columns += [m for m in wanted if not any(base(c) == m for c in found)]
+    return columns
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def table_rows(groups: dict[Identity, list[Run]], columns: list[str],
+               group_by: list[str] | None) -> list[dict[str, Any]]:
+    keys = group_by or sorted({k for ident in groups for k, _ in ident})
+    rows = []
+    for ident, members in groups.items():
+        row: dict[str, Any] = {"configuration": label(ident)}
+        row.update({k: dict(ident).get(k, "") for k in keys})
+        for status in runs.STATUSES:
+            row[f"n_{status}"] = sum(r.status == status for r in members)
+        ok = [r for r in members if r.status == "ok"]
+        for col in columns:
+            values = [r.values[col] for r in ok if col in r.values]
+            row[f"{col} mean"], row[f"{col} std"] = mean_std(values)
+            row[f"{col} n"] = len(values)
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})  # empty = no value
+    runs.atomic_write_text(path, text.getvalue())
+
+
+def fmt(x: float | None, digits: int = 5) -> str:
+    return "—" if x is None else f"{x:.{digits}g}"
+
+
+def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
+                   rows: list[dict[str, Any]], columns: list[str], figures: list[str],
+                   skipped: list[str]) -> None:
+    counts = ", ".join(f"{s} {sum(r.status == s for r in loaded)}" for s in runs.STATUSES)
+    grouping = (f"the values of {', '.join(args.group_by)}" if args.group_by
+                else "the run's overrides without seed and hydra.*")
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [
+        "# genlab report", "",
+        f"Runs read: {len(loaded)} ({counts}) from {', '.join(args.dirs)}.", "",
+        f"A configuration is {grouping}. Each cell is mean ± standard deviation (n-1) over the "
+        "ok seeds, with the number of seeds in brackets. Failed, diverged and running runs are "
+        "counted in their own columns and never averaged. FID-like metrics carry the feature "
+        "extractor in the column name; different extractors are never mixed.", "",
+        "| configuration | ok | failed | diverged | running | " + " | ".join(map(esc, columns)) + " |",
+        "|---" * (5 + len(columns)) + "|",
+    ]
+    for row in rows:
+        cells = [esc(row["configuration"])] + [str(row[f"n_{s}"]) for s in runs.STATUSES]
+        for col in columns:
+            mean, std, n = row[f"{col} mean"], row[f"{col} std"], row[f"{col} n"]
+            cells.append("—" if mean is None else
+                         f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if std is not None else f"{fmt(mean)} ({n})")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "## Figures", ""]
+    for name in figures:
+        lines += [f"![{name}]({name}.png) ([pdf]({name}.pdf))", ""]
+    if not args.x:
+        lines += ["Pass `--x KEY` for a metric-against-value figure.", ""]
+
+    not_ok = [r for r in loaded if r.status != "ok"]
+    if not_ok:
+        lines += ["", "## Runs not averaged", ""]
+        lines += [f"- {r.path}: {r.status} (seed {r.seed})" for r in not_ok]
+    if skipped:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {s}" for s in skipped]
+    runs.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", name).strip("_")
+
+
+def save(fig: Figure, out: Path, name: str) -> str:
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"{name}.{ext}", dpi=150)
+    return name
+
+
+def read_curve(path: Path, metric: str) -> dict[int, float]:
+    """step -> value of one metric from a Lightning CSVLogger metrics.csv (sparse: most cells empty)."""
+    curve = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "step" not in reader.fieldnames:
+            raise ValueError("no 'step' column")
+        if metric not in reader.fieldnames:
+            return curve
+        for line in reader:
+            cell = line.get(metric)
+            if cell:  # a later row for the same step wins, as in the logger itself
+                curve[int(float(line["step"]))] = float(cell)
+    return curve
+
+
+def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
+                skipped: list[str]) -> str | None:
+    """metric against training step: mean over ok seeds, band of ±1 std, on steps all seeds share."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for ident, members in groups.items():
+        curves = []
+        for run in (r for r in members if r.status == "ok"):
+            path = run.path / "metrics.csv"
+            if not path.is_file():
+                continue  # not every run logs to CSV; the legend's n shows how many did
+            try:
+                curve = read_curve(path, metric)
+            except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
+                skip(skipped, f"{path}: malformed ({e})")
+                continue
+            if curve:
+                curves.append(curve)
+        if not curves:
+            continue
+        # Seeds can be evaluated at different steps (a crash, a changed interval); only steps
+        # every seed has are averaged, so the band never mixes n=3 and n=1 points.
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if not steps:
+            continue
+        ys = [[c[s] for c in curves] for s in steps]
+        mean = [statistics.fmean(y) for y in ys]
+        line, = ax.plot(steps, mean, marker="." if len(steps) < 30 else None,
+                        label=f"{label(ident)} (n={len(curves)})")
+        if len(curves) > 1:
+            std = [statistics.stdev(y) for y in ys]
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set(xlabel="training step", ylabel=metric, title=f"{metric} during training (mean ± 1 std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, out, f"curve_{slug(metric)}")
+
+
+def plot_against(out: Path, loaded: list[Run], group_by: list[str] | None, x: str,
+                 column: str) -> str | None:
+    """column against the config value at x: one line per setting of everything else."""
+    points: dict[Identity, dict[Any, list[float]]] = {}
+    for run in loaded:
+        if run.status != "ok" or column not in run.values:
+            continue
+        others = tuple(p for p in identity(run, group_by) if p[0] != x)
+        points.setdefault(others, {}).setdefault(lookup(run.config, x), []).append(run.values[column])
+    if not points:
+        return None
+    xs = {v for per_x in points.values() for v in per_x}
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
+    # Categorical values (a corruption kind, a model name) sit at evenly spaced ticks.
+    position = {v: v for v in xs} if numeric else {v: i for i, v in enumerate(sorted(xs, key=as_text))}
+
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for others, per_x in sorted(points.items(), key=lambda item: _natural(item[0])):
+        keys = sorted(per_x, key=lambda v: position[v])
+        stats = [mean_std(per_x[k]) for k in keys]
+        ax.errorbar([position[k] for k in keys], [m for m, _ in stats],
+                    yerr=[s if s is not None else math.nan for _, s in stats],
+                    marker="o", capsize=3, label=label(others))
+    if not numeric:
+        ax.set_xticks(list(position.values()), [as_text(v) for v in position])
+        ax.set_xlim(-0.5, len(position) - 0.5)
+    ax.set(xlabel=x, ylabel=column, title=f"{column} against {x} (error bars: std over seeds)")
+    ax.grid(alpha=0.3)
+    if len(points) > 1:
+        ax.legend(fontsize="small")
+    return save(fig, out, f"{slug(column)}_vs_{slug(x)}")
+
+
+def plot_samples(out: Path, groups: dict[Identity, list[Run]], skipped: list[str]) -> str | None:
+    """The newest samples/*.png of the first ok seed of each configuration, one panel each."""
+    panels = []
+    for ident, members in groups.items():
+        for run in (r for r in members if r.status == "ok"):
+            pngs = sorted((run.path / "samples").glob("*.png"),
+                          key=lambda p: (p.stat().st_mtime, p.name))
+            if not pngs:
+                continue
+            try:
+                image = matplotlib.image.imread(pngs[-1])
+            except Exception as e:  # Pillow raises several types for a broken PNG
+                skip(skipped, f"{pngs[-1]}: unreadable image ({type(e).__name__}: {e})")
+                continue  # fall back to the next seed's samples
+            panels.append((f"{label(ident)}\nseed {run.seed}, {pngs[-1].name}", image))
+            break
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    # "compressed" packs fixed-aspect images; "constrained" clips tall titles when width-limited.
+    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout="compressed")
+    for i, (title, image) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        # imread gives PNGs as floats in [0, 1]; fixing the range keeps a flat image from
+        # being stretched to black.
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        wrapped = [w for line in title.split("\n") for w in textwrap.wrap(line, 34) or [""]]
+        ax.set_title("\n".join(wrapped), fontsize=8)
+        ax.axis("off")
+    return save(fig, out, "samples")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
