@@ -1,0 +1,446 @@
+"""Corruptions: degradations of image batches, with a level that can follow a schedule.
+
+One object, `Corruption`, serves every place where genlab degrades images on purpose: the inputs of
+a denoising auto-encoder, what a discriminator sees (instance noise, blur, a "degraded real"
+class) and the targets of a noise-level head. Images are float tensors in [0, 1] of shape
+[B, C, H, W], on any device; every kind is batched, with no per-image Python.
+
+What the level means, per kind (units are stated here and nowhere else):
+
+    none         ignored; the identity
+    gaussian     sigma: std of additive N(0, sigma^2) pixel noise, in image units (the [0, 1] scale)
+    masking      nu in [0, 1]: probability that a pixel (all its channels) is set to 0
+    salt_pepper  nu in [0, 1]: probability that a pixel is replaced, half by 0 and half by 1
+    blur         sigma of a Gaussian blur, in pixels
+    rotate_crop  angle in degrees [0, 180] by which a random disc is rotated (sign random per image)
+
+gaussian, masking and blur are differentiable in the image (an add, a multiply, a weighted sum),
+so a corruption can sit between a generator and a discriminator; salt_pepper and rotate_crop pass
+gradients to the pixels they keep or move.
+
+The level is fixed, drawn per image from `level_range`, or follows a schedule over the number of
+training images seen (`step(n_images)` advances it): constant, linear or cosine decay to 0, or
+adaptive (ADA, Karras et al. 2020: `update(real_sign_accuracy)` after each discriminator check).
+Validation follows genlab.config: a bad value raises ConfigError naming the key as typed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from genlab.config import ConfigError, require, require_choice, require_positive
+
+__all__ = [
+    "KINDS",
+    "SCHEDULES",
+    "AdaptiveSchedule",
+    "ConfigError",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "Corruption",
+    "LinearSchedule",
+    "Schedule",
+    "check_level",
+    "gaussian_kernel",
+    "make_schedule",
+]
+
+KINDS = ("none", "gaussian", "masking", "salt_pepper", "blur", "rotate_crop")
+SCHEDULES = ("constant", "linear", "cosine", "adaptive")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_level(kind: str, level, key: str) -> None:
+    """Raise ConfigError unless `level` is a valid level for `kind` (see the module docstring)."""
+    if kind in ("masking", "salt_pepper"):
+        require(_is_number(level) and 0 <= level <= 1, key, "a number in [0, 1]", level)
+    elif kind == "rotate_crop":
+        require(_is_number(level) and 0 <= level <= 180, key, "an angle in degrees in [0, 180]", level)
+    elif kind == "none":
+        require(_is_number(level), key, "a number (ignored by kind=none)", level)
+    else:  # gaussian, blur
+        require(_is_number(level) and level >= 0, key, "a number >= 0", level)
+
+
+# --- schedules ---------------------------------------------------------------------------------
+# A schedule maps the number of training images seen to a level. The Corruption counts the images;
+# only the adaptive schedule has state of its own (its level), which it saves and restores.
+
+
+class Schedule:
+    """Level as a function of images seen. `update` is feedback that only `adaptive` uses."""
+
+    def value(self, images: int) -> float:
+        raise NotImplementedError
+
+    def update(self, real_sign_accuracy: float) -> None:
+        """Discriminator feedback; ignored by every schedule except adaptive, so a model may always call it."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ConstantSchedule(Schedule):
+    def __init__(self, level: float):
+        self.level = float(level)
+
+    def value(self, images: int) -> float:
+        return self.level
+
+    def __repr__(self) -> str:
+        return f"constant({self.level})"
+
+
+class LinearSchedule(Schedule):
+    """`start` at 0 images, falling linearly to 0 at `images` images, 0 afterwards.
+
+    StyleGAN3 blurs discriminator inputs with sigma 10 px fading to 0 over the first 200k images
+    of 256-1024 px images. For 28x28 images genlab suggests sigma 2 px over 100k images: 2 px
+    still erases strokes a few pixels wide (as 10 px does at 256 px), and 100k images is about
+    two Fashion-MNIST epochs, early training, as in StyleGAN3.
+    """
+
+    def __init__(self, start: float, images: float):
+        self.start, self.images = float(start), float(images)
+
+    def value(self, images: int) -> float:
+        return self.start * max(0.0, 1.0 - images / self.images)
+
+    def __repr__(self) -> str:
+        return f"linear({self.start} -> 0 over {self.images:g} images)"
+
+
+class CosineSchedule(Schedule):
+    """`start` at 0 images, half a cosine period down to 0 at `images` images, 0 afterwards.
+
+    Flatter than linear at both ends: the level stays near `start` longer, then lands softly.
+    """
+
+    def __init__(self, start: float, images: float):
+        self.start, self.images = float(start), float(images)
+
+    def value(self, images: int) -> float:
+        t = min(1.0, images / self.images)
+        return self.start * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def __repr__(self) -> str:
+        return f"cosine({self.start} -> 0 over {self.images:g} images)"
+
+
+class AdaptiveSchedule(Schedule):
+    """ADA's controller (Karras et al. 2020) acting on the level, which starts at 0 as ADA's p does.
+
+    The discriminator's sign accuracy on real images, E[sign(D(x_real)) > 0], measures overfitting:
+    above `target` (ADA: 0.6) the level rises by `step`, below it falls by `step`, and it is
+    clamped to [0, max_level]. `step` is in level units; None means max_level / 100, so a
+    hundred updates take the level from 0 to its ceiling.
+    """
+
+    def __init__(self, max_level: float, target: float = 0.6, step: float | None = None):
+        self.max_level = float(max_level)
+        self.target = float(target)
+        self.step = self.max_level / 100.0 if step is None else float(step)
+        self.level = 0.0
+
+    def value(self, images: int) -> float:
+        return self.level
+
+    def update(self, real_sign_accuracy: float) -> None:
+        acc = float(real_sign_accuracy)
+        if acc > self.target:
+            self.level = min(self.max_level, self.level + self.step)
+        elif acc < self.target:
+            self.level = max(0.0, self.level - self.step)
+
+    def state_dict(self) -> dict:
+        return {"level": self.level}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.level = float(state["level"])
+
+    def __repr__(self) -> str:
+        return f"adaptive(level={self.level:g}, max={self.max_level:g}, target={self.target:g}, step={self.step:g})"
+
+
+def make_schedule(spec, level: float, key: str = "corruption.schedule") -> Schedule:
+    """Build a schedule from its config, e.g. {kind: linear, images: 100000}.
+
+    `level` is the corruption's level: the constant value, the start of linear and cosine decay,
+    and the ceiling of adaptive. Fields a kind does not use are ignored, so one config block can
+    list them all (which lets the command line override any of them without a `+`).
+    """
+    if isinstance(spec, Schedule):
+        return spec
+    if spec is None:
+        spec = {"kind": "constant"}
+    require(isinstance(spec, Mapping), key, "a mapping such as {kind: constant}", spec)
+    kind = spec.get("kind", "constant")
+    require_choice(kind, f"{key}.kind", SCHEDULES)
+    if kind == "constant":
+        return ConstantSchedule(level)
+    if kind in ("linear", "cosine"):
+        images = spec.get("images", 100_000)
+        require_positive(images, f"{key}.images")
+        return (LinearSchedule if kind == "linear" else CosineSchedule)(level, images)
+    target, step = spec.get("target", 0.6), spec.get("step", None)
+    require(_is_number(target) and 0 < target < 1, f"{key}.target", "a number in (0, 1)", target)
+    require(step is None or (_is_number(step) and step > 0), f"{key}.step",
+            "null (= level / 100) or a number > 0", step)
+    return AdaptiveSchedule(level, target, step)
+
+
+# --- the degradations, each (x [B,C,H,W], levels [B], generator) -> x_degraded -----------------
+
+
+def _rand(shape, like: Tensor, generator: torch.Generator | None, normal: bool = False) -> Tensor:
+    """Uniform [0, 1) or standard normal draws shaped `shape`, on like's device and dtype.
+
+    A generator is used on its own device (a seeded CPU generator then gives the same draws
+    whatever device the images are on); without one, the device's global RNG is used.
+    """
+    device = like.device if generator is None else generator.device
+    draw = torch.randn if normal else torch.rand
+    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _gaussian(x: Tensor, sigma: Tensor, generator, clip: bool) -> Tensor:
+    out = x + sigma.view(-1, 1, 1, 1) * _rand(x.shape, x, generator, normal=True)
+    return out.clamp(0.0, 1.0) if clip else out
+
+
+def _masking(x: Tensor, nu: Tensor, generator) -> Tensor:
+    b, _, h, w = x.shape
+    u = _rand((b, 1, h, w), x, generator)  # one draw per pixel, shared by its channels
+    return x * (u >= nu.view(-1, 1, 1, 1)).to(x.dtype)
+
+
+def _salt_pepper(x: Tensor, nu: Tensor, generator) -> Tensor:
+    b, _, h, w = x.shape
+    u = _rand((b, 1, h, w), x, generator)
+    nu = nu.view(-1, 1, 1, 1)
+    pepper = u < nu / 2  # P = nu / 2 each, disjoint
+    salt = (u >= nu / 2) & (u < nu)
+    return torch.where(pepper, 0.0, torch.where(salt, 1.0, x))
+
+
+def gaussian_kernel(sigma: Tensor, radius: int) -> Tensor:
+    """Normalised 1-D Gaussian kernels [B, 2*radius+1] for sigmas [B] in pixels.
+
+    sigma = 0 gives the unit impulse (exp(-t^2 / 2 sigma^2) underflows to exactly 0 for t != 0).
+    Each row sums to 1, so a constant image stays constant (and its mean is preserved).
+    """
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    s = sigma.clamp_min(1e-6).view(-1, 1)
+    k = torch.exp(-(t**2) / (2 * s**2))
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def _blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Separable Gaussian blur with reflect padding; per-image sigma [B] in pixels.
+
+    Written as a weighted sum of shifted copies rather than a convolution: kernels differ per
+    image, the kernels are short, and elementwise arithmetic is exact where a zero weight is
+    involved (cuDNN may use TF32), so sigma = 0 is exactly the identity on every device.
+    """
+    b, c, h, w = x.shape
+    smax = float(sigma.max())
+    if smax == 0.0:
+        return x.clone()
+    # ~3 sigma covers 99.7% of the mass; reflect padding needs pad < size, so tiny images truncate
+    # the kernel (renormalised by gaussian_kernel to sum 1).
+    radius = min(math.ceil(3 * smax), h - 1, w - 1)
+    if radius == 0:
+        return x.clone()
+    k = gaussian_kernel(sigma.to(x.dtype), radius)  # [B, K]
+    n = 2 * radius + 1
+    pad = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = sum(k[:, i].view(-1, 1, 1, 1) * pad[..., :, i : i + w] for i in range(n))
+    pad = torch.nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
+    return sum(k[:, i].view(-1, 1, 1, 1) * pad[..., i : i + h, :] for i in range(n))
+
+
+_RING_CACHE: dict[tuple[float, str], tuple[Tensor, ...]] = {}
+
+
+def _ring_layout(r_px: float, device: torch.device) -> tuple[Tensor, ...]:
+    """Pixels of a disc of radius r_px around an integer centre, grouped into rings.
+
+    Returns (dy, dx, start, size, pos), each [P]: offsets from the centre, and for each pixel the
+    index of its ring's first pixel, its ring's length and its position along the ring. Rings are
+    round(distance) = 0, 1, 2, ...; within a ring pixels are ordered by angle. Every ring is
+    symmetric under 90-degree turns of the integer grid, so a cyclic shift by a quarter of the
+    ring is an exact 90-degree rotation, and other angles are within about a pixel of one.
+    """
+    cache_key = (r_px, str(device))
+    if cache_key not in _RING_CACHE:
+        m = int(math.floor(r_px))
+        grid = torch.arange(-m, m + 1, dtype=torch.float64)
+        dy, dx = torch.meshgrid(grid, grid, indexing="ij")
+        dist = torch.sqrt(dy**2 + dx**2)
+        inside = dist <= r_px
+        dy, dx, dist = dy[inside], dx[inside], dist[inside]
+        ring = dist.round()
+        angle = (torch.atan2(dy, dx) + math.pi) / (2 * math.pi)  # [0, 1]
+        order = torch.argsort(ring + 0.999 * angle)  # by ring, then by angle within it
+        dy, dx, ring = dy[order].long(), dx[order].long(), ring[order].long()
+        size_of = torch.bincount(ring)
+        start_of = torch.cumsum(size_of, 0) - size_of
+        start, size = start_of[ring], size_of[ring]
+        pos = torch.arange(len(ring)) - start
+        _RING_CACHE[cache_key] = tuple(t.to(device) for t in (dy, dx, start, size, pos))
+    return _RING_CACHE[cache_key]
+
+
+def _rotate_crop(x: Tensor, angle: Tensor, generator, radius: float) -> Tensor:
+    """Rotate a random disc of each image by +-angle degrees, by permuting its pixels.
+
+    A nearest-neighbour rotation of a grid is not a bijection (some pixels are copied twice,
+    others dropped), which would change the histogram. Shifting each ring of the disc cyclically
+    by round(angle / 360 * ring length) positions is an exact permutation, so every image keeps
+    its multiset of pixel values, and it rotates the content up to about a pixel. The disc lies
+    inside the image (radius is clamped to fit), so no pixel comes from outside it.
+    """
+    b, c, h, w = x.shape
+    r_px = min(radius * min(h, w), (min(h, w) - 1) / 2)
+    dy, dx, start, size, pos = _ring_layout(r_px, x.device)
+    m = int(math.floor(r_px))
+    # integer centres with the whole disc inside the image
+    cy = m + (_rand((b,), x, generator) * (h - 2 * m)).long().clamp_max(h - 2 * m - 1)
+    cx = m + (_rand((b,), x, generator) * (w - 2 * m)).long().clamp_max(w - 2 * m - 1)
+    sign = torch.where(_rand((b,), x, generator) < 0.5, -1.0, 1.0)
+    shift = torch.round((sign * angle).view(-1, 1).double() / 360.0 * size.double()).long()  # [B, P]
+    src = start + torch.remainder(pos - shift, size)  # the pixel each target takes its value from
+    target = (cy.view(-1, 1) + dy) * w + (cx.view(-1, 1) + dx)  # flat index, [B, P]
+    source = (cy.view(-1, 1) + dy[src]) * w + (cx.view(-1, 1) + dx[src])
+    flat = x.reshape(b, c, h * w)
+    moved = flat.gather(2, source.unsqueeze(1).expand(b, c, -1))
+    return flat.scatter(2, target.unsqueeze(1).expand(b, c, -1), moved).view(b, c, h, w)
+
+
+# --- the object the models hold ----------------------------------------------------------------
+
+
+class Corruption(nn.Module):
+    """A degradation with a level (fixed, per-image random, or scheduled); see the module docstring.
+
+    Args:
+        kind: one of KINDS.
+        level: the level (units per kind above); with a schedule, the start (linear, cosine) or
+            the ceiling (adaptive).
+        level_range: None or [lo, hi]: each image draws its level uniformly from [lo, hi]
+            (only with the constant schedule).
+        schedule: None, a Schedule, or a mapping {kind, images, target, step} (see make_schedule).
+        clip: gaussian only: clamp the result to [0, 1] (default False keeps the std exact).
+        radius: rotate_crop only: disc radius as a fraction of min(H, W), in (0, 0.5].
+        key: the config path used in error messages.
+
+    Call: `out = corruption(x)` or `out, levels = corruption(x, return_levels=True)`, where
+    levels [B] are the per-image levels used (targets for a noise-level head). Advance the schedule
+    with `step(n_images)` (under DDP: the images of all ranks) and feed adaptive with
+    `update(real_sign_accuracy)` (all-reduced across ranks, so every rank keeps the same level).
+    The images seen and the schedule's state travel in `state_dict()`, so a resumed run continues.
+    """
+
+    def __init__(
+        self,
+        kind: str = "none",
+        level: float = 0.0,
+        level_range: Sequence[float] | None = None,
+        schedule: Mapping | Schedule | None = None,
+        clip: bool = False,
+        radius: float = 0.3,
+        key: str = "corruption",
+    ):
+        super().__init__()
+        require_choice(kind, f"{key}.kind", KINDS)
+        check_level(kind, level, f"{key}.level")
+        if level_range is not None:
+            ok = isinstance(level_range, Sequence) and not isinstance(level_range, str)
+            ok = ok and len(level_range) == 2 and all(_is_number(v) for v in level_range)
+            require(ok and level_range[0] <= level_range[1], f"{key}.level_range",
+                    "null or [lo, hi] with lo <= hi", level_range)
+            for v in level_range:
+                check_level(kind, v, f"{key}.level_range")
+            level_range = (float(level_range[0]), float(level_range[1]))
+        self.schedule = make_schedule(schedule, float(level), f"{key}.schedule")
+        require(level_range is None or isinstance(self.schedule, ConstantSchedule),
+                f"{key}.level_range", f"null unless {key}.schedule.kind=constant", level_range)
+        require(isinstance(clip, bool), f"{key}.clip", "true | false", clip)
+        require(_is_number(radius) and 0 < radius <= 0.5, f"{key}.radius", "a number in (0, 0.5]", radius)
+        self.kind, self.level, self.level_range = kind, float(level), level_range
+        self.clip, self.radius, self.key = clip, float(radius), key
+        self.images_seen = 0
+
+    # -- the level -------------------------------------------------------------------------
+    @property
+    def current_level(self) -> float:
+        """The level now (to log): the scheduled level, or the mean of level_range; 0 for none."""
+        if self.kind == "none":
+            return 0.0
+        if self.level_range is not None:
+            return 0.5 * (self.level_range[0] + self.level_range[1])
+        return self.schedule.value(self.images_seen)
+
+    def step(self, n_images: int) -> None:
+        """Count `n_images` more training images (moves linear and cosine schedules along)."""
+        self.images_seen += int(n_images)
+
+    def update(self, real_sign_accuracy: float) -> None:
+        """Feedback for the adaptive schedule (ignored by the others)."""
+        self.schedule.update(real_sign_accuracy)
+
+    def sample_levels(self, batch_size: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """Per-image levels [batch_size]: uniform in level_range, else the current level."""
+        like = torch.empty(0, device=device, dtype=dtype)
+        if self.kind != "none" and self.level_range is not None:
+            lo, hi = self.level_range
+            return lo + (hi - lo) * _rand((batch_size,), like, generator)
+        return torch.full((batch_size,), self.current_level, device=device, dtype=dtype)
+
+    # -- applying it -----------------------------------------------------------------------
+    def forward(self, x: Tensor, level: float | Tensor | None = None,
+                generator: torch.Generator | None = None, return_levels: bool = False):
+        """Degrade images x [B, C, H, W] in [0, 1]; `level` (float or [B]) overrides the sampled levels."""
+        b = x.shape[0]
+        if level is None:
+            levels = self.sample_levels(b, generator, x.device, x.dtype)
+        else:
+            if not isinstance(level, Tensor):
+                check_level(self.kind, level, "level")
+            levels = torch.as_tensor(level, device=x.device, dtype=x.dtype).expand(b)
+        if self.kind == "gaussian":
+            out = _gaussian(x, levels, generator, self.clip)
+        elif self.kind == "masking":
+            out = _masking(x, levels, generator)
+        elif self.kind == "salt_pepper":
+            out = _salt_pepper(x, levels, generator)
+        elif self.kind == "blur":
+            out = _blur(x, levels)
+        elif self.kind == "rotate_crop":
+            out = _rotate_crop(x, levels, generator, self.radius)
+        else:
+            out = x
+        return (out, levels) if return_levels else out
+
+    # -- checkpoints: nn.Module saves this under `<name>._extra_state` -------------------------
+    def get_extra_state(self) -> dict:
+        return {"images_seen": self.images_seen, "schedule": self.schedule.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.images_seen = int(state["images_seen"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def extra_repr(self) -> str:
+        level = f"level_range={list(self.level_range)}" if self.level_range else f"schedule={self.schedule!r}"
+        return f"kind={self.kind}, {level}"
