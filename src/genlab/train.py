@@ -12,46 +12,67 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.callbacks.guard import DivergedError
+from genlab.config import ConfigError
 from genlab.runs import git_commit, read_checkpoint, write_summary
 
 log = logging.getLogger("genlab")
+# the run directory always holds .hydra/ before the CSV logger starts; that is expected
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def build(node: DictConfig, **kwargs):
+    """hydra's instantiate, with genlab's own ConfigError passed through unwrapped so the user
+    reads 'model.beta=-1.0 is invalid; allowed: ...' rather than an instantiation trace."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
+def _build_all(group: DictConfig | None) -> list:
     """Instantiate every named entry of a callbacks/logger group; null entries are switched off."""
-    return [instantiate(c) for c in (group or {}).values() if c is not None]
+    return [build(c) for c in (group or {}).values() if c is not None]
 
 
 def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
-    model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
+    rank_zero = rank_zero_only.rank == 0
     summary = {"status": "running", "seed": cfg.seed, "git_commit": git_commit(),
                "objective": cfg.objective.metric}
-    if trainer.is_global_zero:
+    if rank_zero:
         write_summary(run_dir, summary)
+    trainer = None
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        if cfg.get("ckpt_path"):
+            read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
+        datamodule = build(cfg.data)
+        model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+        model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
+        callbacks = _build_all(cfg.get("callbacks"))
+        loggers = _build_all(cfg.get("logger"))
+        trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:
             lg.log_hyperparams(resolved)
-    try:
+
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
@@ -64,33 +85,32 @@ def train(cfg: DictConfig) -> float | None:
         summary.update(status="diverged", error=str(e))
         log.error("run diverged: %s", e)
     except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}",
-                       traceback=traceback.format_exc(limit=20))
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        if not isinstance(e, ConfigError):
+            summary["traceback"] = traceback.format_exc(limit=20)
         raise
     finally:
-        summary["epochs"] = trainer.current_epoch
-        summary["global_step"] = trainer.global_step
-        if trainer.is_global_zero:
+        if trainer is not None:
+            summary.update(epochs=trainer.current_epoch, global_step=trainer.global_step)
+        if rank_zero:
             write_summary(run_dir, summary)
-            for lg in loggers:
-                if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
-                    lg.experiment.summary.update({k: v for k, v in summary.items()
-                                                  if k != "traceback"})
-        _finish_wandb()
+        _finish_wandb(summary)
 
-    value = summary.get(cfg.objective.metric)
-    if trainer.is_global_zero:
+    if rank_zero:
         _report(run_dir, summary)
+    value = summary.get(cfg.objective.metric)
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run, so a failed or finished run never leaks into the next one of a sweep."""
+def _finish_wandb(summary: dict) -> None:
+    """Put the final summary into the W&B run and close it, so a failed or finished run never
+    leaks into the next run of a sweep."""
     try:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.run.summary.update({k: v for k, v in summary.items() if k != "traceback"})
+            wandb.finish(exit_code=0 if summary["status"] == "ok" else 1)
     except Exception as e:  # logging must never hide the run's own outcome
         log.warning("closing the W&B run failed: %s", e)
 
@@ -107,9 +127,18 @@ def _report(run_dir: Path, summary: dict) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records this run as failed and goes on
+        print(f"genlab-train: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""In-memory image data, batched by index.
+
+Every source keeps its images as a uint8 tensor [N, C, H, W] (or renders them from an index, as
+dSprites does). A batch is one fancy-indexing call plus one conversion to float in [0, 1]; there is
+no per-item Python and no worker process. When the data fits, it lives on the training device, so
+a batch never crosses the bus. Under DDP each rank takes its own shard of one shared permutation
+per epoch, all shards of equal length so the ranks stay in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from genlab.config import require, require_positive
+
+# A fetch maps a LongTensor of indices to (images uint8 [B, C, H, W], labels [B, ...] or None).
+Fetch = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+
+
+class IndexBatches:
+    """An iterable of (float images in [0, 1], labels) batches drawn by index from `fetch`.
+
+    `epoch` is a callable so that shuffling follows the trainer's epoch counter, which keeps a
+    resumed run on the same permutation as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+    ):
+        self.fetch, self.n, self.batch_size = fetch, n, batch_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.device = torch.device(device)
+
+    def _indices(self) -> Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        if self.world_size > 1:
+            order = order[self.rank :: self.world_size][: self._per_rank()]
+        return order.to(self.device)
+
+    def _per_rank(self) -> int:
+        # Training shards are cut to one length so every rank takes the same number of steps;
+        # evaluation shards keep every image (lengths differ by at most one; metrics are sums).
+        if self.drop_last:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self._per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        for b in range(len(self)):
+            x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
+            yield x.float().div_(255.0), y
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Base for every genlab source. Subclasses implement `load()` (or override `fetcher`)."""
+
+    name = "base"
+    image_shape: tuple[int, int, int]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        on_device: bool = True,
+        max_device_bytes: int = 2 * 1024**3,
+        root: str = "data",
+        limit: int | None = None,
+    ):
+        super().__init__()
+        require_positive(batch_size, "data.batch_size", integer=True)
+        require(eval_batch_size is None or (isinstance(eval_batch_size, int) and eval_batch_size > 0),
+                "data.eval_batch_size", "null or a positive integer", eval_batch_size)
+        require(isinstance(val_size, int) and val_size >= 0, "data.val_size", "an integer >= 0", val_size)
+        require(limit is None or (isinstance(limit, int) and limit > 0), "data.limit",
+                "null or a positive integer", limit)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size, self.split_seed, self.limit = val_size, split_seed, limit
+        self.on_device, self.max_device_bytes = on_device, max_device_bytes
+        self.root = root
+        self.splits: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._placed: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+    # -- what a subclass provides ------------------------------------------------------------
+    def load(self) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """Return {'train': (x, y), 'test': (x, y)} with x uint8 [N, C, H, W]."""
+        raise NotImplementedError
+
+    # -- the shared machinery ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self.load()
+        x, y = raw["train"]
+        require(self.val_size < len(x), "data.val_size", f"fewer than the {len(x)} training images",
+                self.val_size)
+        g = torch.Generator().manual_seed(self.split_seed)
+        perm = torch.randperm(len(x), generator=g)
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        self.splits = {
+            "train": (x[train_idx], None if y is None else y[train_idx]),
+            "val": (x[val_idx], None if y is None else y[val_idx]),
+            "test": raw["test"],
+        }
+        if self.limit:  # debug runs: keep the first `limit` images of every split
+            self.splits = {k: (v[0][: self.limit], None if v[1] is None else v[1][: self.limit])
+                           for k, v in self.splits.items()}
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if trainer is None or not self.on_device:
+            return torch.device("cpu")
+        device = trainer.strategy.root_device
+        total = sum(x.numel() * x.element_size() for x, _ in self.splits.values())
+        return device if total <= self.max_device_bytes else torch.device("cpu")
+
+    def fetcher(self, split: str) -> tuple[Fetch, int]:
+        """A fetch function for `split` and the number of images in it."""
+        if split not in self._placed:  # move each split to the device once
+            x, y = self.splits[split]
+            device = self._device()
+            self._placed[split] = (x.to(device), None if y is None else y.to(device))
+        x, y = self._placed[split]
+
+        def fetch(idx: Tensor):
+            idx = idx.to(x.device)
+            return x[idx], (None if y is None else y[idx])
+
+        return fetch, len(x)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> IndexBatches:
+        fetch, n = self.fetcher(split)
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if shuffle:  # training drops incomplete batches: at least one whole batch per rank
+            require(n // world >= batch_size, "data.batch_size",
+                    f"at most {n // world}, the training images per process", batch_size)
+        return IndexBatches(
+            fetch, n, batch_size, shuffle,
+            seed=self.split_seed if trainer is None else _run_seed(),
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=world,
+            drop_last=shuffle,
+            device=self._device(),
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self):
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader("test", False, self.eval_batch_size)
+
+    def images(self, split: str, n: int | None = None) -> Tensor:
+        """The first `n` images of a split as float in [0, 1] (for metrics and sample grids)."""
+        fetch, total = self.fetcher(split)
+        idx = torch.arange(total if n is None else min(n, total))
+        return fetch(idx)[0].float().div_(255.0)
+
+
+def _run_seed() -> int:
+    """The global seed set by Lightning's seed_everything (0 when none was set)."""
+    import os
+
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))

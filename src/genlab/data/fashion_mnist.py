@@ -1,0 +1,97 @@
+"""Fashion-MNIST (60,000 train + 10,000 test images of 28x28), found offline first.
+
+Where the images come from, in order:
+1. `data.root`/FashionMNIST/raw/*-ubyte (already decompressed, torchvision's layout);
+2. the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/*.gz),
+   decompressed into data.root (its md5s differ from torchvision's, so torchvision cannot verify
+   them; genlab reads the idx files itself);
+3. torchvision's download into data.root, when the network allows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.data.base import InMemoryDataModule
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format): magic, dims as big-endian int32, then uint8 data."""
+    data = path.read_bytes()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _have_raw(raw: Path) -> bool:
+    return all((raw / f).is_file() for pair in FILES.values() for f in pair)
+
+
+def ensure_fashion_mnist(root: str | Path, debian_dir: Path = DEBIAN_DIR, download: bool = True) -> Path:
+    """Return the folder holding the four decompressed idx files, placing them there if needed."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    if _have_raw(raw):
+        return raw
+    tried = [f"1. {raw} holds no decompressed idx files"]
+    if all((debian_dir / f"{f}.gz").is_file() for pair in FILES.values() for f in pair):
+        raw.mkdir(parents=True, exist_ok=True)
+        for pair in FILES.values():
+            for f in pair:
+                tmp = raw / f"{f}.tmp"
+                with gzip.open(debian_dir / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                tmp.replace(raw / f)
+        return raw
+    tried.append(f"2. {debian_dir} is missing (install it: apt-get install dataset-fashion-mnist)")
+    if download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+            if _have_raw(raw):
+                return raw
+            tried.append("3. torchvision's download finished without the idx files")
+        except Exception as e:  # network errors come in many types
+            tried.append(f"3. torchvision's download failed: {type(e).__name__}: {e}")
+    else:
+        tried.append("3. download disabled (data.download=false)")
+    raise FileNotFoundError("Fashion-MNIST not found. Tried:\n  " + "\n  ".join(tried)
+                            + "\nProvide any one of the three and run again.")
+
+
+def load_fashion_mnist(root: str | Path = "data", download: bool = True):
+    """{'train': (images uint8 [60000,1,28,28], labels), 'test': (... [10000,1,28,28], labels)}."""
+    raw = ensure_fashion_mnist(root, download=download)
+    out = {}
+    for split, (images, labels) in FILES.items():
+        x = torch.from_numpy(read_idx(raw / images).copy()).unsqueeze(1)
+        y = torch.from_numpy(read_idx(raw / labels).astype(np.int64))
+        out[split] = (x, y)
+    return out
+
+
+class FashionMNISTDataModule(InMemoryDataModule):
+    name = "fashion_mnist"
+    image_shape = (1, 28, 28)
+    num_classes = 10
+
+    def __init__(self, download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.download = download
+
+    def load(self):
+        return load_fashion_mnist(self.root, download=self.download)
