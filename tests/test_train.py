@@ -27,7 +27,7 @@ def test_vae_smoke_on_each_dataset(smoke, tmp_path, data):
     for key in ("val/elbo", "test/elbo", "test/loglik", "val/recon", "val/kl"):
         assert math.isfinite(s[key]), key
     assert s["val/elbo"] < 0 and s["val/kl"] >= 0
-    assert s["test/loglik"] >= s["test/elbo"] - 1.0  # importance sampling tightens the bound
+    assert s["test/loglik"] >= s["test/loglik_elbo"]  # importance sampling tightens the bound
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "samples" / "prior_final.png").is_file()
     assert (run / "samples" / "reconstruction_final.png").is_file()

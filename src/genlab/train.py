@@ -46,9 +46,14 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def _build_all(group: DictConfig | None) -> list:
+def _build_all(cfg: DictConfig, group: str) -> list:
     """Instantiate every named entry of a callbacks/logger group; null entries are switched off."""
-    return [build(c) for c in (group or {}).values() if c is not None]
+    entries = cfg.get(group) or {}
+    for name, c in entries.items():
+        if c is not None and "_target_" not in c:
+            raise ConfigError(f"{group}.{name} has no _target_ (is {group}={name} selected?); "
+                              f"set it to null to switch it off")
+    return [build(c) for c in entries.values() if c is not None]
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -66,8 +71,8 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = build(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
-        callbacks = _build_all(cfg.get("callbacks"))
-        loggers = _build_all(cfg.get("logger"))
+        callbacks = _build_all(cfg, "callbacks")
+        loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:

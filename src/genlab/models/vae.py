@@ -41,6 +41,7 @@ class VAE(GenerativeModule):
         eps: str = "gaussian",
         iwae_k: int = 1,
         loglik_samples: int = 1000,
+        loglik_images: int | None = 1000,
         loglik_chunk: int = 8192,
         lr: float = 1e-3,
         base_channels: int = 32,
@@ -57,6 +58,9 @@ class VAE(GenerativeModule):
                 "1 when model.iwae_k > 1 (the importance-weighted bound has no KL weight)", beta)
         require(isinstance(loglik_samples, int) and loglik_samples >= 0, "model.loglik_samples",
                 "an integer >= 0 (0 skips the test log-likelihood)", loglik_samples)
+        require(loglik_images is None or (isinstance(loglik_images, int) and loglik_images > 0),
+                "model.loglik_images", "null (the whole test split) or a positive integer",
+                loglik_images)
         require_positive(loglik_chunk, "model.loglik_chunk", integer=True)
         require_positive(lr, "model.lr")
         self.save_hyperparameters()
@@ -64,7 +68,7 @@ class VAE(GenerativeModule):
         self.encoder = ConvEncoder(image_shape, 2 * latent_dim, base_channels)
         self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
         self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
-        self.means = eval_means(["elbo", "recon", "kl", "loglik"])
+        self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo"])
         # a fixed latent batch so sample grids of one run are comparable across epochs
         self.register_buffer("fixed_z", torch.randn(n_grid, latent_dim,
                                                     generator=torch.Generator().manual_seed(0)),
@@ -178,11 +182,19 @@ class VAE(GenerativeModule):
     def validation_step(self, batch, batch_idx):
         log_eval(self, "val", self.elbo_terms(batch[0]))
 
+    def on_test_epoch_start(self):
+        self._loglik_left = self.hparams.loglik_images or math.inf
+
     def test_step(self, batch, batch_idx):
         x = batch[0]
         values = self.elbo_terms(x)
-        if self.hparams.loglik_samples:
-            values["loglik"] = self.log_likelihood_estimate(x, self.hparams.loglik_samples)
+        # the importance-sampled estimate costs loglik_samples decoder passes per image, so it
+        # covers the first loglik_images test images of each process (all when null)
+        if self.hparams.loglik_samples and self._loglik_left > 0:
+            part = x[: int(min(len(x), self._loglik_left))]
+            self._loglik_left -= len(part)
+            values["loglik"] = self.log_likelihood_estimate(part, self.hparams.loglik_samples)
+            values["loglik_elbo"] = values["elbo"][: len(part)]
         log_eval(self, "test", values)
 
     def configure_optimizers(self):
