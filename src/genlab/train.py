@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -19,20 +20,25 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.callbacks.guard import DivergedError
 from genlab.config import ConfigError
-from genlab.runs import git_commit, read_checkpoint, write_summary
+from genlab.runs import RunReadError, git_commit, read_checkpoint, read_summary, write_summary
+from genlab.sweep import install_ddp_child_command, register_resolvers
 
 log = logging.getLogger("genlab")
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # the run directory always holds .hydra/ before the CSV logger starts; that is expected
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+register_resolvers()
+install_ddp_child_command()
 
 
 def build(node: DictConfig, **kwargs):
@@ -56,9 +62,47 @@ def _build_all(cfg: DictConfig, group: str) -> list:
     return [build(c) for c in entries.values() if c is not None]
 
 
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_logging(cfg: DictConfig) -> None:
+    """Runs of one sweep share a W&B group (task name + sweep folder) and carry their overridden
+    keys as tags, so W&B can group and filter them."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or not _in_multirun():
+        return
+    hc = HydraConfig.get()
+    with open_dict(cfg):
+        wandb_cfg.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
+        wandb_cfg.tags = [*cfg.tags, *(o for o in hc.overrides.task if "=" in o)][:64]
+        wandb_cfg.name = f"{cfg.task_name}-{Path(hc.sweep.dir).name}-{hc.job.num}"
+
+
+def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
+    """What an earlier attempt at this run directory left: its summary when it finished ok (and
+    resume is on), else the checkpoint to continue from (an interrupted or preempted run)."""
+    try:
+        old = read_summary(run_dir)
+    except RunReadError:
+        old = None
+    if old and old["status"] == "ok" and cfg.get("resume"):
+        return old, None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not cfg.get("ckpt_path") and old and old["status"] != "ok" and last.is_file():
+        return None, str(last)
+    return None, cfg.get("ckpt_path")
+
+
 def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     rank_zero = rank_zero_only.rank == 0
+    done, ckpt_path = _previous_run(cfg, run_dir)
+    if done is not None:
+        log.info("resume: %s already finished ok; skipping it", run_dir)
+        value = done.get(cfg.objective.metric)
+        return None if not isinstance(value, float) else value
+    launch_env = {k: os.environ.get(k) for k in DDP_ENV}
     summary = {"status": "running", "seed": cfg.seed, "git_commit": git_commit(),
                "objective": cfg.objective.metric}
     if rank_zero:
@@ -66,8 +110,10 @@ def train(cfg: DictConfig) -> float | None:
     trainer = None
     try:
         pl.seed_everything(cfg.seed, workers=True)
-        if cfg.get("ckpt_path"):
-            read_checkpoint(cfg.ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
+        if ckpt_path:
+            read_checkpoint(ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
+            summary["resumed_from"] = ckpt_path
+        _sweep_logging(cfg)
         datamodule = build(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
@@ -78,7 +124,7 @@ def train(cfg: DictConfig) -> float | None:
         for lg in loggers:
             lg.log_hyperparams(resolved)
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
         # val/* and test/* in the summary both describe the best checkpoint
@@ -100,11 +146,26 @@ def train(cfg: DictConfig) -> float | None:
         if rank_zero:
             write_summary(run_dir, summary)
         _finish_wandb(summary)
+        _leave_ddp(launch_env)
 
     if rank_zero:
         _report(run_dir, summary)
     value = summary.get(cfg.objective.metric)
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _leave_ddp(launch_env: dict[str, str | None]) -> None:
+    """Undo what a DDP run left in this process, so the next run of a sweep starts its own
+    children: Lightning's launcher sets LOCAL_RANK & co. in the parent's environment, and a
+    parent that still has LOCAL_RANK believes its processes were started externally and waits
+    forever for children it never launches."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in launch_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _finish_wandb(summary: dict) -> None:

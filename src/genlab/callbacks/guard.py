@@ -22,8 +22,9 @@ class DivergenceGuard(pl.Callback):
         if trainer.global_step % self.every_n_steps:
             return
         values = outputs.values() if isinstance(outputs, dict) else [outputs]
-        for v in values:
-            if isinstance(v, torch.Tensor) and v.numel() and not torch.isfinite(v).all():
-                raise DivergedError(f"non-finite training loss at step {trainer.global_step}")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise DivergedError(f"non-finite training loss at step {trainer.global_step}")
+        bad = any(isinstance(v, torch.Tensor) and v.numel() and not torch.isfinite(v).all()
+                  or isinstance(v, float) and not math.isfinite(v) for v in values)
+        if trainer.world_size > 1:  # every rank stops together, or the others wait forever
+            bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+        if bad:
+            raise DivergedError(f"non-finite training loss at step {trainer.global_step}")

@@ -1,0 +1,191 @@
+"""Sweeps: a manifest of every run, an exit code that says when runs failed, resumable sweeps and
+Optuna searches, and DDP children that belong to their own job.
+
+Hydra runs this module's pieces; genlab's own code reaches them only through conf/:
+- `SweepManifest` (a Hydra callback, conf/hydra/default.yaml) keeps `<sweep>/manifest.json`: one
+  entry per job with its overrides, directory and status. Jobs of a parallel launcher update it
+  under a file lock, so concurrent writers lose nothing. At the end of a multirun it raises
+  SystemExit(1) when any run failed or diverged, after every run has had its turn.
+- `sweep_id` (an OmegaConf resolver): a new sweep gets a timestamp; `resume=true` reuses the
+  newest sweep of the same task, `resume=<id>` a named one, so re-running the same multirun
+  command with `resume=true` lands every job in its old directory (train() then skips finished
+  runs and continues interrupted ones from their last checkpoint).
+- `ResumableOptunaSweeper`: Hydra's Optuna sweeper, taught to continue an interrupted search: it
+  counts the trials the study already holds, re-queues the ones an interruption left running,
+  runs only the remaining trials and numbers their directories after the existing ones.
+- `child_command`: under Hydra, Lightning restarts each DDP child with the original command line,
+  which under --multirun re-expands the whole sweep in every child. genlab instead starts each
+  child with its own job's overrides and output directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.runs import RunReadError, atomic_write_text, read_summary
+
+log = logging.getLogger("genlab.sweep")
+MANIFEST = "manifest.json"
+STAMP = "%Y-%m-%d_%H-%M-%S-%f"
+
+
+# -- sweep ids and resuming --------------------------------------------------------------------
+def sweep_id(resume: Any, sweeps_dir: str) -> str:
+    """The sweep folder's name: new (a timestamp), or an existing one to resume."""
+    if resume in (None, False, "false", "False", ""):
+        return datetime.now().strftime(STAMP)
+    existing = sorted(p.name for p in Path(sweeps_dir).glob("*") if (p / MANIFEST).is_file())
+    if resume in (True, "true", "True"):
+        if not existing:
+            raise ValueError(f"resume=true: no sweep to resume under {sweeps_dir}")
+        return existing[-1]
+    if str(resume) not in existing:
+        raise ValueError(f"resume={resume!r}: no such sweep under {sweeps_dir}; "
+                         f"allowed: true or one of {', '.join(existing[-5:]) or '(none)'}")
+    return str(resume)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("genlab_sweep_id"):
+        # cached: every reference in one process sees the same id
+        OmegaConf.register_new_resolver("genlab_sweep_id", sweep_id, use_cache=True)
+
+
+# -- the manifest ------------------------------------------------------------------------------
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_manifest(sweep_dir: str | Path) -> dict[str, dict]:
+    path = Path(sweep_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["runs"]
+
+
+def update_manifest(sweep_dir: str | Path, key: str, entry: dict) -> None:
+    """Merge one run's entry into the manifest under an exclusive lock (read-modify-write)."""
+    path = Path(sweep_dir) / MANIFEST
+    with _locked(path):
+        runs = read_manifest(sweep_dir)
+        runs[key] = {**runs.get(key, {}), **entry}
+        atomic_write_text(path, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
+
+
+class SweepManifest(Callback):
+    """Hydra callback: one manifest entry per job of a multirun, and a failing exit code when any
+    run did not end ok. Single runs (and DDP children) are left alone."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), {
+            "dir": config.hydra.sweep.subdir if config.hydra.sweep.subdir else ".",
+            "overrides": list(config.hydra.overrides.task),
+            "status": "running",
+            "started": datetime.now().isoformat(timespec="seconds"),
+        })
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        run_dir = Path(config.hydra.runtime.output_dir)
+        try:
+            summary = read_summary(run_dir)
+            entry = {"status": summary["status"], "error": summary.get("error")}
+            metric = summary.get("objective")
+            if metric in summary:
+                entry["objective"] = {metric: summary[metric]}
+        except RunReadError as e:
+            entry = {"status": "failed", "error": str(e)}
+        if job_return.status == JobStatus.FAILED and entry["status"] == "ok":
+            entry = {"status": "failed", "error": repr(job_return._return_value)}
+        entry["ended"] = datetime.now().isoformat(timespec="seconds")
+        update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), entry)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        runs = read_manifest(config.hydra.sweep.dir)
+        bad = {k: v for k, v in runs.items() if v.get("status") != "ok"}
+        print(f"sweep {config.hydra.sweep.dir}: {len(runs) - len(bad)} of {len(runs)} runs ok"
+              f" (manifest: {Path(config.hydra.sweep.dir) / MANIFEST})")
+        for k, v in sorted(bad.items(), key=lambda kv: int(kv[0])):
+            print(f"  run {k} {v.get('status')}: {' '.join(v.get('overrides', []))}: {v.get('error')}",
+                  file=sys.stderr)
+        if bad:
+            raise SystemExit(1)
+
+
+# -- Optuna ------------------------------------------------------------------------------------
+def _optuna_sweeper_base():
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    return OptunaSweeper
+
+
+class ResumableOptunaSweeper(_optuna_sweeper_base()):
+    """Hydra's Optuna sweeper with resume: re-running the same command on the same storage (the
+    sqlite file inside the sweep folder) continues the search instead of starting it over."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        impl = self.sweeper
+        if impl.storage:
+            try:
+                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+            except KeyError:  # a new study
+                study = None
+            if study is not None:
+                trials = study.get_trials(deepcopy=False)
+                done = sum(t.state.is_finished() for t in trials)
+                for t in trials:
+                    if t.state == optuna.trial.TrialState.RUNNING:  # cut off by the interruption
+                        study._storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
+                        study.enqueue_trial(t.params)  # asked again before any new trial
+                impl.n_trials = max(0, impl.n_trials - done)
+                impl.job_idx = len(trials)  # new run folders are numbered after the old ones
+                log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,
+                         impl.n_trials)
+        if impl.n_trials == 0:
+            log.info("the search is complete; nothing to run")
+            return None
+        return super().sweep(arguments)
+
+
+# -- DDP children ------------------------------------------------------------------------------
+def child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning runs for DDP child `local_rank`, and its working directory: this
+    job's overrides only, written into this job's output directory, without .hydra/ files."""
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task]
+    command = [sys.executable, "-m", "genlab.train", *overrides,
+               f"hydra.run.dir={hc.runtime.output_dir}", "hydra.output_subdir=null",
+               f"hydra.job.name={hc.job.name}_ddp_rank{local_rank}"]
+    return command, hc.runtime.cwd
+
+
+def install_ddp_child_command() -> None:
+    """Make Lightning's subprocess launcher use `child_command` under Hydra."""
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = child_command
