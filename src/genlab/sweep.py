@@ -10,9 +10,8 @@ Hydra runs this module's pieces; genlab's own code reaches them only through con
   newest sweep of the same task, `resume=<id>` a named one, so re-running the same multirun
   command with `resume=true` lands every job in its old directory (train() then skips finished
   runs and continues interrupted ones from their last checkpoint).
-- `ResumableOptunaSweeper`: Hydra's Optuna sweeper, taught to continue an interrupted search: it
-  counts the trials the study already holds, re-queues the ones an interruption left running,
-  runs only the remaining trials and numbers their directories after the existing ones.
+- The resumable Optuna sweeper and the SLURM launcher live in hydra_plugins.genlab_plugins,
+  because Hydra only loads sweepers and launchers from that namespace.
 - `child_command`: under Hydra, Lightning restarts each DDP child with the original command line,
   which under --multirun re-expands the whole sweep in every child. genlab instead starts each
   child with its own job's overrides and output directory.
@@ -133,43 +132,6 @@ class SweepManifest(Callback):
                   file=sys.stderr)
         if bad:
             raise SystemExit(1)
-
-
-# -- Optuna ------------------------------------------------------------------------------------
-def _optuna_sweeper_base():
-    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-
-    return OptunaSweeper
-
-
-class ResumableOptunaSweeper(_optuna_sweeper_base()):
-    """Hydra's Optuna sweeper with resume: re-running the same command on the same storage (the
-    sqlite file inside the sweep folder) continues the search instead of starting it over."""
-
-    def sweep(self, arguments: list[str]) -> None:
-        import optuna
-
-        impl = self.sweeper
-        if impl.storage:
-            try:
-                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-            except KeyError:  # a new study
-                study = None
-            if study is not None:
-                trials = study.get_trials(deepcopy=False)
-                done = sum(t.state.is_finished() for t in trials)
-                for t in trials:
-                    if t.state == optuna.trial.TrialState.RUNNING:  # cut off by the interruption
-                        study._storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
-                        study.enqueue_trial(t.params)  # asked again before any new trial
-                impl.n_trials = max(0, impl.n_trials - done)
-                impl.job_idx = len(trials)  # new run folders are numbered after the old ones
-                log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,
-                         impl.n_trials)
-        if impl.n_trials == 0:
-            log.info("the search is complete; nothing to run")
-            return None
-        return super().sweep(arguments)
 
 
 # -- DDP children ------------------------------------------------------------------------------
