@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -18,6 +19,9 @@ BIN = Path(sys.executable).parent
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# tiny networks gain nothing from a second thread, and on a shared 2-core machine oversubscribed
+# threads made the GAN tests ~5x slower
+torch.set_num_threads(1)
 
 
 def make_cfg(run_dir: Path, *overrides: str) -> DictConfig:

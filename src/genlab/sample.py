@@ -87,7 +87,7 @@ def sample(args: dict[str, str]) -> Path:
         images = modes[mode]().float().cpu().clamp(0, 1)
     out = Path(args["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    nrow = steps if mode in ("interpolate", "chain") else max(1, int(len(images) ** 0.5))
+    nrow = steps if mode == "interpolate" or mode.startswith("chain") else max(1, int(len(images) ** 0.5))
     save_image(images, out, nrow=nrow, padding=2)
     return out
 

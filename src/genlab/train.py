@@ -75,7 +75,8 @@ def _sweep_logging(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with open_dict(cfg):
         wandb_cfg.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
-        wandb_cfg.tags = [*cfg.tags, *(o for o in hc.overrides.task if "=" in o)][:64]
+        swept = [o for o in hc.overrides.task if "=" in o and not o.startswith(("paths.", "hydra"))]
+        wandb_cfg.tags = [t[:64] for t in [*cfg.tags, *swept]]  # W&B caps a tag at 64 characters
         wandb_cfg.name = f"{cfg.task_name}-{Path(hc.sweep.dir).name}-{hc.job.num}"
 
 
@@ -198,11 +199,17 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if _in_multirun():
+        # failure isolation: the run's summary (and the sweep manifest) record the error, the
+        # sweep goes on, and the sweep's exit code reports the failures at the end
+        try:
+            return train(cfg)
+        except Exception:
+            log.exception("run failed; the sweep goes on")
+            return None
     try:
         return train(cfg)
     except ConfigError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records this run as failed and goes on
         print(f"genlab-train: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

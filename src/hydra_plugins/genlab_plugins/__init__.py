@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
@@ -41,6 +42,11 @@ class ResumableOptunaSweeper(OptunaSweeper):
                 if t.state == optuna.trial.TrialState.RUNNING:  # cut off by the interruption
                     study._storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
                     study.enqueue_trial(t.params)  # asked again before any new trial
+            # a seeded sampler started afresh would propose the first trials again: continue
+            # with a seed derived from the configured one and the trials already made
+            sampler_cfg = impl.config.hydra.sweeper.get("sampler")
+            if sampler_cfg is not None and sampler_cfg.get("seed") is not None:
+                impl.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
             impl.n_trials = max(0, impl.n_trials - done)
             impl.job_idx = len(trials)  # new run folders are numbered after the old ones
             log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,

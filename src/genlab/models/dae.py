@@ -1,0 +1,245 @@
+"""Denoising auto-encoder with the generative Markov chain of Bengio et al. 2013.
+
+Training: corrupt a clean image x with the configured corruption C (genlab.corruption) and
+maximise log P(x | x~), x~ ~ C(x~ | x), the log-likelihood of the *clean* image under the decoder
+(Bernoulli or Gaussian, genlab.models.likelihood). Units: train/recon, val/recon and test/recon are
+that log-likelihood in nats per image (summed over pixels, averaged over images), higher is better;
+train/corruption_level is the corruption's current level in its own units (see genlab.corruption).
+Validation corrupts with a seeded generator, so val/recon moves only with the weights and with the
+corruption's level (a schedule that lowers the level also makes validation easier).
+
+Sampling ("generalised denoising auto-encoders", Bengio et al. 2013): the Markov chain
+x_t -> x~_t ~ C(x~ | x_t) -> x_{t+1} ~ P(x | x~_t), started from uniform noise (`generate`) or from
+data. `chain_draw` decides what x_{t+1} is:
+  - sample: a draw from P(x | x~) (Bernoulli: binary pixels; Gaussian: mean + std * noise, clamped
+    to [0, 1]). This is the chain the paper's consistency result is about.
+  - mean (default): the mean E[x | x~]. With the Bernoulli likelihood on grey-level images (Fashion-
+    MNIST) a draw is a binary image, unlike anything the network was trained to denoise (it only
+    saw corruptions of grey-level images), so the chain drifts off the data; feeding back the mean
+    keeps the chain on grey-level images. The chain's randomness then comes from C alone, which
+    under-disperses P(x | x~) (a point mass at its mean): samples should be less diverse than
+    the model's distribution (expected, not measured). One epoch on Fashion-MNIST with
+    salt_pepper 0.3: 30-step chains from noise reach garment shapes with mean (mean pixel 0.31,
+    the data's 0.29) and collapse to near-black images with sample (mean pixel 0.01).
+Grids always show the means E[x | x~_t] of each step, whatever chain_draw is.
+
+Walkback (Bengio et al. 2013, section 3.4), `walkback=k`: after the usual step, run k more steps of
+the chain from x~ (draw x* by chain_draw, corrupt it again) and train P(x | x~*) to return to the
+original clean x as well, so the model also learns to undo the spurious modes its own chain visits.
+The loss is the mean of the k+1 terms; train/recon is always the one-step term, so runs with
+different k share one scale. (The paper draws the number of steps from a geometric distribution;
+a fixed k is simpler and is the knob the ablation needs.)
+
+Checkpoints: genlab loads them with weights_only=True, so the corruption is stored in the
+hyper-parameters as its plain config (`corruption_hparams`) and rebuilt from it (`as_corruption`);
+its state (images seen, adaptive level) travels in the state_dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from genlab.config import require, require_choice, require_positive
+from genlab.corruption import AdaptiveSchedule, Corruption, CosineSchedule, LinearSchedule
+from genlab.models.common import GenerativeModule, eval_means, log_eval
+from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
+from genlab.nets import ConvDecoder, ConvEncoder
+
+CHAIN_DRAWS = ("mean", "sample")
+
+
+# --- shared with genlab.models.gan ---------------------------------------------------------------
+
+
+def corruption_hparams(c: Corruption) -> dict:
+    """The plain config that rebuilds `c` with Corruption(**config): what a checkpoint stores.
+
+    Only configuration: the images seen and an adaptive schedule's level are state, saved in the
+    module's state_dict (Corruption.get_extra_state).
+    """
+    s = c.schedule
+    if isinstance(s, AdaptiveSchedule):
+        # null step means level / 100; store null then, so level 0 (step 0) still rebuilds
+        step = None if math.isclose(s.step, s.max_level / 100.0) else s.step
+        schedule = {"kind": "adaptive", "target": s.target, "step": step}
+    elif isinstance(s, LinearSchedule | CosineSchedule):
+        schedule = {"kind": "linear" if isinstance(s, LinearSchedule) else "cosine", "images": s.images}
+    else:
+        schedule = {"kind": "constant"}
+    return {"kind": c.kind, "level": c.level,
+            "level_range": None if c.level_range is None else list(c.level_range),
+            "schedule": schedule, "clip": c.clip, "radius": c.radius, "key": c.key}
+
+
+def as_corruption(spec) -> Corruption:
+    """A Corruption from what a model was given: one built by Hydra, its plain config (a mapping,
+    as a checkpoint stores it; a `_target_` key is ignored), or None for no corruption."""
+    if spec is None:
+        return Corruption("none")
+    if isinstance(spec, Corruption):
+        return spec
+    require(isinstance(spec, Mapping), "model.corruption",
+            "a Corruption or its config mapping (model.corruption: ${corruption})", spec)
+    return Corruption(**{k: v for k, v in spec.items() if k != "_target_"})
+
+
+def triplets(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """[a0, b0, c0, a1, b1, c1, ...] cut to 3 r^2 triples, so a square grid of side sqrt(len) =
+    3 r (genlab's grids) holds r whole triples per row. Fewer than 3 images: every triple."""
+    r = math.isqrt(len(a) // 3)
+    m = 3 * r * r if r else len(a)
+    return torch.stack([a[:m], b[:m], c[:m]], dim=1).flatten(0, 1)
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+class DAE(GenerativeModule):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        corruption: Corruption | Mapping | None = None,
+        code_dim: int = 64,
+        likelihood: str = "bernoulli",
+        std: float = 0.1,
+        learn_std: bool = False,
+        walkback: int = 0,
+        chain_steps: int = 30,
+        chain_draw: str = "mean",
+        lr: float = 1e-3,
+        base_channels: int = 32,
+        n_grid: int = 64,
+    ):
+        super().__init__()
+        self.corruption = as_corruption(corruption)
+        require(not isinstance(self.corruption.schedule, AdaptiveSchedule), "corruption.schedule.kind",
+                "constant | linear | cosine for model=dae (adaptive needs a discriminator's feedback)",
+                "adaptive")
+        require_positive(code_dim, "model.code_dim", integer=True)
+        require_choice(likelihood, "model.likelihood", LIKELIHOODS)
+        require_positive(std, "model.std")
+        require(isinstance(walkback, int) and not isinstance(walkback, bool) and walkback >= 0,
+                "model.walkback", "an integer >= 0 (0 = off)", walkback)
+        require_positive(chain_steps, "model.chain_steps", integer=True)
+        require_choice(chain_draw, "model.chain_draw", CHAIN_DRAWS)
+        require_positive(lr, "model.lr")
+        require_positive(n_grid, "model.n_grid", integer=True)
+        self.save_hyperparameters(ignore=["corruption"])
+        self.hparams["corruption"] = corruption_hparams(self.corruption)
+        self.image_shape = tuple(image_shape)
+        self.encoder = ConvEncoder(image_shape, code_dim, base_channels)
+        self.decoder = ConvDecoder(code_dim, image_shape, base_channels=base_channels)
+        self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
+        self.means = eval_means(["recon"])
+        # fixed chain starts, so grids of one run are comparable across epochs
+        self.register_buffer("fixed_noise", torch.rand(n_grid, *self.image_shape,
+                                                       generator=torch.Generator().manual_seed(0)),
+                             persistent=False)
+
+    # -- the model ----------------------------------------------------------------------------
+    def denoise(self, x_tilde: Tensor) -> Tensor:
+        """Decoder output (logits or Gaussian means) parameterising P(x | x~), [B, C, H, W]."""
+        return self.decoder(self.encoder(x_tilde))
+
+    def draw(self, out: Tensor) -> Tensor:
+        """The chain's next state x ~ P(x | x~) from a decoder output, per chain_draw (module doc)."""
+        mean = mean_image(out, self.hparams.likelihood)
+        if self.hparams.chain_draw == "mean":
+            return mean
+        if self.hparams.likelihood == "bernoulli":
+            return torch.bernoulli(mean)
+        return (out + self.log_std.exp() * torch.randn_like(out)).clamp(0, 1)
+
+    def recon_terms(self, x: Tensor, generator: torch.Generator | None = None,
+                    walkback: int = 0) -> list[Tensor]:
+        """log P(x | x~) per image [B] for the corrupted input (first) and each walkback step."""
+        x_tilde = self.corruption(x, generator=generator)
+        terms = []
+        for k in range(walkback + 1):
+            out = self.denoise(x_tilde)
+            terms.append(log_likelihood(x, out, self.hparams.likelihood, self.log_std))
+            if k < walkback:  # the chain's own next corrupted state, a training input (no gradient)
+                with torch.no_grad():
+                    x_tilde = self.corruption(self.draw(out))
+        return terms
+
+    @torch.no_grad()
+    def chain(self, x0: Tensor, steps: int) -> Tensor:
+        """Run the chain for `steps` steps from x0 [n, C, H, W] in [0, 1]: the means E[x | x~_t]
+        of every step, [n, steps, C, H, W] in [0, 1]."""
+        x, means = x0, []
+        for _ in range(steps):
+            out = self.denoise(self.corruption(x))
+            means.append(mean_image(out, self.hparams.likelihood))
+            x = self.draw(out)
+        return torch.stack(means, dim=1)
+
+    def noise(self, n: int) -> Tensor:
+        return torch.rand(n, *self.image_shape, device=self.device)
+
+    @torch.no_grad()
+    def generate(self, n: int) -> Tensor:
+        """n chain samples in [0, 1]: the mean after `chain_steps` steps from uniform noise."""
+        return self.chain(self.noise(n), self.hparams.chain_steps)[:, -1]
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | x~] for x~ a corruption of x: the denoised image (genlab-sample mode=reconstruct)."""
+        return mean_image(self.denoise(self.corruption(x)), self.hparams.likelihood)
+
+    def sample_modes(self, n: int, steps: int, real_fn) -> dict:
+        """genlab-sample modes: `chain` (n chains from noise, one column per step) and `chain_data`
+        (n chains from test images; the first column is the image, then steps - 1 steps)."""
+        def from_data():
+            x = real_fn(n)
+            return torch.cat([x.unsqueeze(1), self.chain(x, steps - 1)], dim=1).flatten(0, 1)
+
+        return {"chain": lambda: self.chain(self.noise(n), steps).flatten(0, 1),
+                "chain_data": from_data}
+
+    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
+        """Square grids (rows = chains, columns = time, k = sqrt(len(real)) of each): the chain from
+        noise at k evenly spaced steps up to chain_steps; the chain from data (first column the
+        image); and clean | corrupted | denoised triples."""
+        k = max(1, math.isqrt(len(real)))
+        steps = self.hparams.chain_steps
+
+        def columns(m):  # m evenly spaced steps, the last one included
+            return torch.linspace(0, steps - 1, m).round().long()
+
+        from_noise = self.chain(self.fixed_noise[:k], steps)[:, columns(k)]
+        x = real[:k]
+        from_data = torch.cat([x.unsqueeze(1), self.chain(x, steps)[:, columns(k - 1)]], dim=1)
+        corrupted = self.corruption(real, generator=torch.Generator().manual_seed(0))
+        denoised = mean_image(self.denoise(corrupted), self.hparams.likelihood)
+        return {"chain": from_noise.flatten(0, 1), "chain_data": from_data.flatten(0, 1),
+                "denoising": triplets(real, corrupted.clamp(0, 1), denoised)}
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        terms = self.recon_terms(x, walkback=self.hparams.walkback)
+        loss = -torch.stack(terms).mean()
+        self.corruption.step(x.shape[0] * self.trainer.world_size)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/recon", terms[0].mean().detach())
+        self.log("train/corruption_level", self.corruption.current_level)
+        return loss
+
+    def _eval_step(self, stage: str, x: Tensor, batch_idx: int) -> None:
+        # seeded per batch and rank: the same corruption every epoch, different on each shard
+        g = torch.Generator().manual_seed(1_000_003 * self.global_rank + batch_idx)
+        log_eval(self, stage, {"recon": self.recon_terms(x, generator=g)[0]})
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch[0], batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch[0], batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
