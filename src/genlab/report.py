@@ -286,11 +286,11 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
         "# genlab report", "",
         f"Runs read: {len(loaded)} ({counts}) from {', '.join(args.dirs)}.", "",
         f"A configuration is {grouping}. Each cell is mean ± standard deviation (n-1) over the "
-        "ok seeds, with the number of seeds in brackets. Failed, diverged and running runs are "
+        "ok seeds, with the number of seeds in brackets. Runs that did not end ok are "
         "counted in their own columns and never averaged. FID-like metrics carry the feature "
         "extractor in the column name; different extractors are never mixed.", "",
-        "| configuration | ok | failed | diverged | running | " + " | ".join(map(esc, columns)) + " |",
-        "|---" * (5 + len(columns)) + "|",
+        "| configuration | " + " | ".join([*runs.STATUSES, *map(esc, columns)]) + " |",
+        "|---" * (1 + len(runs.STATUSES) + len(columns)) + "|",
     ]
     for row in rows:
         cells = [esc(row["configuration"])] + [str(row[f"n_{s}"]) for s in runs.STATUSES]

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY = "summary.json"
-STATUSES = ("ok", "failed", "diverged", "running")
+# running: started, not ended (or killed without warning); interrupted: stopped by SIGTERM or
+# Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from
+STATUSES = ("ok", "failed", "diverged", "running", "interrupted")
 
 
 class RunReadError(RuntimeError):

@@ -11,8 +11,10 @@ fit -> validate and test the best checkpoint -> summary.json -> the objective fo
 from __future__ import annotations
 
 import logging
+import csv
 import math
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -26,7 +28,9 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from genlab.callbacks.guard import DivergedError
 from genlab.config import ConfigError
@@ -90,7 +94,7 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
     if old and old["status"] == "ok" and cfg.get("resume"):
         return old, None
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("ckpt_path") and old and old["status"] != "ok" and last.is_file():
+    if not cfg.get("ckpt_path") and old and old["status"] in ("running", "interrupted") and last.is_file():
         return None, str(last)
     return None, cfg.get("ckpt_path")
 
@@ -121,6 +125,8 @@ def train(cfg: DictConfig) -> float | None:
         callbacks = _build_all(cfg, "callbacks")
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        if ckpt_path and rank_zero:
+            _keep_csv_history(loggers, run_dir, ckpt_path)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:
             lg.log_hyperparams(resolved)
@@ -136,6 +142,12 @@ def train(cfg: DictConfig) -> float | None:
     except DivergedError as e:
         summary.update(status="diverged", error=str(e))
         log.error("run diverged: %s", e)
+    except (SIGTERMException, KeyboardInterrupt) as e:
+        summary.update(status="interrupted", error=f"{type(e).__name__}: interrupted; the next "
+                       "attempt at this run directory continues from checkpoints/last.ckpt")
+        if isinstance(e, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for SIGTERM
+        raise
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         if not isinstance(e, ConfigError):
@@ -153,6 +165,25 @@ def train(cfg: DictConfig) -> float | None:
         _report(run_dir, summary)
     value = summary.get(cfg.objective.metric)
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _keep_csv_history(loggers: list, run_dir: Path, ckpt_path: str) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv when it starts. A run resumed in its
+    own directory keeps the rows its earlier attempt logged up to the checkpoint's step."""
+    path = run_dir / "metrics.csv"
+    csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+    if not path.is_file() or not csv_loggers:
+        return
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"]
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) <= step]
+    writer = csv_loggers[0].experiment  # starting the writer deletes the file
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = list(header)  # later rows are appended under the same header
 
 
 def _leave_ddp(launch_env: dict[str, str | None]) -> None:

@@ -1,11 +1,14 @@
-"""Stop a diverging run early: a non-finite training loss ends it with status `diverged`."""
+"""Guards of a run: a non-finite training loss ends it with status `diverged`; SIGTERM (how SLURM
+preempts) or Ctrl-C saves checkpoints/last.ckpt first, so the next attempt continues from it."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
 class DivergedError(RuntimeError):
@@ -28,3 +31,16 @@ class DivergenceGuard(pl.Callback):
             bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
         if bad:
             raise DivergedError(f"non-finite training loss at step {trainer.global_step}")
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """On SIGTERM or Ctrl-C during fit, save `<dirpath>/last.ckpt` mid-epoch. Lightning turns
+    SIGTERM into an exception at the next step boundary on every rank; the checkpoint holds the
+    loops' progress, the data position and the random state, so a resumed run goes on exactly."""
+
+    def __init__(self, dirpath: str):
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)

@@ -40,8 +40,11 @@ class IndexBatches:
         world_size: int = 1,
         drop_last: bool = False,
         device: torch.device | str = "cpu",
+        consumed: Callable[[], int] | None = None,
     ):
         self.fetch, self.n, self.batch_size = fetch, n, batch_size
+        self.consumed = consumed or (lambda: self._yielded)
+        self._yielded, self._skip = 0, 0
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.device = torch.device(device)
@@ -69,9 +72,19 @@ class IndexBatches:
 
     def __iter__(self):
         order = self._indices()
-        for b in range(len(self)):
+        start, self._skip = self._skip, 0
+        for b in range(start, len(self)):
+            self._yielded = b + 1
             x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
             yield x.float().div_(255.0), y
+
+    # Lightning saves these with a mid-epoch checkpoint (a preempted run) and restores them
+    # before iterating again, so a resumed epoch goes on with the batches it had not seen.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch(), "consumed": self.consumed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = state["consumed"] if state["epoch"] == self.epoch() else 0
 
 
 class InMemoryDataModule(pl.LightningDataModule):
@@ -168,6 +181,9 @@ class InMemoryDataModule(pl.LightningDataModule):
             world_size=world,
             drop_last=shuffle,
             device=self._device(),
+            # the trainer's count, not ours: its fetcher reads one batch ahead of the step
+            consumed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+            if trainer is not None and shuffle else None,
         )
 
     def train_dataloader(self):

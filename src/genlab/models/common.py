@@ -26,6 +26,17 @@ class GenerativeModule(pl.LightningModule):
         cls = type(self)
         checkpoint["genlab"] = {"model_class": f"{cls.__module__}.{cls.__qualname__}",
                                 "data": self.data_config}
+        # the random state too, so a run resumed mid-epoch draws the noise it would have drawn
+        checkpoint["genlab_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            checkpoint["genlab_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("genlab_rng")
+        if rng and self._trainer is not None and self._trainer.state.fn == "fit":
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
 
 
 def eval_means(names: list[str], stages=("val", "test")) -> nn.ModuleDict:
