@@ -10,8 +10,8 @@ fit -> validate and test the best checkpoint -> summary.json -> the objective fo
 
 from __future__ import annotations
 
-import logging
 import csv
+import logging
 import math
 import os
 import signal
