@@ -31,6 +31,7 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/bench_train.py $(ARGS)
+	$(PY) benchmarks/bench_metrics.py
 
 # Upload every offline W&B run under DIR (default outputs/); needs `wandb login` first.
 DIR ?= outputs

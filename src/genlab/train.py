@@ -32,6 +32,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
 from genlab.config import ConfigError
 from genlab.runs import RunReadError, git_commit, read_checkpoint, read_summary, write_summary
@@ -123,6 +124,9 @@ def train(cfg: DictConfig) -> float | None:
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         callbacks = _build_all(cfg, "callbacks")
+        # FIDs of different feature extractors are on different scales: the summary names it
+        summary.update({"fid_extractor": cb.extractor for cb in callbacks
+                        if isinstance(cb, SampleQuality)})
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path and rank_zero:
@@ -217,6 +221,8 @@ def _report(run_dir: Path, summary: dict) -> None:
     lines = [f"status: {summary['status']}"]
     lines += [f"{k}: {v:.3f}" for k, v in sorted(summary.items())
               if k.startswith("test/") and isinstance(v, float)]
+    lines += [f"{k}: {summary[k]:.3f} (feature extractor {summary['fid_extractor']})"
+              for k in ("val/fid", "val/fid_expost") if isinstance(summary.get(k), float)]
     lines += [f"run directory: {run_dir}",
               f"samples: {run_dir / 'samples'}", f"metrics: {run_dir / 'metrics.csv'}"]
     wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))

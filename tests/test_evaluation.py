@@ -1,0 +1,144 @@
+"""The evaluation callback (genlab.callbacks.evaluation.SampleQuality) inside real smoke runs:
+what it logs, that its numbers mean something, early failures, and DDP agreement."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from conftest import make_cfg, run_cli
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from genlab import runs
+from genlab.callbacks.evaluation import rank_seed
+from genlab.config import ConfigError
+from genlab.metrics import extractors
+from genlab.metrics.extractors import ExtractorUnavailable
+from genlab.metrics.fid import RealReference, sample_metrics, to_uint8
+from genlab.models.vae import VAE
+
+QUALITY = ("val/fid", "val/kid", "val/precision", "val/recall")
+LATENT = ("val/fid_expost", "val/active_units", "val/mmd_prior", "val/kl_aggregate")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One smoke VAE run on digits (2 epochs, 200 evaluation samples), shared by the tests below."""
+    from genlab.train import train
+
+    run = tmp_path_factory.mktemp("digits_run")
+    cfg = make_cfg(run, "debug=smoke", "logger=csv", "data=digits")
+    train(cfg)
+    return run, cfg
+
+
+def _data_module(cfg):
+    """The run's own data module, rebuilt from its config."""
+    dm = instantiate(cfg.data)
+    dm.setup()
+    return dm
+
+
+def test_metrics_reach_the_summary_and_metrics_csv(digits_run):
+    digits_run, _ = digits_run
+    s = runs.read_summary(digits_run)
+    assert s["status"] == "ok"
+    for key in QUALITY + LATENT:
+        assert math.isfinite(s[key]), key
+    assert 0 <= s["val/precision"] <= 1 and 0 <= s["val/recall"] <= 1
+    assert 0 <= s["val/active_units"] <= 16
+    assert "val/is" not in s  # not in metrics.which for digits
+
+    with open(digits_run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/fid")]
+    # every_n_epochs=1 under debug=smoke: one row per epoch, plus the final validation
+    assert len(rows) == 2 + 1
+    assert all(r.get("val/fid_expost") for r in rows)
+    assert float(rows[-1]["val/fid"]) == pytest.approx(s["val/fid"], rel=1e-6)
+
+
+def test_extractor_is_named_in_the_summary(digits_run):
+    digits_run, cfg = digits_run
+    assert cfg.callbacks.evaluation.extractor == cfg.metrics.extractor == "genlab-digits-cnn"
+    assert runs.read_summary(digits_run)["fid_extractor"] == "genlab-digits-cnn"
+
+
+def test_model_fid_is_far_above_the_real_data_floor(digits_run):
+    """Held-out real images against the same reference give the FID floor for this N; a model
+    trained for 8 steps must be far above it."""
+    digits_run, cfg = digits_run
+    dm = _data_module(cfg)
+    n = cfg.metrics.n_samples
+    ref = RealReference.from_datamodule(dm, cfg.metrics.real_split, n)
+    held_out = dm.images("test", n)
+    floor = sample_metrics(held_out, ref, cfg.metrics.extractor, ["fid"],
+                           cache_dir=cfg.metrics.cache_dir)["fid"]
+    model_fid = runs.read_summary(digits_run)["val/fid"]
+    assert 0 < floor < model_fid / 10, (floor, model_fid)
+
+
+def _no_training(run):
+    assert runs.read_summary(run)["status"] == "failed"
+    assert not (run / "checkpoints").exists()
+    if (run / "metrics.csv").exists():
+        assert "train/loss" not in (run / "metrics.csv").read_text()
+
+
+def test_missing_inception_weights_fail_before_training(smoke, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty torch.hub cache
+    monkeypatch.setattr(extractors, "_online", lambda *a, **k: False)
+    run = tmp_path / "run"
+    with pytest.raises(ExtractorUnavailable, match="needs torch-fidelity's Inception weights") as e:
+        smoke(run, "data=digits", "metrics.extractor=inception-v3-compat")
+    assert "metrics.inception_weights" in str(e.value)
+    _no_training(run)
+
+
+def test_extractor_for_other_images_fails_before_training(smoke, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="metrics.extractor='genlab-fmnist-cnn' is invalid"):
+        smoke(run, "data=digits", "metrics.extractor=genlab-fmnist-cnn")
+    _no_training(run)
+
+
+def test_ddp_fid_equals_a_single_process_recomputation(tmp_path):
+    """Two gloo processes each generate half of the samples; the val/fid they log at the final
+    validation equals sample_metrics on the gathered samples in this one process."""
+    # one epoch (an evaluation inside fit, then the final one); few KID subsets: KID is not checked
+    run_cli("debug=smoke", "data=digits", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1",
+            "metrics.save_samples=true", "metrics.kid_subsets=10", f"paths.log_dir={tmp_path}",
+            cwd=tmp_path)
+    (run,) = runs.find_runs(tmp_path)
+    s = runs.read_summary(run)
+    assert s["status"] == "ok"
+    saved = torch.load(run / "eval_samples.pt", weights_only=False)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    dm = _data_module(cfg)
+    fake = saved["samples"]
+    assert fake.dtype == torch.uint8 and len(fake) == cfg.metrics.n_samples
+    # the second half came from rank 1: the best checkpoint with rank 1's seed draws it again
+    # (up to one grey level, for float rounding at a .5 boundary)
+    half = len(fake) // 2
+    model = VAE.load_from_checkpoint(s["best_checkpoint"], map_location="cpu").eval()
+    torch.manual_seed(rank_seed(cfg.seed, 1))
+    again = to_uint8(model.generate(half))
+    assert (again.int() - fake[half:].int()).abs().max() <= 1
+    assert not torch.equal(fake[:half], fake[half:])
+    ref = RealReference.from_datamodule(dm, cfg.metrics.real_split, cfg.metrics.n_samples)
+    # no cache: the reference statistics are recomputed here, independently of the run
+    fid = sample_metrics(fake.float() / 255, ref, cfg.metrics.extractor, ["fid"])["fid"]
+    assert s["val/fid"] == pytest.approx(fid, rel=1e-6)
+    assert math.isfinite(s["val/fid_expost"]) and math.isfinite(s["val/active_units"])
+    assert saved["metrics"]["fid"] == pytest.approx(fid, rel=1e-6)
+
+
+def test_fid_as_checkpoint_monitor_needs_it_at_every_save(smoke, tmp_path):
+    """Lightning would stop after the first epoch without val/fid; genlab says why before it."""
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="metrics.every_n_epochs=2 is invalid.*monitors val/fid"):
+        smoke(run, "data=digits", "objective.metric=val/fid", "objective.mode=min",
+              "metrics.every_n_epochs=2")
+    _no_training(run)
