@@ -125,8 +125,9 @@ def train(cfg: DictConfig) -> float | None:
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         callbacks = _build_all(cfg, "callbacks")
         # FIDs of different feature extractors are on different scales: the summary names it
-        summary.update({"fid_extractor": cb.extractor for cb in callbacks
-                        if isinstance(cb, SampleQuality)})
+        for cb in callbacks:
+            if isinstance(cb, SampleQuality):
+                summary["fid_extractor"] = cb.extractor
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path and rank_zero:
