@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DATA = REPO / "data"  # shared by all tests: Fashion-MNIST is decompressed here once
 BIN = Path(sys.executable).parent
+# switch off the sample-quality callback (FID on generated images) in runs that test other wiring
+NO_EVAL = ["callbacks.evaluation=null"]
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

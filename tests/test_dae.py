@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONF
-from omegaconf import OmegaConf
+from conftest import NO_EVAL
 from PIL import Image
 
 from genlab.config import ConfigError
@@ -21,26 +20,17 @@ SHAPE = [1, 28, 28]
 
 
 
-def corruption_override(name: str) -> str:
-    return f"corruption={name}"
-
-
-def no_evaluation() -> list[str]:
-    """Switch off the sample-quality callback (FID on thousands of images) where it is configured:
-    these runs test the model's wiring; one run per family keeps it on as an integration check."""
-    callbacks = OmegaConf.load(CONF / "callbacks" / "default.yaml")
-    return ["callbacks.evaluation=null"] if "evaluation" in callbacks else []
 
 
 DAE_RUNS = [  # the first keeps the sample-quality callback on: it must work with the DAE's chain
     ("gaussian", ["model.likelihood=gaussian", "model.walkback=2", "model.chain_draw=sample"]),
-    ("masking", ["model.walkback=1", "corruption.level_range=[0.1,0.5]", *no_evaluation()]),
+    ("masking", ["model.walkback=1", "corruption.level_range=[0.1,0.5]", *NO_EVAL]),
 ]
 
 
 @pytest.mark.parametrize(("corruption", "extra"), DAE_RUNS, ids=[c for c, _ in DAE_RUNS])
 def test_dae_trains_and_samples_chains(smoke, tmp_path, corruption, extra):
-    run = smoke(tmp_path / "run", "model=dae", corruption_override(corruption),
+    run = smoke(tmp_path / "run", "model=dae", f"corruption={corruption}",
                 "objective.metric=val/recon", "objective.mode=max", "model.base_channels=8",
                 "model.code_dim=16", "model.chain_steps=5", *extra)
     summary = json.loads((run / "summary.json").read_text())

@@ -10,9 +10,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import CONF, make_cfg
+from conftest import NO_EVAL, make_cfg
 from hydra.errors import InstantiationException
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from genlab.config import ConfigError
@@ -25,15 +24,6 @@ TINY = ["model.base_channels=8"]
 
 
 
-def corruption_override(name: str) -> str:
-    return f"corruption={name}"
-
-
-def no_evaluation() -> list[str]:
-    """Switch off the sample-quality callback (FID on thousands of images) where it is configured:
-    these runs test the model's wiring; one run per family keeps it on as an integration check."""
-    callbacks = OmegaConf.load(CONF / "callbacks" / "default.yaml")
-    return ["callbacks.evaluation=null"] if "evaluation" in callbacks else []
 
 
 def train_metrics(run_dir) -> dict[str, list[float]]:
@@ -72,13 +62,13 @@ DCGAN_RUNS = [  # the first keeps the sample-quality callback on: it must work w
     ("noise_head", "gaussian", ["corruption.level_range=[0.0,0.2]"]),
     ("noise_head", "salt_pepper", ["model.loss=wgan_gp", "model.n_critic=2"]),
 ]
-DCGAN_RUNS = DCGAN_RUNS[:1] + [(m, c, [*extra, *no_evaluation()]) for m, c, extra in DCGAN_RUNS[1:]]
+DCGAN_RUNS = DCGAN_RUNS[:1] + [(m, c, [*extra, *NO_EVAL]) for m, c, extra in DCGAN_RUNS[1:]]
 
 
 @pytest.mark.parametrize(("d_mode", "corruption", "extra"), DCGAN_RUNS,
                          ids=[f"{m}-{c}" for m, c, _ in DCGAN_RUNS])
 def test_dcgan_trains_and_samples(smoke, tmp_path, d_mode, corruption, extra):
-    run = smoke(tmp_path / "run", "model=dcgan", f"model.d_mode={d_mode}", corruption_override(corruption),
+    run = smoke(tmp_path / "run", "model=dcgan", f"model.d_mode={d_mode}", f"corruption={corruption}",
                 "objective.metric=val/stat_fd", "objective.mode=min", "model.latent_dim=16",
                 "trainer.max_epochs=1", *TINY, *extra)
     summary = check_run(run, "val/stat_fd")
@@ -92,10 +82,10 @@ def test_dcgan_trains_and_samples(smoke, tmp_path, d_mode, corruption, extra):
 
 
 def test_restoration_gan_trains_and_samples(smoke, tmp_path):
-    run = smoke(tmp_path / "run", "model=restoration_gan", corruption_override("blur"),
+    run = smoke(tmp_path / "run", "model=restoration_gan", "corruption=blur",
                 "objective.metric=val/psnr", "objective.mode=max", "trainer.max_epochs=1",
                 "model.degraded_d=true", "model.loss=wgan_gp", "model.r1_gamma=1.0",
-                "model.ema_decay=0.9", "model.n_fixed=8", *TINY, *no_evaluation())
+                "model.ema_decay=0.9", "model.n_fixed=8", *TINY, *NO_EVAL)
     summary = check_run(run, "val/psnr")
     assert math.isfinite(summary["val/psnr_input"])
     assert "train/consistency" in train_metrics(run)
@@ -113,7 +103,7 @@ def test_bad_d_mode_fails_before_training(tmp_path):
     from genlab.train import train
 
     cfg = make_cfg(tmp_path / "run", "debug=smoke", "logger=csv", "model=dcgan", "model.d_mode=blurry",
-                   corruption_override("blur"), "objective.metric=val/stat_fd")
+                   "corruption=blur", "objective.metric=val/stat_fd")
     with pytest.raises((ConfigError, InstantiationException)) as err:
         train(cfg)
     message = str(err.value)

@@ -53,6 +53,14 @@ def log_eval(module, stage: str, values: dict[str, Tensor]) -> None:
         module.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
 
 
+def log_this_step(module: pl.LightningModule) -> bool:
+    """Whether a training step's values will be written: Lightning writes step values every
+    trainer.log_every_n_steps steps, and each self.log call costs ~2% of a small model's CPU step
+    (measured by `make bench`), so the steps in between skip logging altogether."""
+    trainer = module._trainer
+    return trainer is None or trainer._logger_connector.should_update_logs  # Lightning's own test
+
+
 def interleave(a: Tensor, b: Tensor) -> Tensor:
     """[a0, b0, a1, b1, ...]: originals next to their reconstructions in one grid."""
     return torch.stack([a, b], dim=1).flatten(0, 1)

@@ -161,6 +161,37 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float, updates: int) -> No
         be.copy_(b)
 
 
+def adversarial_update(module, d_loss: Tensor, logs: dict[str, Tensor],
+                       generator_loss: Callable[[], tuple[Tensor, dict[str, Tensor]]],
+                       batch_idx: int, n_images: int) -> dict[str, Tensor]:
+    """One manual-optimisation step shared by the GAN families: D's step on `d_loss`, G's step
+    every n_critic batches (D's weights get no gradient from G's loss), the EMA of G, the
+    corruption schedule (fed D's sign accuracy on real images, averaged over ranks) and logging."""
+    opt_d, opt_g = module.optimizers()
+    opt_d.zero_grad(set_to_none=True)
+    module.manual_backward(d_loss)
+    opt_d.step()
+    out = {"d_loss": d_loss.detach()}
+    if (batch_idx + 1) % module.hparams.n_critic == 0:
+        with module.toggled_optimizer(opt_g):
+            g_loss, g_logs = generator_loss()
+            opt_g.zero_grad(set_to_none=True)
+            module.manual_backward(g_loss)
+            opt_g.step()
+        if module.g_ema is not None:
+            ema_update(module.g_ema, module.generator, module.hparams.ema_decay, int(module.ema_updates))
+            module.ema_updates += 1
+        out["g_loss"] = g_loss.detach()
+        logs.update(g_logs)
+    acc = module.trainer.strategy.reduce(logs["d_real_acc"], reduce_op="mean")
+    module.corruption.update(float(acc))
+    module.corruption.step(n_images * module.trainer.world_size)
+    module.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
+    module.log_dict({f"train/{k}": v for k, v in logs.items()})
+    module.log("train/corruption_level", module.corruption.current_level)
+    return out
+
+
 def eval_generator(module: nn.Module, batch_idx: int) -> torch.Generator:
     """A CPU generator seeded by batch and rank: the same draws every epoch and on every device,
     different on each DDP shard."""
@@ -351,32 +382,10 @@ class DCGAN(GenerativeModule):
     def training_step(self, batch, batch_idx):
         real = batch[0]
         n = real.shape[0]
-        opt_d, opt_g = self.optimizers()
         with torch.no_grad():
             fake = to_image(self.generator(self.z(n)))
         d_loss, logs = self.discriminator_loss(real, fake)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
-        out = {"d_loss": d_loss.detach()}
-        if (batch_idx + 1) % self.hparams.n_critic == 0:
-            with self.toggled_optimizer(opt_g):  # D's weights get no gradient from G's loss
-                g_loss, g_logs = self.generator_loss(n)
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
-            if self.g_ema is not None:
-                ema_update(self.g_ema, self.generator, self.hparams.ema_decay, int(self.ema_updates))
-                self.ema_updates += 1
-            out["g_loss"] = g_loss.detach()
-            logs.update(g_logs)
-        acc = self.trainer.strategy.reduce(logs["d_real_acc"], reduce_op="mean")
-        self.corruption.update(float(acc))
-        self.corruption.step(n * self.trainer.world_size)
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()})
-        self.log("train/corruption_level", self.corruption.current_level)
-        return out
+        return adversarial_update(self, d_loss, logs, lambda: self.generator_loss(n), batch_idx, n)
 
     def _eval_step(self, stage: str, real: Tensor, batch_idx: int) -> None:
         g = eval_generator(self, batch_idx)
@@ -560,33 +569,12 @@ class RestorationGAN(GenerativeModule):
     # -- Lightning ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         real = batch[0]
-        opt_d, opt_g = self.optimizers()
         degraded, levels = self.corruption(real, return_levels=True)
         with torch.no_grad():
             restored = to_image(self.generator(to_signed(degraded)))
         d_loss, logs = self.discriminator_loss(real, degraded, levels, restored)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
-        out = {"d_loss": d_loss.detach()}
-        if (batch_idx + 1) % self.hparams.n_critic == 0:
-            with self.toggled_optimizer(opt_g):
-                g_loss, g_logs = self.generator_loss(degraded, levels)
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
-            if self.g_ema is not None:
-                ema_update(self.g_ema, self.generator, self.hparams.ema_decay, int(self.ema_updates))
-                self.ema_updates += 1
-            out["g_loss"] = g_loss.detach()
-            logs.update(g_logs)
-        acc = self.trainer.strategy.reduce(logs["d_real_acc"], reduce_op="mean")
-        self.corruption.update(float(acc))
-        self.corruption.step(real.shape[0] * self.trainer.world_size)
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()})
-        self.log("train/corruption_level", self.corruption.current_level)
-        return out
+        return adversarial_update(self, d_loss, logs, lambda: self.generator_loss(degraded, levels),
+                                  batch_idx, real.shape[0])
 
     def _eval_step(self, stage: str, real: Tensor, batch_idx: int) -> None:
         degraded = self.corruption(real, generator=eval_generator(self, batch_idx))

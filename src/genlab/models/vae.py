@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval
+from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, log_this_step
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
 
@@ -174,9 +174,10 @@ class VAE(GenerativeModule):
             t = self.elbo_terms(x)
             loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
             elbo = t["elbo"].mean()
-        self.log("train/loss", loss, prog_bar=True)
-        if elbo is not None:
-            self.log("train/elbo", elbo.detach())
+        if log_this_step(self):
+            self.log("train/loss", loss.detach(), prog_bar=True)
+            if elbo is not None:
+                self.log("train/elbo", elbo.detach())
         return loss
 
     def validation_step(self, batch, batch_idx):
