@@ -198,3 +198,24 @@ def test_no_readable_run_is_exit_2(tmp_path, capsys):
     assert f"skipped: {run / 'summary.json'}: corrupt or truncated" in err
     assert "no run could be read" in err
     assert not (tmp_path / "out" / "summary.md").exists()
+
+
+def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
+    # a preset's `report:` block (here written into every run's resolved config) stands in for
+    # the arguments; arguments given on the command line still win
+    root, _ = sweep
+    for cfg_path in root.glob("*/.hydra/config.yaml"):
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["report"] = {"group_by": ["model.beta"], "metrics": ["test/elbo"]}
+        cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "preset"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    with open(out / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:2] == ["configuration", "model.beta"]
+    assert "test/elbo mean" in header and "val/elbo mean" not in header
+    out = tmp_path / "args"
+    assert report.main([str(root), "--out", str(out), "--metrics", "val/elbo"]) == 0
+    with open(out / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert "val/elbo mean" in header and "test/elbo mean" not in header

@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the overrides without seed and hydra.*)")
     parser.add_argument("--x", metavar="KEY",
                         help="dotted config key to put on the x axis of a metric-vs-value figure")
-    parser.add_argument("--step-metric", default="val/elbo", metavar="M",
-                        help="metric from metrics.csv to plot against training step")
+    parser.add_argument("--step-metric", metavar="M",
+                        help="metric from metrics.csv to plot against training step "
+                             "(default: the runs' objective.metric)")
     args = parser.parse_args(argv)
 
     skipped: list[str] = []
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlab-report: error: no run could be read under {' '.join(args.dirs)} "
               "(a run directory holds .hydra/config.yaml and summary.json)", file=sys.stderr)
         return 2
+    apply_preset(args, loaded[0].config)
 
     groups = group_runs(loaded, args.group_by)
     columns = metric_columns(loaded, args.metrics)
@@ -95,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
                    [f for f in figures if f], skipped)
     print(f"genlab-report: {len(loaded)} runs, {len(groups)} configurations -> {args.out}")
     return 0
+
+
+def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """Arguments not given on the command line come from the study's preset: its `report:` block
+    (group_by, metrics, x, step_metric) in the runs' resolved config, then objective.metric."""
+    preset = config.get("report") or {}
+    for key in ("group_by", "metrics", "x", "step_metric"):
+        if getattr(args, key) is None and preset.get(key):
+            setattr(args, key, preset[key])
+    if args.step_metric is None:
+        args.step_metric = (config.get("objective") or {}).get("metric", "val/elbo")
 
 
 def skip(skipped: list[str], what: str) -> None:
