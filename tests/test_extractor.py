@@ -1,11 +1,11 @@
 """Feature extractors: shipped weights, accuracy, full-rank features, sanity FIDs, Inception offline."""
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -22,12 +22,10 @@ from genlab.metrics.extractors import (
 from genlab.metrics.fid import RealReference, cache_key, extract_features, sample_metrics
 from genlab.metrics.train_extractor import evaluate, main, sanity_fids
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
-
 
 @pytest.fixture(scope="module")
 def fmnist():
-    dm = FashionMNISTDataModule(root=str(DATA_ROOT), download=False, val_size=0)
+    dm = FashionMNISTDataModule(root=str(DATA), download=False, val_size=0)
     dm.setup()
     return dm
 
@@ -58,7 +56,7 @@ def test_fmnist_extractor_accuracy_as_recorded(fmnist):
 
 def _real_images(name, n):
     if name == "genlab-fmnist-cnn":
-        dm = FashionMNISTDataModule(root=str(DATA_ROOT), download=False)
+        dm = FashionMNISTDataModule(root=str(DATA), download=False)
     elif name == "genlab-digits-cnn":
         dm = DigitsDataModule(val_size=0)
     else:

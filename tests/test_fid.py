@@ -1,7 +1,6 @@
 """sample_metrics against independent computations, its real-feature cache, and DDP gathering."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch_fidelity
+from conftest import DATA
 
 from genlab.config import ConfigError
 from genlab.data import DigitsDataModule, FashionMNISTDataModule
@@ -23,12 +23,10 @@ from genlab.metrics.fid import (
     to_uint8,
 )
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
-
 
 @pytest.fixture(scope="module")
 def fmnist():
-    dm = FashionMNISTDataModule(root=str(DATA_ROOT), download=False)
+    dm = FashionMNISTDataModule(root=str(DATA), download=False)
     dm.setup()
     return dm
 
