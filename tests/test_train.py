@@ -10,7 +10,7 @@ import pytest
 import torch
 import wandb_offline
 import yaml
-from conftest import make_cfg, run_cli
+from conftest import NO_EVAL, make_cfg, run_cli
 
 from genlab import runs
 from genlab.config import ConfigError
@@ -141,3 +141,12 @@ def test_summary_is_json_with_status(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["val/elbo"] == "nan"
     with pytest.raises(ValueError):
         runs.write_summary(tmp_path, {"status": "great"})
+
+
+def test_each_family_has_its_own_objective(smoke, tmp_path):
+    # model=dcgan alone must work: its checkpoints rank by a metric it logs every validation
+    run = smoke(tmp_path / "gan", "data=digits", "model=dcgan", "model.base_channels=8", *NO_EVAL)
+    s = runs.read_summary(run)
+    assert s["status"] == "ok" and s["objective"] == "val/stat_fd"
+    assert "best-epoch" in s["best_checkpoint"]
+    assert make_cfg(tmp_path, "model=dae").objective.metric == "val/recon"
