@@ -9,6 +9,7 @@ per epoch, all shards of equal length so the ranks stay in step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -169,21 +170,24 @@ class InMemoryDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> IndexBatches:
         fetch, n = self.fetcher(split)
         trainer = self.trainer
-        world = trainer.world_size if trainer is not None else 1
+        world = 1 if trainer is None else trainer.world_size
         if shuffle:  # training drops incomplete batches: at least one whole batch per rank
             require(n // world >= batch_size, "data.batch_size",
                     f"at most {n // world}, the training images per process", batch_size)
+        if trainer is None:  # outside a Trainer (scripts, tests): one process, epoch 0
+            return IndexBatches(fetch, n, batch_size, shuffle, seed=self.split_seed,
+                                drop_last=shuffle, device=self._device())
         return IndexBatches(
             fetch, n, batch_size, shuffle,
-            seed=self.split_seed if trainer is None else _run_seed(),
-            epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-            rank=trainer.global_rank if trainer is not None else 0,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),  # the run's seed (seed_everything)
+            epoch=lambda: trainer.current_epoch,
+            rank=trainer.global_rank,
             world_size=world,
             drop_last=shuffle,
             device=self._device(),
             # the trainer's count, not ours: its fetcher reads one batch ahead of the step
             consumed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
-            if trainer is not None and shuffle else None,
+            if shuffle else None,
         )
 
     def train_dataloader(self):
@@ -201,9 +205,3 @@ class InMemoryDataModule(pl.LightningDataModule):
         idx = torch.arange(total if n is None else min(n, total))
         return fetch(idx)[0].float().div_(255.0)
 
-
-def _run_seed() -> int:
-    """The global seed set by Lightning's seed_everything (0 when none was set)."""
-    import os
-
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
