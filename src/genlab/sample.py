@@ -4,8 +4,9 @@
     genlab-sample ckpt=PATH mode=interpolate n=8 steps=10 out=FILE.png
     genlab-sample ckpt=PATH mode=reconstruct n=32 out=FILE.png
 
-`interpolate` and `reconstruct` encode real test images; the data source is read from the
-checkpoint. Families add their own modes (e.g. the DAE's Markov chain) through `sample_modes()`.
+Every family samples from its prior (`prior`); the others are its own `sample_modes()`: the VAE's
+`interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. Modes that
+start from real test images read the data source from the checkpoint.
 """
 
 from __future__ import annotations
@@ -66,20 +67,8 @@ def sample(args: dict[str, str]) -> Path:
     torch.manual_seed(int(args["seed"]))
     model, data = load_model(args["ckpt"], args["device"])
     n, steps, mode = int(args["n"]), int(args["steps"]), args["mode"]
-    modes = {"prior": lambda: model.generate(n)}
-    if hasattr(model, "interpolate"):
-        def interpolate():
-            x = real_images(data, 2 * n).to(model.device)
-            return model.interpolate(x[:n], x[n:], steps)
-        modes["interpolate"] = interpolate
-    if hasattr(model, "reconstruct"):
-        def reconstruct():
-            from genlab.models.common import interleave
-            x = real_images(data, n).to(model.device)
-            return interleave(x, model.reconstruct(x))
-        modes["reconstruct"] = reconstruct
-    if hasattr(model, "sample_modes"):
-        modes.update(model.sample_modes(n, steps, lambda k: real_images(data, k).to(model.device)))
+    modes = {"prior": lambda: model.generate(n),
+             **model.sample_modes(n, steps, lambda k: real_images(data, k).to(model.device))}
     if mode not in modes:
         raise SystemExit(f"genlab-sample: mode={mode!r} is invalid for {type(model).__name__}; "
                          f"allowed: {' | '.join(modes)}")

@@ -22,6 +22,11 @@ class GenerativeModule(pl.LightningModule):
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         return {"samples": self.generate(len(real))}
 
+    def sample_modes(self, n: int, steps: int, real_fn) -> dict:
+        """genlab-sample's family-specific modes: name -> a callable returning images in [0, 1].
+        `real_fn(k)` gives k real test images; `steps` is a chain's or an interpolation's length."""
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         cls = type(self)
         checkpoint["genlab"] = {"model_class": f"{cls.__module__}.{cls.__qualname__}",

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_positive
 from genlab.corruption import AdaptiveSchedule, Corruption, CosineSchedule, LinearSchedule
-from genlab.models.common import GenerativeModule, eval_means, log_eval
+from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
 
@@ -192,14 +192,19 @@ class DAE(GenerativeModule):
         return mean_image(self.denoise(self.corruption(x)), self.hparams.likelihood)
 
     def sample_modes(self, n: int, steps: int, real_fn) -> dict:
-        """genlab-sample modes: `chain` (n chains from noise, one column per step) and `chain_data`
-        (n chains from test images; the first column is the image, then steps - 1 steps)."""
+        """genlab-sample modes: `chain` (n chains from noise, one column per step), `chain_data`
+        (n chains from test images; the first column is the image, then steps - 1 steps) and
+        `reconstruct` (test images next to their denoised corruptions)."""
         def from_data():
             x = real_fn(n)
             return torch.cat([x.unsqueeze(1), self.chain(x, steps - 1)], dim=1).flatten(0, 1)
 
+        def reconstruct():
+            x = real_fn(n)
+            return interleave(x, self.reconstruct(x))
+
         return {"chain": lambda: self.chain(self.noise(n), steps).flatten(0, 1),
-                "chain_data": from_data}
+                "chain_data": from_data, "reconstruct": reconstruct}
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """Square grids (rows = chains, columns = time, k = sqrt(len(real)) of each): the chain from

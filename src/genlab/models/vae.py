@@ -158,6 +158,19 @@ class VAE(GenerativeModule):
         z = (za.unsqueeze(1) * (1 - t) + zb.unsqueeze(1) * t).flatten(0, 1)
         return mean_image(self.decode(z), self.hparams.likelihood)
 
+    def sample_modes(self, n: int, steps: int, real_fn) -> dict:
+        """genlab-sample: `interpolate` (n rows of `steps` images between two encoded test images)
+        and `reconstruct` (n test images next to their reconstructions)."""
+        def interpolate():
+            x = real_fn(2 * n)
+            return self.interpolate(x[:n], x[n:], steps)
+
+        def reconstruct():
+            x = real_fn(n)
+            return interleave(x, self.reconstruct(x))
+
+        return {"interpolate": interpolate, "reconstruct": reconstruct}
+
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """Images for the sample-grid callback: prior samples and reconstructions."""
         n = min(len(real), len(self.fixed_z))
