@@ -12,8 +12,9 @@ from conftest import NO_EVAL
 from PIL import Image
 
 from genlab.config import ConfigError
-from genlab.corruption import Corruption
-from genlab.models.dae import DAE, as_corruption, corruption_hparams, triplets
+from genlab.corruption import Corruption, as_corruption
+from genlab.models.common import triplets
+from genlab.models.dae import DAE
 from genlab.sample import main as sample_main
 
 SHAPE = [1, 28, 28]
@@ -114,10 +115,10 @@ def test_bad_options_name_their_key(kwargs, key):
 def test_corruption_config_round_trips(config):
     """What a checkpoint stores rebuilds the same corruption (same draws, same schedule)."""
     c = Corruption(**config)
-    saved = corruption_hparams(c)
+    saved = c.config()
     assert json.loads(json.dumps(saved)) == saved  # plain values only: safe for weights_only loads
     again = as_corruption(saved)
-    assert repr(again) == repr(c) and corruption_hparams(again) == saved
+    assert repr(again) == repr(c) and again.config() == saved
     for images in (0, 30, 10_000):
         c.images_seen = again.images_seen = images
         assert again.current_level == c.current_level

@@ -409,6 +409,26 @@ class Corruption(nn.Module):
         return torch.full((batch_size,), self.current_level, device=device, dtype=dtype)
 
     # -- applying it -----------------------------------------------------------------------
+    def config(self) -> dict:
+        """The plain config that rebuilds this corruption with Corruption(**config): what a
+        checkpoint stores.
+
+        Only configuration: the images seen and an adaptive schedule's level are state, saved in the
+        module's state_dict (Corruption.get_extra_state).
+        """
+        s = self.schedule
+        if isinstance(s, AdaptiveSchedule):
+            # null step means level / 100; store null then, so level 0 (step 0) still rebuilds
+            step = None if math.isclose(s.step, s.max_level / 100.0) else s.step
+            schedule = {"kind": "adaptive", "target": s.target, "step": step}
+        elif isinstance(s, LinearSchedule | CosineSchedule):
+            schedule = {"kind": "linear" if isinstance(s, LinearSchedule) else "cosine", "images": s.images}
+        else:
+            schedule = {"kind": "constant"}
+        return {"kind": self.kind, "level": self.level,
+                "level_range": None if self.level_range is None else list(self.level_range),
+                "schedule": schedule, "clip": self.clip, "radius": self.radius, "key": self.key}
+
     def forward(self, x: Tensor, level: float | Tensor | None = None,
                 generator: torch.Generator | None = None, return_levels: bool = False):
         """Degrade images x [B, C, H, W] in [0, 1]; `level` (float or [B]) overrides the sampled levels."""
@@ -444,3 +464,15 @@ class Corruption(nn.Module):
     def extra_repr(self) -> str:
         level = f"level_range={list(self.level_range)}" if self.level_range else f"schedule={self.schedule!r}"
         return f"kind={self.kind}, {level}"
+
+
+def as_corruption(spec) -> Corruption:
+    """A Corruption from what a model was given: one built by Hydra, its plain config (a mapping,
+    as a checkpoint stores it; a `_target_` key is ignored), or None for no corruption."""
+    if spec is None:
+        return Corruption("none")
+    if isinstance(spec, Corruption):
+        return spec
+    require(isinstance(spec, Mapping), "model.corruption",
+            "a Corruption or its config mapping (model.corruption: ${corruption})", spec)
+    return Corruption(**{k: v for k, v in spec.items() if k != "_target_"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -69,3 +71,11 @@ def log_this_step(module: pl.LightningModule) -> bool:
 def interleave(a: Tensor, b: Tensor) -> Tensor:
     """[a0, b0, a1, b1, ...]: originals next to their reconstructions in one grid."""
     return torch.stack([a, b], dim=1).flatten(0, 1)
+
+
+def triplets(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """[a0, b0, c0, a1, b1, c1, ...] cut to 3 r^2 triples, so a square grid of side sqrt(len) =
+    3 r (genlab's grids) holds r whole triples per row. Fewer than 3 images: every triple."""
+    r = math.isqrt(len(a) // 3)
+    m = 3 * r * r if r else len(a)
+    return torch.stack([a[:m], b[:m], c[:m]], dim=1).flatten(0, 1)

@@ -31,7 +31,7 @@ different k share one scale. (The paper draws the number of steps from a geometr
 a fixed k is simpler and is the knob the ablation needs.)
 
 Checkpoints: genlab loads them with weights_only=True, so the corruption is stored in the
-hyper-parameters as its plain config (`corruption_hparams`) and rebuilt from it (`as_corruption`);
+hyper-parameters as its plain config (`Corruption.config`) and rebuilt from it (`as_corruption`);
 its state (images seen, adaptive level) travels in the state_dict.
 """
 
@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_positive
-from genlab.corruption import AdaptiveSchedule, Corruption, CosineSchedule, LinearSchedule
-from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval
+from genlab.corruption import AdaptiveSchedule, Corruption, as_corruption
+from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, triplets
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
 
@@ -53,46 +53,6 @@ CHAIN_DRAWS = ("mean", "sample")
 
 
 # --- shared with genlab.models.gan ---------------------------------------------------------------
-
-
-def corruption_hparams(c: Corruption) -> dict:
-    """The plain config that rebuilds `c` with Corruption(**config): what a checkpoint stores.
-
-    Only configuration: the images seen and an adaptive schedule's level are state, saved in the
-    module's state_dict (Corruption.get_extra_state).
-    """
-    s = c.schedule
-    if isinstance(s, AdaptiveSchedule):
-        # null step means level / 100; store null then, so level 0 (step 0) still rebuilds
-        step = None if math.isclose(s.step, s.max_level / 100.0) else s.step
-        schedule = {"kind": "adaptive", "target": s.target, "step": step}
-    elif isinstance(s, LinearSchedule | CosineSchedule):
-        schedule = {"kind": "linear" if isinstance(s, LinearSchedule) else "cosine", "images": s.images}
-    else:
-        schedule = {"kind": "constant"}
-    return {"kind": c.kind, "level": c.level,
-            "level_range": None if c.level_range is None else list(c.level_range),
-            "schedule": schedule, "clip": c.clip, "radius": c.radius, "key": c.key}
-
-
-def as_corruption(spec) -> Corruption:
-    """A Corruption from what a model was given: one built by Hydra, its plain config (a mapping,
-    as a checkpoint stores it; a `_target_` key is ignored), or None for no corruption."""
-    if spec is None:
-        return Corruption("none")
-    if isinstance(spec, Corruption):
-        return spec
-    require(isinstance(spec, Mapping), "model.corruption",
-            "a Corruption or its config mapping (model.corruption: ${corruption})", spec)
-    return Corruption(**{k: v for k, v in spec.items() if k != "_target_"})
-
-
-def triplets(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """[a0, b0, c0, a1, b1, c1, ...] cut to 3 r^2 triples, so a square grid of side sqrt(len) =
-    3 r (genlab's grids) holds r whole triples per row. Fewer than 3 images: every triple."""
-    r = math.isqrt(len(a) // 3)
-    m = 3 * r * r if r else len(a)
-    return torch.stack([a[:m], b[:m], c[:m]], dim=1).flatten(0, 1)
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -129,7 +89,7 @@ class DAE(GenerativeModule):
         require_positive(lr, "model.lr")
         require_positive(n_grid, "model.n_grid", integer=True)
         self.save_hyperparameters(ignore=["corruption"])
-        self.hparams["corruption"] = corruption_hparams(self.corruption)
+        self.hparams["corruption"] = self.corruption.config()
         self.image_shape = tuple(image_shape)
         self.encoder = ConvEncoder(image_shape, code_dim, base_channels)
         self.decoder = ConvDecoder(code_dim, image_shape, base_channels=base_channels)

@@ -72,9 +72,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.corruption import Corruption
-from genlab.models.common import GenerativeModule, eval_means, log_eval
-from genlab.models.dae import as_corruption, corruption_hparams, triplets
+from genlab.corruption import Corruption, as_corruption
+from genlab.models.common import GenerativeModule, eval_means, log_eval, triplets
 from genlab.nets import ConvDecoder, ConvEncoder
 from genlab.nets.gan import UNet
 from genlab.probe import image_statistics
@@ -279,7 +278,7 @@ class DCGAN(GenerativeModule):
         require_positive(n_grid, "model.n_grid", integer=True)
         self.corruption = as_corruption(corruption)
         self.save_hyperparameters(ignore=["corruption"])
-        self.hparams["corruption"] = corruption_hparams(self.corruption)
+        self.hparams["corruption"] = self.corruption.config()
         self.image_shape = tuple(image_shape)
         c = self.corruption
         self.level_scale = float(c.level_range[1] if c.level_range else c.level) or 1.0
@@ -488,7 +487,7 @@ class RestorationGAN(GenerativeModule):
         require_positive(n_fixed, "model.n_fixed", integer=True)
         self.corruption = as_corruption(corruption)
         self.save_hyperparameters(ignore=["corruption"])
-        self.hparams["corruption"] = corruption_hparams(self.corruption)
+        self.hparams["corruption"] = self.corruption.config()
         self.image_shape = tuple(image_shape)
         self.generator = UNet(image_shape, base_channels)
         self.discriminator = ConvEncoder(image_shape, 1, base_channels, activation="lrelu")
