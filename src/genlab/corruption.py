@@ -192,7 +192,7 @@ def make_schedule(spec, level: float, key: str = "corruption.schedule") -> Sched
         images = spec.get("images", 100_000)
         require_positive(images, f"{key}.images")
         return (LinearSchedule if kind == "linear" else CosineSchedule)(level, images)
-    target, step = spec.get("target", 0.6), spec.get("step", None)
+    target, step = spec.get("target", 0.6), spec.get("step")
     require(_is_number(target) and 0 < target < 1, f"{key}.target", "a number in (0, 1)", target)
     require(step is None or (_is_number(step) and step > 0), f"{key}.step",
             "null (= level / 100) or a number > 0", step)

@@ -139,8 +139,7 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
     """The command Lightning runs for DDP child `local_rank`, and its working directory: this
     job's overrides only, written into this job's output directory, without .hydra/ files."""
     hc = HydraConfig.get()
-    overrides = [o for o in hc.overrides.task]
-    command = [sys.executable, "-m", "genlab.train", *overrides,
+    command = [sys.executable, "-m", "genlab.train", *hc.overrides.task,
                f"hydra.run.dir={hc.runtime.output_dir}", "hydra.output_subdir=null",
                f"hydra.job.name={hc.job.name}_ddp_rank{local_rank}"]
     return command, hc.runtime.cwd

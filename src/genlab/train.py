@@ -117,7 +117,8 @@ def train(cfg: DictConfig) -> float | None:
     try:
         pl.seed_everything(cfg.seed, workers=True)
         if ckpt_path:
-            read_checkpoint(ckpt_path, key="ckpt_path")  # a clear error now, not mid-way in fit
+            # a clear error now, not mid-way in fit
+            resume_step = read_checkpoint(ckpt_path, key="ckpt_path")["global_step"]
             summary["resumed_from"] = ckpt_path
         _sweep_logging(cfg)
         datamodule = build(cfg.data)
@@ -131,7 +132,7 @@ def train(cfg: DictConfig) -> float | None:
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path and rank_zero:
-            _keep_csv_history(loggers, run_dir, ckpt_path)
+            _keep_csv_history(loggers, run_dir, resume_step)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:
             lg.log_hyperparams(resolved)
@@ -172,14 +173,13 @@ def train(cfg: DictConfig) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _keep_csv_history(loggers: list, run_dir: Path, ckpt_path: str) -> None:
+def _keep_csv_history(loggers: list, run_dir: Path, step: int) -> None:
     """Lightning's CSV logger deletes an existing metrics.csv when it starts. A run resumed in its
     own directory keeps the rows its earlier attempt logged up to the checkpoint's step."""
     path = run_dir / "metrics.csv"
     csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
     if not path.is_file() or not csv_loggers:
         return
-    step = torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"]
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) <= step]
