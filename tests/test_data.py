@@ -162,3 +162,67 @@ def test_val_split_larger_than_the_data_is_an_error():
 
     with pytest.raises(ConfigError, match="data.val_size=5000 is invalid; allowed: fewer than the 1500"):
         DigitsDataModule(val_size=5000).setup()
+
+
+# -- data.binarize -------------------------------------------------------------------------------
+
+
+def _train_batches(dm):
+    return torch.cat([x for x, _ in dm.train_dataloader()])
+
+
+def test_binarize_static_is_one_fixed_draw_per_image():
+    grey = DigitsDataModule(val_size=150)
+    grey.setup()
+    a, b = DigitsDataModule(val_size=150, binarize="static"), DigitsDataModule(val_size=150,
+                                                                                binarize="static")
+    a.setup(), b.setup()
+    for split in ("train", "val", "test"):
+        xa, g = a.splits[split][0], grey.splits[split][0]
+        assert set(xa.unique().tolist()) <= {0, 255}
+        assert torch.equal(xa, b.splits[split][0])  # seeded by split_seed, not by chance
+        assert torch.equal(xa[g == 0], torch.zeros_like(xa[g == 0]))  # p = 0 never turns on
+        assert torch.equal(xa[g == 255], torch.full_like(xa[g == 255], 255))  # p = 1 always does
+    # the draw follows the grey level: pixels at p ~ 1/2 are on about half the time
+    g, xa = grey.splits["train"][0], a.splits["train"][0]
+    mid = (g > 100) & (g < 155)
+    assert 0.4 < (xa[mid] == 255).float().mean() < 0.6
+    # the same images every epoch
+    e0, e1 = _train_batches(a), _train_batches(a)
+    assert torch.equal(e0, e1) and set(e0.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_binarize_dynamic_draws_afresh_per_batch_and_keeps_eval_fixed():
+    dm = DigitsDataModule(val_size=150, binarize="dynamic", batch_size=50)
+    static = DigitsDataModule(val_size=150, binarize="static")
+    dm.setup(), static.setup()
+    grey = dm.splits["train"][0]
+    assert len(grey.unique()) > 2  # training images stay grey; batches are drawn from them
+    loader = dm.train_dataloader()
+    first, again = torch.cat([x for x, _ in loader]), torch.cat([x for x, _ in loader])
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(first, again)  # same seed, epoch and batch: the same draw (resume-exact)
+    # a fresh draw per batch: over many epochs each pixel is on at its grey level's rate
+    epoch = [0]
+    batches = IndexBatches(dm.fetcher("train")[0], len(grey), 50, shuffle=False, binarize=True,
+                           epoch=lambda: epoch[0])
+    draws = []
+    for epoch[0] in range(40):
+        draws.append(torch.cat([x for x, _ in batches]))
+    draws = torch.stack(draws)
+    assert not torch.equal(draws[0], draws[1])
+    rate = draws.mean(0)
+    p = grey[: len(rate)].float() / 255
+    assert (rate - p).abs().mean() < 0.05
+    # validation and test: the static draw, identical in every epoch and in both modes
+    for split in ("val", "test"):
+        assert torch.equal(dm.splits[split][0], static.splits[split][0])
+
+
+def test_binarize_bad_value_and_binary_sources():
+    from genlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.binarize='yes' is invalid; allowed: none \| static \| dynamic"):
+        DigitsDataModule(binarize="yes")
+    # dSprites is binary already: binarize changes nothing
+    assert DSpritesDataModule(binarize="dynamic").binarize == "none"

@@ -5,6 +5,18 @@ dSprites does). A batch is one fancy-indexing call plus one conversion to float 
 no per-item Python and no worker process. When the data fits, it lives on the training device, so
 a batch never crosses the bus. Under DDP each rank takes its own shard of one shared permutation
 per epoch, all shards of equal length so the ranks stay in step.
+
+Binarised images (`binarize`, for models whose likelihood is over binary pixels, such as the RBM):
+each pixel becomes 1 with its grey level as the probability, else 0.
+  - none: grey levels (the default).
+  - static: one fixed draw per image, made once when the data is set up and seeded by split_seed
+    (not the run seed), so every run of a sweep sees the same binary images.
+  - dynamic: a fresh draw for every training batch (the draw is seeded by the run seed, epoch,
+    batch and rank, so a resumed run draws what the uninterrupted one drew). Validation and test
+    images are drawn once, exactly as with static, so evaluation moves only with the weights and
+    static and dynamic runs are tested on the same binary images.
+`images(split)` returns what the loaders use, except for dynamic training images, which stay grey
+(their expectation). Sources that are binary already (`binary = True`, dSprites) are left alone.
 """
 
 from __future__ import annotations
@@ -16,10 +28,24 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genlab.config import require, require_positive
+from genlab.config import require, require_choice, require_positive
 
 # A fetch maps a LongTensor of indices to (images uint8 [B, C, H, W], labels [B, ...] or None).
 Fetch = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+BINARIZE = ("none", "static", "dynamic")
+
+
+def binarize_fixed(x: Tensor, seed: int) -> Tensor:
+    """One Bernoulli draw per pixel of uint8 images, probability = grey level: uint8 0 / 255.
+    Drawn in chunks of images from one seeded generator, so an image's draw depends only on the
+    seed and its position, not on memory."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(x)
+    for i in range(0, len(x), 4096):
+        part = x[i : i + 4096]
+        u = torch.rand(part.shape, generator=g) * 255.0  # u < p <=> 255 u < grey level
+        out[i : i + 4096] = (u < part).to(torch.uint8) * 255
+    return out
 
 
 class IndexBatches:
@@ -42,8 +68,10 @@ class IndexBatches:
         drop_last: bool = False,
         device: torch.device | str = "cpu",
         consumed: Callable[[], int] | None = None,
+        binarize: bool = False,
     ):
         self.fetch, self.n, self.batch_size = fetch, n, batch_size
+        self.binarize = binarize
         self.consumed = consumed or (lambda: self._yielded)
         self._yielded, self._skip = 0, 0
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
@@ -77,7 +105,12 @@ class IndexBatches:
         for b in range(start, len(self)):
             self._yielded = b + 1
             x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
-            yield x.float().div_(255.0), y
+            x = x.float().div_(255.0)
+            if self.binarize:  # dynamic binarisation: a fresh, reproducible draw per batch
+                g = torch.Generator(device=x.device).manual_seed(
+                    ((self.seed * 100_003 + self.epoch()) * 1_000_003 + b) * 1024 + self.rank)
+                x = (torch.rand(x.shape, generator=g, device=x.device) < x).float()
+            yield x, y
 
     # Lightning saves these with a mid-epoch checkpoint (a preempted run) and restores them
     # before iterating again, so a resumed epoch goes on with the batches it had not seen.
@@ -93,6 +126,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     name = "base"
     image_shape: tuple[int, int, int]
+    binary = False  # images are 0 / 255 already: data.binarize has nothing to do
 
     def __init__(
         self,
@@ -104,8 +138,10 @@ class InMemoryDataModule(pl.LightningDataModule):
         max_device_bytes: int = 2 * 1024**3,
         root: str = "data",
         limit: int | None = None,
+        binarize: str = "none",
     ):
         super().__init__()
+        require_choice(binarize, "data.binarize", BINARIZE)
         require_positive(batch_size, "data.batch_size", integer=True)
         require(eval_batch_size is None or (isinstance(eval_batch_size, int) and eval_batch_size > 0),
                 "data.eval_batch_size", "null or a positive integer", eval_batch_size)
@@ -117,6 +153,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.val_size, self.split_seed, self.limit = val_size, split_seed, limit
         self.on_device, self.max_device_bytes = on_device, max_device_bytes
         self.root = root
+        self.binarize = "none" if self.binary else binarize
         self.splits: dict[str, tuple[Tensor, Tensor | None]] = {}
         self._placed: dict[str, tuple[Tensor, Tensor | None]] = {}
 
@@ -133,13 +170,20 @@ class InMemoryDataModule(pl.LightningDataModule):
         x, y = raw["train"]
         require(self.val_size < len(x), "data.val_size", f"fewer than the {len(x)} training images",
                 self.val_size)
+        test = raw["test"]
+        x_eval = x
+        if self.binarize != "none":
+            # drawn before the split, so an image's binary version does not depend on its split
+            x_eval = binarize_fixed(x, self.split_seed)
+            test = (binarize_fixed(test[0], self.split_seed + 1), test[1])
+        x_train = x_eval if self.binarize == "static" else x
         g = torch.Generator().manual_seed(self.split_seed)
         perm = torch.randperm(len(x), generator=g)
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         self.splits = {
-            "train": (x[train_idx], None if y is None else y[train_idx]),
-            "val": (x[val_idx], None if y is None else y[val_idx]),
-            "test": raw["test"],
+            "train": (x_train[train_idx], None if y is None else y[train_idx]),
+            "val": (x_eval[val_idx], None if y is None else y[val_idx]),
+            "test": test,
         }
         if self.limit:  # debug runs: keep the first `limit` images of every split
             self.splits = {k: (v[0][: self.limit], None if v[1] is None else v[1][: self.limit])
@@ -169,6 +213,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> IndexBatches:
         fetch, n = self.fetcher(split)
+        dynamic = split == "train" and self.binarize == "dynamic"
         trainer = self.trainer
         world = 1 if trainer is None else trainer.world_size
         if shuffle:  # training drops incomplete batches: at least one whole batch per rank
@@ -176,7 +221,7 @@ class InMemoryDataModule(pl.LightningDataModule):
                     f"at most {n // world}, the training images per process", batch_size)
         if trainer is None:  # outside a Trainer (scripts, tests): one process, epoch 0
             return IndexBatches(fetch, n, batch_size, shuffle, seed=self.split_seed,
-                                drop_last=shuffle, device=self._device())
+                                drop_last=shuffle, device=self._device(), binarize=dynamic)
         return IndexBatches(
             fetch, n, batch_size, shuffle,
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),  # the run's seed (seed_everything)
@@ -188,6 +233,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             # the trainer's count, not ours: its fetcher reads one batch ahead of the step
             consumed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
             if shuffle else None,
+            binarize=dynamic,
         )
 
     def train_dataloader(self):

@@ -81,6 +81,7 @@ class DSpritesDataModule(InMemoryDataModule):
 
     name = "dsprites"
     image_shape = (1, SIZE, SIZE)
+    binary = True
 
     def __init__(self, test_size: int = 10_000, **kwargs):
         kwargs.setdefault("val_size", 10_000)
