@@ -1,0 +1,375 @@
+"""Bernoulli-Bernoulli restricted Boltzmann machine, trained with CD-k or persistent CD.
+
+The model (Deep Learning book, ch. 20.2): binary visible v in {0,1}^V (the flattened image) and
+hidden h in {0,1}^H,
+    E(v, h) = -b.v - c.h - v.W.h,   p(v, h) = exp(-E(v, h)) / Z,
+    p(h | v) = prod_j sigmoid((2h - 1) * (c + W^T v))_j   (eq. 20.14), and likewise
+    p(v | h) = prod_i sigmoid((2v - 1) * (b + W h))_i,
+    F(v) = -log sum_h exp(-E(v, h)) = -b.v - sum_j softplus(c_j + W_j.v),   p(v) = exp(-F(v)) / Z.
+
+Training: the gradient of the negative log-likelihood is dF(v_data)/dtheta - E_model[dF(v)/dtheta].
+CD-k estimates the model expectation with v_k, k Gibbs steps (v -> h -> v, binary draws) from
+each data image; PCD (`persistent=true`, Tieleman 2008) with `n_chains` chains that continue from
+where the previous update left them (the chains are a buffer in the state_dict, so a resumed run
+goes on with the same chains). The loss is the surrogate
+    mean_batch F(v_data) - mean_chains F(v_model),   v_model detached (no gradient through sampling),
+whose autograd gradient is exactly that CD/PCD estimate. We use the surrogate rather than manual
+optimisation so the RBM shares Lightning's optimizer loop with every family (gradient clipping,
+the gradient-noise callback, DDP gradient averaging) and keeps no update rule of its own. Its
+value, train/free_energy_gap, is no likelihood: it is how much lower the data's free energy is
+than that of the model's own samples.
+
+Data must be binary (data.binarize=static|dynamic, or a binary source such as dSprites); the
+visible biases start at the logits of the training pixel marginals (Hinton 2010, section 8.1), and
+those marginals are also the AIS base-rate model.
+
+Metrics, all per image (summed over pixels), in nats where they are log-probabilities:
+  - test/loglik = -F(v) - log Z, log Z from annealed importance sampling (Salakhutdinov & Murray
+    2008; see `ais_log_z`): higher is better. AIS's estimate of Z is unbiased, so log Z tends to be
+    underestimated and test/loglik overestimated; test/log_z_stderr is the delta-method standard
+    error of log Z across the AIS runs (a small value with few betas does not mean no bias).
+  - val/pseudo_loglik, test/pseudo_loglik: V * log p(v_i | v_-i) for one seeded random pixel i per
+    image, an unbiased estimate of the log pseudo-likelihood; higher is better; the cheap
+    signal checkpoints rank by.
+  - val/recon_error: squared error between v and the mean-field reconstruction E[v | E[h | v]],
+    summed over pixels; lower is better.
+  - val/free_energy_gap = mean F(validation images) - mean F(training images) (`gap_images` of
+    them): near 0 while the model generalises; growing when it overfits (Hinton 2010, 6.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.config import (
+    ConfigError,
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
+from genlab.models.common import GenerativeModule, eval_means, log_eval, log_this_step
+
+SAMPLE_STARTS = ("random", "persistent")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def ais_schedule(n: int) -> Tensor:
+    """n inverse temperatures from 0 to 1 (both included), spaced as in Salakhutdinov & Murray
+    2008 (500 in [0, 0.5], 4,000 in [0.5, 0.9], 10,000 in [0.9, 1] of 14,500): densest near 1,
+    where the intermediate distributions change fastest."""
+    parts = (0.5, 0.9, 1.0)
+    counts = [max(2, round(n * f)) for f in (500 / 14500, 4000 / 14500)]
+    counts.append(max(2, n - sum(counts)))
+    betas, start = [torch.zeros(1, dtype=torch.float64)], 0.0
+    for end, m in zip(parts, counts, strict=True):
+        betas.append(torch.linspace(start, end, m + 1, dtype=torch.float64)[1:])
+        start = end
+    return torch.cat(betas)
+
+
+def ais_log_z(W: Tensor, b: Tensor, c: Tensor, base_bias: Tensor, betas: Tensor, runs: int,
+              generator: torch.Generator) -> tuple[float, float]:
+    """Annealed importance sampling estimate of log Z of the RBM (W [V, H], b [V], c [H]) and the
+    standard error of that estimate (Salakhutdinov & Murray 2008, section 4.2).
+
+    Intermediate distributions p_k(v) proportional to
+        p*_k(v) = exp((1 - beta_k) b_A.v + beta_k b.v) prod_j (1 + exp(beta_k (c_j + W_j.v))),
+    from the base-rate model (beta = 0: independent pixels with biases b_A, Z_0 = 2^H prod_i
+    (1 + exp(b_A,i))) to the RBM's own marginal (beta = 1, p* = exp(-F)). Each of `runs` chains
+    starts from an exact draw of the base model; at step k its log weight grows by
+    log p*_k(v) - log p*_{k-1}(v), then v moves by one Gibbs sweep that leaves p_k invariant.
+    Z_K / Z_0 is estimated by the mean of the weights; the weights are accumulated in float64."""
+    device = W.device
+    b_a = base_bias.to(device)
+    v = (torch.rand(runs, len(b), generator=generator, device=device) < torch.sigmoid(b_a)).to(W.dtype)
+    log_w = torch.zeros(runs, dtype=torch.float64, device=device)
+
+    def log_p_star(v: Tensor, beta: float, a: Tensor) -> Tensor:
+        field = ((1 - beta) * b_a + beta * b).double()
+        return v.double() @ field + F.softplus(beta * a.double()).sum(1)
+
+    betas = betas.tolist()
+    for prev, beta in zip(betas[:-1], betas[1:], strict=True):
+        a = v @ W + c  # the hidden units' input, shared by both terms and the Gibbs sweep
+        log_w += log_p_star(v, beta, a) - log_p_star(v, prev, a)
+        h = (torch.rand(a.shape, generator=generator, device=device) < torch.sigmoid(beta * a)).to(W.dtype)
+        p_v = torch.sigmoid((1 - beta) * b_a + beta * (h @ W.T + b))
+        v = (torch.rand(p_v.shape, generator=generator, device=device) < p_v).to(W.dtype)
+    H = W.shape[1]
+    log_z0 = H * math.log(2.0) + F.softplus(b_a.double()).sum()
+    log_mean_w = torch.logsumexp(log_w, 0) - math.log(runs)
+    w = torch.exp(log_w - log_w.max())  # relative weights; their spread gives the error of log Z
+    stderr = (w.std() / (w.mean() * math.sqrt(runs))).item() if runs > 1 else math.inf
+    return float(log_z0 + log_mean_w), stderr
+
+
+class RBM(GenerativeModule):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        hidden: int = 500,
+        k: int = 1,
+        persistent: bool = False,
+        n_chains: int = 100,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.5,
+        weight_decay: float = 1e-4,
+        init_std: float = 0.01,
+        sample_steps: int = 200,
+        sample_start: str = "random",
+        ais_betas: int = 10_000,
+        ais_runs: int = 100,
+        ais_seed: int = 0,
+        gap_images: int = 500,
+        n_grid: int = 64,
+    ):
+        super().__init__()
+        require_positive(hidden, "model.hidden", integer=True)
+        require_positive(k, "model.k", integer=True)
+        require(isinstance(persistent, bool), "model.persistent", "true | false", persistent)
+        require_positive(n_chains, "model.n_chains", integer=True)
+        require_choice(optimizer, "model.optimizer", OPTIMIZERS)
+        require_positive(lr, "model.lr")
+        require(isinstance(momentum, int | float) and 0 <= momentum < 1, "model.momentum",
+                "a number in [0, 1)", momentum)
+        require_nonnegative(weight_decay, "model.weight_decay")
+        require_positive(init_std, "model.init_std")
+        require_positive(sample_steps, "model.sample_steps", integer=True)
+        require_choice(sample_start, "model.sample_start", SAMPLE_STARTS)
+        require(sample_start == "random" or persistent, "model.sample_start",
+                "random when model.persistent=false (there are no persistent chains)", sample_start)
+        require(isinstance(ais_betas, int) and (ais_betas == 0 or ais_betas >= 6), "model.ais_betas",
+                "0 (skip test/loglik) or an integer >= 6", ais_betas)
+        require_positive(ais_runs, "model.ais_runs", integer=True)
+        require(isinstance(ais_seed, int), "model.ais_seed", "an integer", ais_seed)
+        require_positive(gap_images, "model.gap_images", integer=True)
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        V = math.prod(self.image_shape)
+        # the weights follow the run's seed; grid starts and first chains are fixed images
+        g = torch.Generator().manual_seed(0)
+        self.W = nn.Parameter(torch.randn(V, hidden) * init_std)
+        self.b = nn.Parameter(torch.zeros(V))
+        self.c = nn.Parameter(torch.zeros(hidden))
+        # training pixel marginals: the visible biases' start and AIS's base-rate model; set at
+        # the start of fit and saved, so a checkpoint alone is enough for the test log-likelihood
+        self.register_buffer("data_mean", torch.full((V,), 0.5))
+        if persistent:
+            self.register_buffer("chains", (torch.rand(n_chains, V, generator=g) < 0.5).float())
+        self.register_buffer("fixed_start", (torch.rand(n_grid, V, generator=g) < 0.5).float(),
+                             persistent=False)
+        self.means = eval_means(["pseudo_loglik", "recon_error", "free_energy", "free_energy_gap",
+                                 "loglik", "log_z", "log_z_stderr"])
+        self._log_z: tuple[float, float] | None = None
+
+    # -- the model ----------------------------------------------------------------------------
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v) per image [B] for v [B, V] (or images [B, C, H, W])."""
+        v = v.flatten(1)
+        return -v @ self.b - F.softplus(v @ self.W + self.c).sum(1)
+
+    def p_h_given_v(self, v: Tensor) -> Tensor:
+        """P(h_j = 1 | v) = sigmoid(c + W^T v)_j, [B, H]."""
+        return torch.sigmoid(v.flatten(1) @ self.W + self.c)
+
+    def p_v_given_h(self, h: Tensor) -> Tensor:
+        """P(v_i = 1 | h) = sigmoid(b + W h)_i, [B, V]."""
+        return torch.sigmoid(h @ self.W.T + self.b)
+
+    def log_p_h_given_v(self, h: Tensor, v: Tensor) -> Tensor:
+        """log p(h | v) = sum_j log sigmoid((2h - 1) * (c + W^T v))_j (eq. 20.14), [B]."""
+        return F.logsigmoid((2 * h - 1) * (v.flatten(1) @ self.W + self.c)).sum(1)
+
+    def log_p_v_given_h(self, v: Tensor, h: Tensor) -> Tensor:
+        """log p(v | h) = sum_i log sigmoid((2v - 1) * (b + W h))_i, [B]."""
+        return F.logsigmoid((2 * v.flatten(1) - 1) * (h @ self.W.T + self.b)).sum(1)
+
+    @torch.no_grad()
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """`steps` Gibbs sweeps v -> h ~ p(h|v) -> v ~ p(v|h), binary draws; returns v [B, V]."""
+        v = v.flatten(1)
+        for _ in range(steps):
+            h = torch.bernoulli(self.p_h_given_v(v), generator=generator)
+            v = torch.bernoulli(self.p_v_given_h(h), generator=generator)
+        return v
+
+    @torch.no_grad()
+    def chain(self, v0: Tensor, steps: int, columns: int) -> Tensor:
+        """Run `steps` Gibbs sweeps from v0 and keep p(v | h) at `columns` evenly spaced sweeps
+        (the last included): [n, columns, C, H, W] in [0, 1]. Images show the probabilities
+        p(v | h), not the binary states, as is usual for RBM samples."""
+        keep = set(torch.linspace(1, steps, columns).round().long().tolist())
+        v, frames = v0.flatten(1), []
+        for t in range(1, steps + 1):
+            h = torch.bernoulli(self.p_h_given_v(v))
+            p = self.p_v_given_h(h)
+            if t in keep:
+                frames.append(p)
+            v = torch.bernoulli(p)
+        while len(frames) < columns:  # fewer sweeps than columns: repeat the last frame
+            frames.append(frames[-1])
+        return torch.stack(frames, 1).view(len(v), columns, *self.image_shape)
+
+    def starts(self, n: int) -> Tensor:
+        """n chain starts: uniform random binary images, or copies of the persistent chains."""
+        if self.hparams.sample_start == "persistent":
+            return self.chains[torch.arange(n, device=self.device) % len(self.chains)].clone()
+        return (torch.rand(n, self.W.shape[0], device=self.device) < 0.5).float()
+
+    @torch.no_grad()
+    def generate(self, n: int) -> Tensor:
+        """n samples in [0, 1]: p(v | h) after `sample_steps` Gibbs sweeps from `starts(n)`."""
+        return self.chain(self.starts(n), self.hparams.sample_steps, 1)[:, -1]
+
+    @torch.no_grad()
+    def reconstruct(self, v: Tensor) -> Tensor:
+        """Mean-field reconstruction E[v | h = E[h | v]], [B, V]."""
+        return self.p_v_given_h(self.p_h_given_v(v))
+
+    def pseudo_loglik(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """V log p(v_i | v_-i) for one random pixel i per image: p(v_i | v_-i) =
+        sigmoid(F(v with v_i flipped) - F(v)). Unbiased for the log pseudo-likelihood, [B]."""
+        v = v.flatten(1)
+        i = torch.randint(v.shape[1], (len(v),), generator=generator, device=v.device)
+        flipped = v.clone()
+        rows = torch.arange(len(v), device=v.device)
+        flipped[rows, i] = 1 - flipped[rows, i]
+        return v.shape[1] * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
+
+    def base_bias(self) -> Tensor:
+        """Visible biases of the AIS base-rate model: logits of the training pixel marginals,
+        clipped to [1e-3, 1 - 1e-3] so pixels that are always off keep a finite bias."""
+        return torch.logit(self.data_mean.clamp(1e-3, 1 - 1e-3))
+
+    @torch.no_grad()
+    def log_partition(self, betas: int | None = None, runs: int | None = None,
+                      seed: int | None = None) -> tuple[float, float]:
+        """(log Z, its standard error) by AIS with the configured betas, runs and seed; the
+        estimate has its own generator, so it is the same whatever ran before."""
+        betas, runs = betas or self.hparams.ais_betas, runs or self.hparams.ais_runs
+        seed = self.hparams.ais_seed if seed is None else seed
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return ais_log_z(self.W, self.b, self.c, self.base_bias(), ais_schedule(betas), runs, g)
+
+    @torch.no_grad()
+    def exact_log_partition(self) -> float:
+        """log Z by enumerating the hidden layer, log Z = log sum_h exp(c.h) prod_i (1 +
+        exp(b_i + W_i.h)); only for H <= 20 (2^H terms)."""
+        H = self.W.shape[1]
+        if H > 20:
+            raise ValueError(f"exact log Z enumerates 2^H hidden states; H={H} is too many (<= 20)")
+        states = ((torch.arange(2**H, device=self.device).unsqueeze(1) >> torch.arange(H, device=self.device)) & 1)
+        log_terms = []
+        for h in states.double().split(4096):
+            log_terms.append(h @ self.c.double() + F.softplus(h @ self.W.double().T + self.b.double()).sum(1))
+        return float(torch.logsumexp(torch.cat(log_terms), 0))
+
+    # -- images for callbacks and genlab-sample ------------------------------------------------
+    def filters(self, n: int) -> Tensor:
+        """The weights of the first n hidden units as images, each scaled to [0, 1]."""
+        w = self.W[:, :n].T.detach()
+        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+        return ((w - lo) / (hi - lo).clamp_min(1e-8)).view(-1, *self.image_shape)
+
+    def sample_modes(self, n: int, steps: int, real_fn) -> dict:
+        """genlab-sample modes: `chain` (n chains from `starts`, `steps` columns evenly spaced
+        over sample_steps sweeps), `chain_data` (the same from n test images, which fill the first
+        column) and `filters` (the first n hidden units' weights)."""
+        total = self.hparams.sample_steps
+
+        def from_data():
+            x = real_fn(n)
+            frames = self.chain(x, total, max(1, steps - 1))
+            return torch.cat([x.unsqueeze(1), frames], 1).flatten(0, 1)
+
+        return {"chain": lambda: self.chain(self.starts(n), total, steps).flatten(0, 1),
+                "chain_data": from_data, "filters": lambda: self.filters(n)}
+
+    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
+        """Square grids: k chains from fixed random starts (rows) at k sweeps evenly spaced up to
+        sample_steps (columns), k = sqrt(len(real)); the last sweep of len(real) such chains;
+        mean-field reconstructions next to the images; and the first len(real) filters."""
+        k = max(1, math.isqrt(len(real)))
+        n = min(len(real), len(self.fixed_start))
+        chain = self.chain(self.fixed_start[:k], self.hparams.sample_steps, k).flatten(0, 1)
+        samples = self.chain(self.fixed_start[:n], self.hparams.sample_steps, 1)[:, -1]
+        half = real[: n // 2]
+        recon = self.reconstruct(half).view_as(half)
+        return {"chain": chain, "samples": samples,
+                "reconstruction": torch.stack([half, recon], 1).flatten(0, 1),
+                "filters": self.filters(min(n, self.W.shape[1]))}
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            return
+        if dm.binarize == "none" and not dm.binary:
+            raise ConfigError("data.binarize='none' is invalid for model=rbm; allowed: static | "
+                              "dynamic (the RBM's visible units are binary)")
+        if stage == "fit":
+            # a resumed run overwrites both with the checkpoint's values after this hook
+            mean = dm.images("train").flatten(1).mean(0).to(self.data_mean)
+            self.data_mean.copy_(mean)
+            with torch.no_grad():
+                self.b.copy_(self.base_bias())
+
+    def training_step(self, batch, batch_idx):
+        v = batch[0].flatten(1)
+        start = self.chains if self.hparams.persistent else v
+        negatives = self.gibbs(start, self.hparams.k)
+        if self.hparams.persistent:
+            self.chains.copy_(negatives)
+        gap = self.free_energy(v).mean() - self.free_energy(negatives).mean()
+        if log_this_step(self):
+            self.log("train/free_energy_gap", gap.detach(), prog_bar=True)
+            with torch.no_grad():
+                err = (v - self.reconstruct(v)).pow(2).sum(1).mean()
+            self.log("train/recon_error", err)
+        return gap
+
+    def _eval_values(self, v: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        v = v.flatten(1)
+        # seeded per batch and rank: the same pixels every epoch, different on each shard
+        g = torch.Generator(device=v.device).manual_seed(1_000_003 * self.global_rank + batch_idx)
+        fe = self.free_energy(v)
+        return {"pseudo_loglik": self.pseudo_loglik(v, g), "free_energy": fe,
+                "recon_error": (v - self.reconstruct(v)).pow(2).sum(1)}
+
+    def on_validation_epoch_start(self):
+        n = self.hparams.gap_images
+        x = self.trainer.datamodule.images("train", n).to(self.device).flatten(1)
+        # dynamically binarised training images are stored grey: one fixed draw of them
+        g = torch.Generator(device=x.device).manual_seed(0)
+        x = torch.bernoulli(x, generator=g)
+        self._train_free_energy = self.free_energy(x).mean()
+
+    def validation_step(self, batch, batch_idx):
+        values = self._eval_values(batch[0], batch_idx)
+        values["free_energy_gap"] = values["free_energy"] - self._train_free_energy
+        log_eval(self, "val", values)
+
+    def on_test_epoch_start(self):
+        self._log_z = self.log_partition() if self.hparams.ais_betas else None
+
+    def test_step(self, batch, batch_idx):
+        values = self._eval_values(batch[0], batch_idx)
+        if self._log_z is not None:
+            log_z, stderr = self._log_z
+            values["loglik"] = -values["free_energy"] - log_z
+            values["log_z"] = torch.full_like(values["loglik"], log_z)
+            values["log_z_stderr"] = torch.full_like(values["loglik"], stderr)
+        log_eval(self, "test", values)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum,
+                               weight_decay=hp.weight_decay)
