@@ -29,7 +29,7 @@ def test_vae_smoke_on_each_dataset(smoke, tmp_path, data):
     assert s["val/elbo"] < 0 and s["val/kl"] >= 0
     assert s["test/loglik"] >= s["test/loglik_elbo"]  # importance sampling tightens the bound
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert (run / "samples" / "prior_final.png").is_file()
+    assert (run / "samples" / "generated_final.png").is_file()
     assert (run / "samples" / "reconstruction_final.png").is_file()
 
 
@@ -50,7 +50,7 @@ def test_run_directory_contract_through_the_cli(tmp_path):
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
     assert s["best_checkpoint"].endswith(next(n for n in ckpts if n.startswith("best")))
-    assert {"prior_epoch000.png", "prior_epoch002.png", "prior_final.png"} <= {
+    assert {"generated_epoch000.png", "generated_epoch002.png", "generated_final.png"} <= {
         p.name for p in (run / "samples").iterdir()}
 
     with open(run / "metrics.csv") as f:
@@ -63,7 +63,7 @@ def test_run_directory_contract_through_the_cli(tmp_path):
     hist = wandb_offline.history(wandb_file)
     wb_val = [h["val/elbo"] for h in hist if "val/elbo" in h]
     assert wb_val == pytest.approx(csv_val, rel=1e-6)
-    images = [h["samples/prior"] for h in hist if "samples/prior" in h]
+    images = [h["samples/generated"] for h in hist if "samples/generated" in h]
     assert len(images) == 3 + 1  # every epoch and the final grid
     assert all(p.is_file() for p in wandb_offline.media_files(wandb_file, images[-1]))
     assert wandb_offline.config(wandb_file)["model"]["latent_dim"] == 16  # the resolved config

@@ -19,6 +19,15 @@ SUMMARY = "summary.json"
 # running: started, not ended (or killed without warning); interrupted: stopped by SIGTERM or
 # Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from
 STATUSES = ("ok", "failed", "diverged", "running", "interrupted")
+# generate(n) of every family is written as samples/generated_epochNNN.png and, at the end of
+# training, samples/generated_final.png (genlab.callbacks.samples): the only grid genlab-report
+# shows as a run's samples; the other grids (reconstructions, chains, degraded real images) keep
+# their own names
+GENERATED = "generated"
+
+
+def generated_samples(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "samples" / f"{GENERATED}_final.png"
 
 
 class RunReadError(RuntimeError):

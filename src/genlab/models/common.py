@@ -22,7 +22,9 @@ class GenerativeModule(pl.LightningModule):
         raise NotImplementedError
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        return {"samples": self.generate(len(real))}
+        """Extra named grids beside the generated samples, which the sample-grid callback draws
+        itself from generate(n) (genlab.callbacks.samples): reconstructions, chains, ..."""
+        return {}
 
     def sample_modes(self, n: int, steps: int, real_fn) -> dict:
         """genlab-sample's family-specific modes: name -> a callable returning images in [0, 1].

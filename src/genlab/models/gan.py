@@ -318,10 +318,10 @@ class DCGAN(GenerativeModule):
         return to_image(g(self.z(n) if z is None else z))
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """Samples from the fixed latent batch; with a corruption in D's game, also what the
-        corruption does to real images now (a fixed draw)."""
+        """With a corruption in D's game, what the corruption does to real images now (a fixed
+        draw); the sample-grid callback draws the generated samples itself."""
         n = min(len(real), len(self.fixed_z))
-        grids = {"samples": self.generate(n, self.fixed_z[:n])}
+        grids = {}
         if self.hparams.d_mode != "plain" and self.corruption.kind != "none":
             degraded = self.corruption(real[:n], generator=torch.Generator().manual_seed(0))
             grids["degraded_real"] = degraded.clamp(0, 1)

@@ -172,10 +172,9 @@ class VAE(GenerativeModule):
         return {"interpolate": interpolate, "reconstruct": reconstruct}
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """Images for the sample-grid callback: prior samples and reconstructions."""
+        """Reconstructions for the sample-grid callback (which draws the prior samples itself)."""
         n = min(len(real), len(self.fixed_z))
-        return {"prior": self.generate(n, self.fixed_z[:n]),
-                "reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+        return {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
 
     # -- Lightning ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
