@@ -9,14 +9,26 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from genlab.runs import GENERATED
+
 
 class SampleGrids(pl.Callback):
-    """Calls `pl_module.sample_grids(real)` with a fixed batch of validation images and writes
-    each returned image batch to `<run>/samples/<name>_epoch<E>.png` (and `<name>_final.png` at
-    the end) and to the loggers that take images (W&B)."""
+    """Writes the family's generated images, `pl_module.generate(n)`, as
+    `<run>/samples/generated_epoch<E>.png` (and `generated_final.png` at the end: the one file
+    genlab-report shows as a run's samples), then every extra grid that
+    `pl_module.sample_grids(real)` returns for a fixed batch of n validation images
+    (reconstructions, chains, degraded real images) as `<name>_epoch<E>.png` / `<name>_final.png`.
+    Every grid also goes to the loggers that take images (W&B) under `samples/<name>`.
 
-    def __init__(self, every_n_epochs: int = 1, n: int = 64, out_dir: str | None = None):
-        self.every_n_epochs, self.n = every_n_epochs, n
+    The grids are drawn from a generator seeded with `seed` on a forked random state: the same
+    noise at every epoch, so the grids show training progress rather than new draws, and the
+    run's own random stream is left as it was, so switching this callback on or off never changes
+    a trained number.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n: int = 64, out_dir: str | None = None,
+                 seed: int = 0):
+        self.every_n_epochs, self.n, self.seed = every_n_epochs, n, seed
         self.out_dir = out_dir
         self._real: torch.Tensor | None = None
 
@@ -28,17 +40,28 @@ class SampleGrids(pl.Callback):
             self._real = trainer.datamodule.images("val", self.n)
         return self._real.to(pl_module.device)
 
-    @rank_zero_only
-    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> list[Path]:
+    def grids(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """{"generated": generate(n), **sample_grids(real)}, drawn under the callback's seed."""
+        device = pl_module.device
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            grids = pl_module.sample_grids(self._real_batch(trainer, pl_module))
+        with torch.no_grad(), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            grids = {GENERATED: pl_module.generate(self.n)}
+            extra = pl_module.sample_grids(self._real_batch(trainer, pl_module))
         pl_module.train(was_training)
+        if GENERATED in extra:
+            raise ValueError(f"{type(pl_module).__name__}.sample_grids returned a grid named "
+                             f"{GENERATED!r}; that name is the callback's generate(n) grid")
+        return grids | extra
+
+    @rank_zero_only
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> list[Path]:
         out = self._dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, images in grids.items():
+        for name, images in self.grids(trainer, pl_module).items():
             images = images.detach().float().cpu().clamp(0, 1)
             nrow = max(1, int(len(images) ** 0.5))
             path = out / f"{name}_{tag}.png"
