@@ -43,11 +43,11 @@ def make_run(root, name, beta, seed, summary=None, overrides=True, curve=True, s
         write_metrics_csv(run / "metrics.csv", final=summary.get("val/elbo", 0.0) if summary else 0.0)
     if samples:
         (run / "samples").mkdir()
-        for i, step in enumerate(STEPS):
-            png = run / "samples" / f"step_{step}.png"
+        for i, name in enumerate(["generated_epoch000", "generated_final", "degraded_real_final"]):
+            png = run / "samples" / f"{name}.png"
             pattern = np.add.outer(np.arange(28), np.arange(28)) * (i + 1) + 40 * seed
             Image.fromarray((pattern % 256).astype(np.uint8)).save(png)
-            os.utime(png, (1_000_000 + i, 1_000_000 + i))  # newest = last step, whatever the disk
+            os.utime(png, (1_000_000 + i, 1_000_000 + i))  # the decoy is the newest file
     return run
 
 
@@ -86,7 +86,7 @@ def sweep(tmp_path):
     # Broken pieces inside otherwise good runs: the run still counts, the piece is named.
     bad["csv"] = root / "6" / "metrics.csv"  # beta=4, seed 2
     bad["csv"].write_bytes(b"\x00\x01garbage,more\nnot,a,metrics,file\n")
-    bad["png"] = root / "0" / "samples" / "step_300.png"  # beta=1, seed 0: the first ok seed
+    bad["png"] = root / "0" / "samples" / "generated_final.png"  # beta=1, seed 0: the first ok seed
     bad["png"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     return root, bad
 

@@ -2,15 +2,22 @@
 
     genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
                   [--group-by model.d_mode corruption.kind ...] [--x KEY] [--step-metric val/elbo]
+                  [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
-`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/*.png`. Runs are grouped into
-configurations; a configuration is a run's command-line overrides without `seed` and `hydra.*`
-(so the seeds of one setting fall together), or, with --group-by, the values of the given dotted
-config keys. For every configuration and metric it reports mean, standard deviation (n-1) and
-the number of ok seeds; failed, diverged and running runs are counted apart and never averaged.
-FID-like metrics are split by the feature extractor that produced them, so "val/fid" becomes
-"val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
+`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`. Runs are
+grouped into configurations: by default one per distinct saved config apart from the seed (and
+keys that only say where or how a run started, NOT_CONFIGURATION), labelled by the run's
+command-line overrides, so the seeds of one setting fall together and two swept settings that
+resolve to the same config are one row (the report says so); with --group-by, the values of the
+given dotted config keys. For every configuration and metric it reports mean, standard deviation
+(n-1) and the number of ok seeds; failed, diverged and running runs are counted apart and never
+averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
+becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
+
+Writes summary.csv, summary.md, PNG and PDF figures (the step metric per epoch, metrics against
+--x, every configuration's generated samples) and, with --html, report.html: one self-contained
+page with the sortable table, the figures and each configuration's runs and samples.
 
 A file that cannot be read (corrupt summary, malformed metrics.csv, broken PNG) is named on stderr
 and in summary.md, and the report goes on; the exit status is 2 only when no run could be read.
@@ -19,11 +26,14 @@ and in summary.md, and the report goes on; the exit status is 2 only when no run
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import html
 import io
 import json
 import math
 import re
+import shlex
 import statistics
 import sys
 import textwrap
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-metric", metavar="M",
                         help="metric from metrics.csv to plot against training step "
                              "(default: the runs' objective.metric)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write OUT/report.html, one self-contained file")
     args = parser.parse_args(argv)
 
     skipped: list[str] = []
@@ -83,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_preset(args, loaded[0].config)
 
-    groups = group_runs(loaded, args.group_by)
+    notes: list[str] = []
+    groups = group_runs(loaded, args.group_by, notes)
     columns = metric_columns(loaded, args.metrics)
     rows = table_rows(groups, columns, args.group_by)
 
@@ -92,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
     if args.x:
         figures += [plot_against(args.out, loaded, args.group_by, args.x, col) for col in columns]
-    figures.append(plot_samples(args.out, groups, skipped))
-    write_markdown(args.out / "summary.md", args, loaded, rows, columns,
-                   [f for f in figures if f], skipped)
+    images = generated_grids(groups, skipped)
+    figures.append(plot_samples(args.out, groups, images))
+    figures = [f for f in figures if f]
+    write_markdown(args.out / "summary.md", args, loaded, rows, columns, figures, skipped, notes)
+    if args.html:
+        write_html(args.out / "report.html", args, loaded, groups, rows, columns, figures,
+                   skipped, notes, images)
     print(f"genlab-report: {len(loaded)} runs, {len(groups)} configurations -> {args.out}")
     return 0
 
@@ -201,6 +218,11 @@ def as_text(value: Any) -> str:
 Identity = tuple[tuple[str, str], ...]
 
 
+# Keys that say where and how a run was started, not what it computes: two runs that differ only
+# here are the same configuration (resume=true for the second part of a study, another log folder).
+NOT_CONFIGURATION = ("seed", "hydra", "paths", "resume", "ckpt_path", "logger", "tags")
+
+
 def identity(run: Run, group_by: list[str] | None) -> Identity:
     if group_by:
         return tuple((key, as_text(lookup(run.config, key))) for key in group_by)
@@ -208,10 +230,36 @@ def identity(run: Run, group_by: list[str] | None) -> Identity:
     for override in run.overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")  # "+x=1" and "++x=1" set the same key as "x=1"
-        if key == "seed" or key == "hydra" or key.startswith("hydra."):
+        if key.split(".", 1)[0] in NOT_CONFIGURATION:
             continue
         pairs.append((key, value))
     return tuple(sorted(pairs))
+
+
+def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model.beta": 1, ...} without the keys that do not define a configuration; 2.0 == 2."""
+    if not isinstance(config, dict):
+        if isinstance(config, float) and config.is_integer():
+            return {prefix: int(config)}
+        return {prefix: config}
+    out = {}
+    for key, value in config.items():
+        if not prefix and key in NOT_CONFIGURATION:
+            continue
+        out.update(flat(value, f"{prefix}{key}." if isinstance(value, dict) and value else f"{prefix}{key}"))
+    return out
+
+
+def fingerprint(run: Run) -> str:
+    """The run's configuration: its saved config (interpolations such as ${seed} unresolved, so
+    the seeds of one setting agree) without the keys in NOT_CONFIGURATION."""
+    return json.dumps(flat(run.config), sort_keys=True, default=str)
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    flats = [flat(c) for c in configs]
+    keys = set().union(*flats)
+    return sorted(k for k in keys if any(f.get(k, MISSING) != flats[0].get(k, MISSING) for f in flats))
 
 
 def label(ident: Identity) -> str:
@@ -229,10 +277,39 @@ def _natural(ident: Identity) -> tuple:
     return tuple(out)
 
 
-def group_runs(loaded: list[Run], group_by: list[str] | None) -> dict[Identity, list[Run]]:
+def group_runs(loaded: list[Run], group_by: list[str] | None,
+               notes: list[str] | None = None) -> dict[Identity, list[Run]]:
+    """Configurations -> their runs. By default one configuration per distinct saved config
+    (without seed and the keys in NOT_CONFIGURATION), labelled by its overrides: two swept
+    settings that resolve to the same config are one row, and `notes` says so. With group_by,
+    the given keys' values, which may pool several configurations (`notes` names the keys that
+    differ within a row)."""
+    notes = [] if notes is None else notes
     groups: dict[Identity, list[Run]] = {}
-    for run in loaded:
-        groups.setdefault(identity(run, group_by), []).append(run)
+    if group_by:
+        for run in loaded:
+            groups.setdefault(identity(run, group_by), []).append(run)
+        for ident, members in groups.items():
+            kinds = {fingerprint(r): r.config for r in members}
+            if len(kinds) > 1:
+                notes.append(f"{label(ident)} pools {len(kinds)} distinct configurations; they "
+                             f"differ in {', '.join(differing_keys(list(kinds.values())))}")
+    else:
+        by_config: dict[str, list[Run]] = {}
+        for run in loaded:
+            by_config.setdefault(fingerprint(run), []).append(run)
+        for members in by_config.values():
+            idents = sorted({identity(r, None) for r in members})
+            if len(idents) > 1:
+                notes.append("identical configurations, shown as one row: "
+                             + " and ".join(label(i) for i in idents))
+            ident = idents[0]
+            if ident in groups:  # same overrides, different configs (a preset edited mid-sweep)
+                keys = differing_keys([groups[ident][0].config, members[0].config])
+                notes.append(f"{label(ident)} names runs of different configurations (they "
+                             f"differ in {', '.join(keys)}); each is a row of its own")
+                ident = ident + tuple((k, as_text(lookup(members[0].config, k))) for k in keys)
+            groups[ident] = members
     for members in groups.values():  # so that "the first ok seed" is the lowest seed number
         members.sort(key=lambda r: (not isinstance(r.seed, int),
                                     r.seed if isinstance(r.seed, int) else 0, str(r.path)))
@@ -288,30 +365,45 @@ def fmt(x: float | None, digits: int = 5) -> str:
     return "—" if x is None else f"{x:.{digits}g}"
 
 
-def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
-                   rows: list[dict[str, Any]], columns: list[str], figures: list[str],
-                   skipped: list[str]) -> None:
+def cell(row: dict[str, Any], col: str) -> str:
+    mean, std, n = row[f"{col} mean"], row[f"{col} std"], row[f"{col} n"]
+    if mean is None:
+        return "—"
+    return f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if std is not None else f"{fmt(mean)} ({n})"
+
+
+def intro(args: argparse.Namespace, loaded: list[Run]) -> list[str]:
+    """The report's opening paragraphs: what was read and how to read the table."""
     counts = ", ".join(f"{s} {sum(r.status == s for r in loaded)}" for s in runs.STATUSES)
     grouping = (f"the values of {', '.join(args.group_by)}" if args.group_by
-                else "the run's overrides without seed and hydra.*")
+                else "a distinct saved config (apart from " + ", ".join(NOT_CONFIGURATION)
+                + "), labelled by its overrides")
+    return [
+        f"Runs read: {len(loaded)} ({counts}) from {', '.join(args.dirs)}.",
+        f"A configuration (a row) is {grouping}. Each cell is mean ± standard deviation (n-1) "
+        "over the ok seeds, with the number of seeds in brackets. Runs that did not end ok are "
+        "counted in their own columns and never averaged. FID-like metrics carry the feature "
+        "extractor in the column name; different extractors are never mixed. Validation values "
+        "(val/...) are those of each run's best checkpoint; the step curves show the per-epoch "
+        "values, with the best checkpoints' value as a separate star.",
+    ]
+
+
+def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
+                   rows: list[dict[str, Any]], columns: list[str], figures: list[str],
+                   skipped: list[str], notes: list[str] = ()) -> None:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = [
-        "# genlab report", "",
-        f"Runs read: {len(loaded)} ({counts}) from {', '.join(args.dirs)}.", "",
-        f"A configuration is {grouping}. Each cell is mean ± standard deviation (n-1) over the "
-        "ok seeds, with the number of seeds in brackets. Runs that did not end ok are "
-        "counted in their own columns and never averaged. FID-like metrics carry the feature "
-        "extractor in the column name; different extractors are never mixed.", "",
+        "# genlab report", "", *[line for p in intro(args, loaded) for line in (p, "")],
         "| configuration | " + " | ".join([*runs.STATUSES, *map(esc, columns)]) + " |",
         "|---" * (1 + len(runs.STATUSES) + len(columns)) + "|",
     ]
     for row in rows:
         cells = [esc(row["configuration"])] + [str(row[f"n_{s}"]) for s in runs.STATUSES]
-        for col in columns:
-            mean, std, n = row[f"{col} mean"], row[f"{col} std"], row[f"{col} n"]
-            cells.append("—" if mean is None else
-                         f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if std is not None else f"{fmt(mean)} ({n})")
+        cells += [cell(row, col) for col in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
 
     lines += ["", "## Figures", ""]
     for name in figures:
@@ -329,6 +421,103 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
     runs.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+# --- the HTML report ---------------------------------------------------------------------------
+
+HTML_STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+#summary th { cursor: pointer; background: #f2f2f2; white-space: nowrap; }
+#summary th[data-dir=asc]::after { content: " ▲"; }
+#summary th[data-dir=desc]::after { content: " ▼"; }
+figure { display: inline-block; margin: 0.5em 1em 0.5em 0; }
+figure.figure img { max-width: 100%; }
+figure.grid img { width: 240px; image-rendering: pixelated; }
+code { font-size: 0.85em; word-break: break-all; }
+"""
+
+# Click a header to sort by it (again to reverse). Numbers by value, empty cells last either way.
+SORT_SCRIPT = """
+document.querySelectorAll("#summary th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0];
+  const dir = th.dataset.dir === "asc" ? -1 : 1;
+  th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.dir);
+  th.dataset.dir = dir > 0 ? "asc" : "desc";
+  const key = tr => tr.cells[col].dataset.value;
+  [...body.rows].sort((a, b) => {
+    const x = key(a), y = key(b);
+    if (x === "" || y === "") return (x === "") - (y === "");
+    const nx = Number(x), ny = Number(y);
+    return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
+  }).forEach(tr => body.appendChild(tr));
+}));
+"""
+
+
+def data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def command(run: Run) -> str:
+    """The command line that repeats the run: its overrides (Hydra's own settings left out)."""
+    kept = [o for o in run.overrides if o.partition("=")[0].lstrip("+~").split(".", 1)[0] != "hydra"]
+    return shlex.join(["genlab-train", *kept])
+
+
+def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
+               groups: dict[Identity, list[Run]], rows: list[dict[str, Any]], columns: list[str],
+               figures: list[str], skipped: list[str], notes: list[str],
+               images: dict[Path, Any]) -> None:
+    """One self-contained page (figures and sample grids inlined as data URIs, no network): the
+    summary table, sortable by clicking a header; the figures; and per configuration its runs
+    (seed, status, folder, command) and their generated samples."""
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           "<title>genlab report</title>", f"<style>{HTML_STYLE}</style></head><body>",
+           "<h1>genlab report</h1>", *[f"<p>{e(p)}</p>" for p in intro(args, loaded)]]
+
+    out.append('<table id="summary"><thead><tr>')
+    out += [f"<th>{e(h)}</th>" for h in ["configuration", *runs.STATUSES, *columns]]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append(f'<tr><td data-value="{e(row["configuration"])}">'
+                   f'<a href="#{slug(row["configuration"])}">{e(row["configuration"])}</a></td>')
+        out += [f'<td data-value="{row[f"n_{s}"]}">{row[f"n_{s}"]}</td>' for s in runs.STATUSES]
+        for col in columns:
+            mean = row[f"{col} mean"]
+            out.append(f'<td data-value="{"" if mean is None else repr(mean)}">{e(cell(row, col))}</td>')
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    if notes:
+        out += ["<ul>", *[f"<li>{e(n)}</li>" for n in notes], "</ul>"]
+
+    out.append("<h2>Figures</h2>")
+    for name in figures:
+        out.append(f'<figure class="figure"><img src="{data_uri(path.parent / f"{name}.png")}" '
+                   f'alt="{e(name)}"><figcaption>{e(name)}</figcaption></figure>')
+
+    out.append("<h2>Configurations</h2>")
+    for ident, members in groups.items():
+        name = label(ident)
+        out += [f'<section class="configuration" id="{slug(name)}"><h3>{e(name)}</h3>',
+                "<table><tr><th>seed</th><th>status</th><th>run folder</th><th>command</th></tr>"]
+        out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td><td><code>{e(str(r.path))}"
+                f"</code></td><td><code>{e(command(r))}</code></td></tr>" for r in members]
+        out.append("</table>")
+        grids = [r for r in members if r.path in images]
+        out += [f'<figure class="grid"><img src="{data_uri(runs.generated_samples(r.path))}" '
+                f'alt="generated samples, seed {e(str(r.seed))}"><figcaption>generated samples, '
+                f"seed {e(str(r.seed))}</figcaption></figure>" for r in grids]
+        if not grids:
+            out.append("<p>No generated samples (samples/generated_final.png) in an ok run.</p>")
+        out.append("</section>")
+
+    if skipped:
+        out += ["<h2>Skipped</h2><ul>", *[f"<li>{e(s)}</li>" for s in skipped], "</ul>"]
+    out += [f"<script>{SORT_SCRIPT}</script>", "</body></html>"]
+    runs.atomic_write_text(path, "\n".join(out) + "\n")
+
+
 # --- figures -------------------------------------------------------------------------------------
 
 def slug(name: str) -> str:
@@ -341,8 +530,13 @@ def save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def read_curve(path: Path, metric: str) -> dict[int, float]:
-    """step -> value of one metric from a Lightning CSVLogger metrics.csv (sparse: most cells empty)."""
+def read_curve(path: Path, metric: str, epochs: int | None = None) -> dict[int, float]:
+    """step -> value of one metric from a Lightning CSVLogger metrics.csv (sparse: most cells empty).
+
+    With `epochs` (the number of epochs the run trained, summary.json's "epochs"), only rows of
+    epochs 0 .. epochs - 1 count: genlab-train's validation and test of the best checkpoint after
+    training are logged under epoch `epochs`, and are not a point of the training curve.
+    """
     curve = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -352,30 +546,46 @@ def read_curve(path: Path, metric: str) -> dict[int, float]:
             return curve
         for line in reader:
             cell = line.get(metric)
-            if cell:  # a later row for the same step wins, as in the logger itself
-                curve[int(float(line["step"]))] = float(cell)
+            if not cell:
+                continue
+            if epochs is not None and line.get("epoch") and int(float(line["epoch"])) >= epochs:
+                continue
+            curve[int(float(line["step"]))] = float(cell)  # a later row for a step wins, as in the logger
     return curve
 
 
-def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
-                skipped: list[str]) -> str | None:
-    """metric against training step: mean over ok seeds, band of ±1 std, on steps all seeds share."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
+@dataclass
+class Curve:
+    """One configuration's line: per-epoch means over its ok seeds at the steps they all share,
+    and, apart from the line, the final validation of the best checkpoints (summary.json)."""
+    label: str
+    steps: list[int]
+    mean: list[float]
+    std: list[float] | None  # None with one seed
+    n: int
+    best_mean: float | None
+    best_std: float | None
+
+
+def curve_series(groups: dict[Identity, list[Run]], metric: str,
+                 skipped: list[str]) -> list[Curve]:
+    series = []
     for ident, members in groups.items():
-        curves = []
+        curves, best = [], []
         for run in (r for r in members if r.status == "ok"):
             path = run.path / "metrics.csv"
             if not path.is_file():
                 continue  # not every run logs to CSV; the legend's n shows how many did
+            epochs = run.summary.get("epochs")
             try:
-                curve = read_curve(path, metric)
+                curve = read_curve(path, metric, epochs if isinstance(epochs, int) else None)
             except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
                 skip(skipped, f"{path}: malformed ({e})")
                 continue
             if curve:
                 curves.append(curve)
+                final = summary_values({metric: run.summary.get(metric)})
+                best += [v for v in final.values() if math.isfinite(v)]
         if not curves:
             continue
         # Seeds can be evaluated at different steps (a crash, a changed interval); only steps
@@ -384,21 +594,43 @@ def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
         if not steps:
             continue
         ys = [[c[s] for c in curves] for s in steps]
-        mean = [statistics.fmean(y) for y in ys]
-        line, = ax.plot(steps, mean, marker="." if len(steps) < 30 else None,
-                        label=f"{label(ident)} (n={len(curves)})")
-        if len(curves) > 1:
-            std = [statistics.stdev(y) for y in ys]
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
-                            [m + s for m, s in zip(mean, std, strict=True)],
+        best_mean, best_std = mean_std(best)
+        series.append(Curve(label(ident), steps, [statistics.fmean(y) for y in ys],
+                            [statistics.stdev(y) for y in ys] if len(curves) > 1 else None,
+                            len(curves), best_mean, best_std))
+    return series
+
+
+def curve_figure(series: list[Curve], metric: str) -> Figure:
+    """Each configuration's per-epoch line (± 1 std band) and, as an unconnected star at the
+    right end, the mean of its best checkpoints' final validation."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    end = max(c.steps[-1] for c in series)
+    for c in series:
+        line, = ax.plot(c.steps, c.mean, marker="." if len(c.steps) < 30 else None,
+                        label=f"{c.label} (n={c.n})")
+        if c.std is not None:
+            ax.fill_between(c.steps, [m - s for m, s in zip(c.mean, c.std, strict=True)],
+                            [m + s for m, s in zip(c.mean, c.std, strict=True)],
                             color=line.get_color(), alpha=0.2, linewidth=0)
-        drawn = True
-    if not drawn:
-        return None
-    ax.set(xlabel="training step", ylabel=metric, title=f"{metric} during training (mean ± 1 std)")
+        if c.best_mean is not None:
+            ax.errorbar([end], [c.best_mean], yerr=None if c.best_std is None else [c.best_std],
+                        marker="*", markersize=10, linestyle="none", capsize=3,
+                        color=line.get_color())
+    ax.plot([], [], marker="*", linestyle="none", color="grey",
+            label="best checkpoint, final validation")
+    ax.set(xlabel="training step", ylabel=metric,
+           title=f"{metric} per epoch (mean ± 1 std); ★ best checkpoint")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return save(fig, out, f"curve_{slug(metric)}")
+    return fig
+
+
+def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
+                skipped: list[str]) -> str | None:
+    series = curve_series(groups, metric, skipped)
+    return save(curve_figure(series, metric), out, f"curve_{slug(metric)}") if series else None
 
 
 def plot_against(out: Path, loaded: list[Run], group_by: list[str] | None, x: str,
@@ -435,22 +667,30 @@ def plot_against(out: Path, loaded: list[Run], group_by: list[str] | None, x: st
     return save(fig, out, f"{slug(column)}_vs_{slug(x)}")
 
 
-def plot_samples(out: Path, groups: dict[Identity, list[Run]], skipped: list[str]) -> str | None:
-    """The newest samples/*.png of the first ok seed of each configuration, one panel each."""
-    panels = []
-    for ident, members in groups.items():
+def generated_grids(groups: dict[Identity, list[Run]], skipped: list[str]) -> dict[Path, Any]:
+    """run path -> its generated samples (samples/generated_final.png) as an image array, for
+    every ok run that has a readable one. Other grids (reconstructions, degraded real images,
+    chains) are never taken for samples."""
+    images = {}
+    for members in groups.values():
         for run in (r for r in members if r.status == "ok"):
-            pngs = sorted((run.path / "samples").glob("*.png"),
-                          key=lambda p: (p.stat().st_mtime, p.name))
-            if not pngs:
+            path = runs.generated_samples(run.path)
+            if not path.is_file():
                 continue
             try:
-                image = matplotlib.image.imread(pngs[-1])
+                images[run.path] = matplotlib.image.imread(path)
             except Exception as e:  # Pillow raises several types for a broken PNG
-                skip(skipped, f"{pngs[-1]}: unreadable image ({type(e).__name__}: {e})")
-                continue  # fall back to the next seed's samples
-            panels.append((f"{label(ident)}\nseed {run.seed}, {pngs[-1].name}", image))
-            break
+                skip(skipped, f"{path}: unreadable image ({type(e).__name__}: {e})")
+    return images
+
+
+def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path, Any]) -> str | None:
+    """The generated samples of the first ok seed (with a readable grid) of each configuration."""
+    panels = []
+    for ident, members in groups.items():
+        run = next((r for r in members if r.path in images), None)
+        if run is not None:
+            panels.append((f"{label(ident)}\ngenerated samples, seed {run.seed}", images[run.path]))
     if not panels:
         return None
     cols = min(4, len(panels))
