@@ -200,3 +200,22 @@ def test_rbm_refuses_grey_level_data(tmp_path):
     with pytest.raises(ConfigError, match=r"data.binarize='none' is invalid for model=rbm; "
                                           r"allowed: static \| dynamic"):
         train(cfg)
+
+
+def test_pcd_resumed_from_a_checkpoint_matches_an_uninterrupted_run(smoke, tmp_path):
+    """The persistent chains, the binarisation draws and the Gibbs noise all continue where they
+    were: two epochs in one go and one epoch + a resumed second end with the same weights,
+    chains and metrics."""
+    args = [*SMOKE, "data.binarize=dynamic", "model.persistent=true", "callbacks.samples=null",
+            *NO_EVAL, "seed=3"]
+    whole = smoke(tmp_path / "whole", *args, "trainer.max_epochs=2")
+    first = smoke(tmp_path / "first", *args, "trainer.max_epochs=1")
+    resumed = smoke(tmp_path / "resumed", *args, "trainer.max_epochs=2",
+                    f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+            for r in (whole, resumed))
+    for key in ("W", "b", "c", "chains"):
+        assert torch.equal(a[key], b[key]), key
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (whole, resumed))
+    for key in ("val/pseudo_loglik", "val/free_energy_gap", "test/loglik"):
+        assert sa[key] == sb[key], key
