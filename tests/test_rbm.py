@@ -181,7 +181,7 @@ def test_rbm_trains_tests_and_samples(smoke, tmp_path, binarize, extra):
         rows = list(csv.DictReader(f))
     assert [r for r in rows if r.get("train/free_energy_gap")]
     names = {p.name for p in (run / "samples").glob("*_final.png")}
-    assert {"chain_final.png", "samples_final.png", "filters_final.png"} <= names
+    assert {"generated_final.png", "chain_final.png", "filters_final.png"} <= names
 
     ckpt = run / "checkpoints" / "last.ckpt"
     n, steps, tile = 3, 4, 8 + 2  # save_image pads each tile by 2 pixels

@@ -127,7 +127,6 @@ class RBM(GenerativeModule):
         ais_runs: int = 100,
         ais_seed: int = 0,
         gap_images: int = 500,
-        n_grid: int = 64,
     ):
         super().__init__()
         require_positive(hidden, "model.hidden", integer=True)
@@ -152,18 +151,14 @@ class RBM(GenerativeModule):
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         V = math.prod(self.image_shape)
-        # the weights follow the run's seed; grid starts and first chains are fixed images
-        g = torch.Generator().manual_seed(0)
         self.W = nn.Parameter(torch.randn(V, hidden) * init_std)
         self.b = nn.Parameter(torch.zeros(V))
         self.c = nn.Parameter(torch.zeros(hidden))
         # training pixel marginals: the visible biases' start and AIS's base-rate model; set at
         # the start of fit and saved, so a checkpoint alone is enough for the test log-likelihood
         self.register_buffer("data_mean", torch.full((V,), 0.5))
-        if persistent:
-            self.register_buffer("chains", (torch.rand(n_chains, V, generator=g) < 0.5).float())
-        self.register_buffer("fixed_start", (torch.rand(n_grid, V, generator=g) < 0.5).float(),
-                             persistent=False)
+        if persistent:  # uniform random binary images to start; they follow the run's seed
+            self.register_buffer("chains", (torch.rand(n_chains, V) < 0.5).float())
         self.means = eval_means(["pseudo_loglik", "recon_error", "free_energy", "free_energy_gap",
                                  "loglik", "log_z", "log_z_stderr"])
         self._log_z: tuple[float, float] | None = None
@@ -292,18 +287,15 @@ class RBM(GenerativeModule):
                 "chain_data": from_data, "filters": lambda: self.filters(n)}
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """Square grids: k chains from fixed random starts (rows) at k sweeps evenly spaced up to
-        sample_steps (columns), k = sqrt(len(real)); the last sweep of len(real) such chains;
-        mean-field reconstructions next to the images; and the first len(real) filters."""
+        """Square grids beside the callback's generated images: k chains from `starts` (rows) at
+        k sweeps evenly spaced up to sample_steps (columns), k = sqrt(len(real)); mean-field
+        reconstructions next to the images; and the first len(real) filters."""
         k = max(1, math.isqrt(len(real)))
-        n = min(len(real), len(self.fixed_start))
-        chain = self.chain(self.fixed_start[:k], self.hparams.sample_steps, k).flatten(0, 1)
-        samples = self.chain(self.fixed_start[:n], self.hparams.sample_steps, 1)[:, -1]
-        half = real[: n // 2]
+        chain = self.chain(self.starts(k), self.hparams.sample_steps, k).flatten(0, 1)
+        half = real[: len(real) // 2]
         recon = self.reconstruct(half).view_as(half)
-        return {"chain": chain, "samples": samples,
-                "reconstruction": torch.stack([half, recon], 1).flatten(0, 1),
-                "filters": self.filters(min(n, self.W.shape[1]))}
+        return {"chain": chain, "reconstruction": torch.stack([half, recon], 1).flatten(0, 1),
+                "filters": self.filters(min(len(real), self.W.shape[1]))}
 
     # -- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
