@@ -219,3 +219,95 @@ def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
     with open(out / "summary.csv") as f:
         header = next(csv.reader(f))
     assert "val/elbo mean" in header and "test/elbo mean" not in header
+
+
+def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
+    # genlab-train validates the best checkpoint after training; Lightning logs that under the
+    # epoch after the last one trained. It must not become the curve's last point.
+    root, best = tmp_path / "sweep", {0: -300.0, 1: -304.0}  # an early epoch was best
+    for seed in (0, 1):
+        run = make_run(root, str(seed), 1, seed, {"status": "ok", "val/elbo": best[seed],
+                                                  "epochs": 4}, curve=False)
+        write_metrics_csv(run / "metrics.csv", final=-100.0 - seed)
+        with open(run / "metrics.csv", "a", newline="") as f:
+            csv.writer(f).writerow([4, STEPS[-1] + 1, "", best[seed]])  # write_metrics_csv: epoch 0-3
+    groups = report.group_runs(report.load_runs([str(root)], []), None)
+    (curve,) = report.curve_series(groups, "val/elbo", [])
+    assert curve.steps == list(STEPS) and curve.n == 2
+    assert curve.mean == pytest.approx([statistics.fmean([curve_value(-100.0, s), curve_value(-101.0, s)])
+                                        for s in STEPS])
+    assert curve.std == pytest.approx([statistics.stdev([curve_value(-100.0, s), curve_value(-101.0, s)])
+                                       for s in STEPS])
+    assert curve.best_mean == pytest.approx(statistics.fmean(best.values()))
+    assert curve.best_std == pytest.approx(statistics.stdev(best.values()))
+
+    ax = report.curve_figure([curve], "val/elbo").axes[0]
+    line = ax.lines[0]
+    assert list(line.get_xdata()) == list(STEPS)  # per-epoch values only: no drop at the end
+    assert list(line.get_ydata()) == pytest.approx(curve.mean)
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*" and len(ln.get_xdata())]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([STEPS[-1]], [curve.best_mean])]
+    assert stars[0].get_linestyle() == "None"  # a marker apart from the line
+
+
+def write_config(run, config):
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_one_row_per_distinct_configuration(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    # beta=1 and beta=1.0: two swept settings, one configuration -> one row, and a note
+    for job, (spelling, seed) in enumerate([("1", 0), ("1.0", 1), ("1", 1), ("4", 0)]):
+        run = make_run(root, str(job), 4 if spelling == "4" else 1, seed,
+                       {"status": "ok", "val/elbo": -200.0 - job}, curve=False, samples=False)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            [f"model.beta={spelling}", f"seed={seed}", f"paths.log_dir=/elsewhere/{job}", "resume=true"]))
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["model"]["beta"] = float(spelling)
+        config["corruption"]["kind"] = "blur"
+        config["paths"], config["resume"] = {"log_dir": f"/elsewhere/{job}"}, job % 2 == 0
+        write_config(run, config)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    table = read_table(out)
+    assert list(table) == ["model.beta=1", "model.beta=4"]
+    assert table["model.beta=1"]["n_ok"] == "3"
+    assert_stats(table["model.beta=1"], "val/elbo", [-200.0, -201.0, -202.0])
+    markdown = (out / "summary.md").read_text()
+    assert "identical configurations, shown as one row: model.beta=1 and model.beta=1.0" in markdown
+
+    # The same overrides naming two different configs (a preset edited between two parts of a
+    # sweep): two rows, told apart by the key that differs.
+    config = yaml.safe_load((root / "3" / ".hydra" / "config.yaml").read_text())
+    config["model"]["lr"] = 0.1
+    write_config(root / "3", config)
+    (root / "3" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.beta=4"]))
+    other = make_run(root, "4", 4, 1, {"status": "ok", "val/elbo": -1.0}, curve=False, samples=False)
+    write_config(other, {**config, "model": {**config["model"], "lr": 0.2}, "seed": 1})
+    (root / "4" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.beta=4", "seed=1"]))
+    assert report.main([str(root), "--out", str(out)]) == 0
+    assert list(read_table(out)) == ["model.beta=1", "model.beta=4", "model.beta=4, model.lr=0.2"]
+    assert "model.beta=4 names runs of different configurations (they differ in model.lr)" in \
+        (out / "summary.md").read_text()
+
+    # --group-by may pool configurations on purpose; the report names what differs in a row
+    assert report.main([str(root), "--out", str(out), "--group-by", "corruption.kind"]) == 0
+    assert "corruption.kind=blur pools 3 distinct configurations; they differ in model.beta, " \
+           "model.lr" in (out / "summary.md").read_text()
+
+
+def test_sample_figure_shows_only_generated_samples(sweep):
+    root, bad = sweep
+    skipped: list[str] = []
+    groups = report.group_runs(report.load_runs([str(root)], skipped), None)
+    images = report.generated_grids(groups, skipped)
+    assert f"skipped: {bad['png']}: unreadable image" in skipped[-1]
+    fig = report.samples_figure(groups, images)
+    shown = [ax.images[0].get_array() for ax in fig.axes]
+    titles = [ax.get_title() for ax in fig.axes]
+    # beta=1: seed 0's grid is broken, so seed 1's; beta=4: seed 0. Never the newer decoy grid.
+    for image, title, (run, seed) in zip(shown, titles, [("1", 1), ("4", 0)], strict=True):
+        expected = np.asarray(Image.open(root / run / "samples" / "generated_final.png")) / 255
+        decoy = np.asarray(Image.open(root / run / "samples" / "degraded_real_final.png")) / 255
+        assert np.allclose(image, expected) and not np.allclose(image, decoy)
+        assert f"generated samples, seed {seed}" in title

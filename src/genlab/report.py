@@ -685,6 +685,11 @@ def generated_grids(groups: dict[Identity, list[Run]], skipped: list[str]) -> di
 
 
 def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path, Any]) -> str | None:
+    fig = samples_figure(groups, images)
+    return save(fig, out, "samples") if fig else None
+
+
+def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any]) -> Figure | None:
     """The generated samples of the first ok seed (with a readable grid) of each configuration."""
     panels = []
     for ident, members in groups.items():
@@ -705,7 +710,7 @@ def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path
         wrapped = [w for line in title.split("\n") for w in textwrap.wrap(line, 34) or [""]]
         ax.set_title("\n".join(wrapped), fontsize=8)
         ax.axis("off")
-    return save(fig, out, "samples")
+    return fig
 
 
 if __name__ == "__main__":
