@@ -1,6 +1,8 @@
 """sample_metrics against independent computations, its real-feature cache, and DDP gathering."""
 
+import logging
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -107,12 +109,14 @@ def test_a_cache_is_read_for_its_own_key_only(digits, tmp_path, monkeypatch):
 
     clean = sample_metrics(fake, reference(1000), "genlab-digits-cnn", metrics=("fid",), cache_dir=tmp_path)
     assert loads == [1000]
-    stats = list(tmp_path.glob(cache_key(reference(1000), "genlab-digits-cnn") + "*stat-fid*.pt"))
-    assert len(stats) == 1
+    stats = list(tmp_path.glob(cache_key(reference(1000), "genlab-digits-cnn") + "*.npz"))
+    assert len(stats) == 1 and len(list(tmp_path.iterdir())) == 1  # nothing of torch-fidelity's
     # poison the cached statistics: the same key now reads them (and loads no images) ...
-    blob = torch.load(stats[0], weights_only=False)
-    blob["mu"] = blob["mu"] + 10.0
-    torch.save(blob, stats[0])
+    with np.load(stats[0]) as f:
+        arrays = dict(f)
+    arrays["mu_features"] = arrays["mu_features"] + 10.0
+    with open(stats[0], "wb") as f:
+        np.savez(f, **arrays)
     poisoned = sample_metrics(fake, reference(1000), "genlab-digits-cnn", metrics=("fid",), cache_dir=tmp_path)
     assert loads == [1000] and poisoned["fid"] > clean["fid"] + 100
     # ... while another N, or the same N with other extractor weights, never does
@@ -182,3 +186,52 @@ def test_metrics_of_gathered_samples_equal_the_single_process_ones(digits, tmp_p
             assert rel < 1e-6, (k, rel)
             worst = max(worst, rel)
     print(f"DDP vs single process: largest relative difference {worst:.1e}")
+
+
+class _Planted:
+    """Unpickling this creates the marker file: proof that a cache file ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_cache_file_never_runs_code(digits, tmp_path, caplog):
+    """A pickle at every path torch-fidelity or genlab would read for this reference: the marker
+    never appears, genlab's own file is reported in one line and recomputed, and the numbers are
+    those of a run without any cache."""
+    ref = RealReference.from_datamodule(digits, "train", 1000)
+    fake = digits.images("test")
+    key = cache_key(ref, "genlab-digits-cnn")
+    marker = tmp_path / "marker"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    planted = [cache / f"{key}.npz"]  # genlab's
+    for layer in ("features", "logits"):  # torch-fidelity's feature and statistics files
+        planted += [cache / f"{key}-genlab-digits-cnn-features-{layer}.pt",
+                    cache / f"{key}-genlab-digits-cnn-stat-fid-{layer}.pt"]
+    with open(planted[0], "wb") as f:  # a bare pickle where genlab looks ...
+        pickle.dump(_Planted(marker), f)
+    for p in planted[1:]:  # ... and torch.save files (a pickle in a zip) where torch-fidelity would
+        torch.save({"mu": _Planted(marker)}, p)
+    armed = tmp_path / "armed"
+    pickle.loads(pickle.dumps(_Planted(armed)))  # the plant works: unpickling runs its code
+    assert armed.exists()
+
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        got = sample_metrics(fake, ref, "genlab-digits-cnn", metrics=("fid", "kid", "prc", "is"),
+                             cache_dir=cache, kid_subsets=10)
+    assert not marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(planted[0]) in warnings[0] and "\n" not in warnings[0]
+    clean = sample_metrics(fake, ref, "genlab-digits-cnn", metrics=("fid", "kid", "prc", "is"),
+                           kid_subsets=10)
+    assert got == clean
+    # the file is now genlab's own again, and read without a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        again = sample_metrics(fake, ref, "genlab-digits-cnn", metrics=("fid",), cache_dir=cache)
+    assert not caplog.records and again["fid"] == clean["fid"]
+    assert not marker.exists()

@@ -19,6 +19,16 @@ Logged (units and signs: genlab.metrics.fid and genlab.metrics.prior):
 Under DDP every rank generates its share of the samples with its own seed; the shares are gathered
 to every rank and every rank computes the same numbers from the same tensor, so the values are
 logged without a cross-rank reduction.
+
+Randomness: every draw (generated images, the latent subset, posterior and prior draws, the
+mixture fit, disentanglement's factors) is seeded from the run seed and its own phase name
+(genlab.seeding.mix_seed), and the whole evaluation runs on a fork of the global generators: what
+happened before it (a cache miss, another callback, a resume) changes no value, and training goes
+on with exactly the random stream it would have had without an evaluation.
+
+Failures: a metric that cannot be computed (a mixture fit or sqrtm that fails, too few samples,
+non-finite features) is logged as NaN, its one-line reason goes to `metric_errors` (which
+genlab-train writes into summary.json), and the run goes on.
 """
 
 from __future__ import annotations
@@ -27,9 +37,11 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -45,6 +57,7 @@ from genlab.metrics.fid import (
     to_uint8,
 )
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.seeding import generator_for, mix_seed
 
 log = logging.getLogger("genlab")
 
@@ -59,6 +72,11 @@ LATENT = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expo
 DISENTANGLEMENT = ("val/mig", "val/factor_vae", "val/dci_disentanglement", "val/dci_completeness",
                    "val/dci_informativeness")
 SAMPLES_FILE = "eval_samples.pt"
+# what a metric that cannot be computed raises: numpy/scipy/scikit-learn's ValueError and
+# LinAlgError (a failed mixture fit, sqrtm or eigvals on non-finite input), torch's RuntimeError,
+# torch-fidelity's asserts and ValueError (too few samples). A ConfigError (a ValueError too) is the
+# user's, and still stops the run.
+METRIC_FAILURES = (ValueError, ArithmeticError, AssertionError, RuntimeError, np.linalg.LinAlgError)
 
 
 class SampleQuality(pl.Callback):
@@ -68,15 +86,18 @@ class SampleQuality(pl.Callback):
     kid_subset_size, kid_subsets: as in genlab.metrics.fid.sample_metrics (real images: the first
     n_samples of data.<real_split>).
     latent: the VAE extras; latent_subset: codes used for the MMD and the aggregate KL (their costs
-    grow as its square); expost_components: Gaussians in the ex-post mixture.
+    grow as its square); expost_components: Gaussians in the ex-post mixture; expost_reg_covar:
+    added to their covariances' diagonals (scikit-learn's reg_covar).
     disentanglement: MIG, FactorVAE and DCI on dSprites; disentanglement_points: codes for MIG and
     DCI training (DCI tests on half as many, FactorVAE normalises with this many);
     factor_vae_votes: FactorVAE training votes of 64 images each (evaluation: half as many);
     None: disentanglement_points // 5, so that one size (n_samples in the config) scales all.
     save_samples: rank 0 writes the gathered samples scored at the final validation to
     <run>/eval_samples.pt (uint8), so the numbers can be recomputed.
-    seed: generation on rank r is seeded with rank_seed(seed, r), the same at every evaluation, so
-    epochs are compared on the same noise.
+    seed: the run seed; generation on rank r is seeded with mix_seed(seed, "generate", r), the
+    same at every evaluation, so epochs are compared on the same noise.
+    metric_errors: metric name -> one-line reason, for each metric whose latest value is NaN
+    because it could not be computed.
     """
 
     def __init__(
@@ -94,6 +115,7 @@ class SampleQuality(pl.Callback):
         latent: bool = True,
         latent_subset: int = 2000,
         expost_components: int = 10,
+        expost_reg_covar: float = 1e-6,
         disentanglement: bool = False,
         disentanglement_points: int = 10_000,
         factor_vae_votes: int | None = None,
@@ -115,6 +137,8 @@ class SampleQuality(pl.Callback):
         require_positive(kid_subsets, "metrics.kid_subsets", integer=True)
         require_positive(latent_subset, "metrics.latent_subset", integer=True)
         require_positive(expost_components, "metrics.expost_components", integer=True)
+        require(isinstance(expost_reg_covar, int | float) and expost_reg_covar >= 0,
+                "metrics.expost_reg_covar", "a number >= 0", expost_reg_covar)
         require_positive(disentanglement_points, "metrics.disentanglement_points", integer=True)
         require(factor_vae_votes is None or (isinstance(factor_vae_votes, int) and factor_vae_votes > 0),
                 "metrics.factor_vae_votes", "null (disentanglement_points // 5) or a positive integer",
@@ -125,12 +149,14 @@ class SampleQuality(pl.Callback):
         self.which, self.cache_dir = which, cache_dir
         self.batch_size, self.kid_subset_size, self.kid_subsets = batch_size, kid_subset_size, kid_subsets
         self.latent, self.latent_subset, self.expost_components = latent, latent_subset, expost_components
+        self.expost_reg_covar = float(expost_reg_covar)
         self.disentanglement = disentanglement
         self.disentanglement_points = disentanglement_points
         self.factor_vae_votes = factor_vae_votes or max(1, disentanglement_points // 5)
         self.save_samples, self.seed = save_samples, seed
         self.generate_batch_size = generate_batch_size
         self._real: RealReference | None = None
+        self.metric_errors: dict[str, str] = {}
 
     # -- checks before training -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -185,7 +211,7 @@ class SampleQuality(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _forked(pl_module.device):
                 self.evaluate(trainer, pl_module, final)
         finally:
             pl_module.train(was_training)
@@ -198,12 +224,15 @@ class SampleQuality(pl.Callback):
         if self._real is None:
             self._real = RealReference.from_datamodule(dm, self.real_split, self.n_samples)
 
+        where = "final validation" if final else f"epoch {trainer.current_epoch}"
         per_rank = math.ceil(self.n_samples / world)
-        with _seeded(rank_seed(self.seed, rank), pl_module.device):
+        with _seeded(mix_seed(self.seed, "generate", rank), pl_module.device):
             local = self._generate(pl_module, per_rank)
         # uint8 is what the extractors read anyway, and a quarter of the bytes to gather
         fake = gather_samples(to_uint8(local))[: self.n_samples].cpu()
-        values = self._quality(fake, self.which)
+        quality = sorted({k for k in self.which if k in LOGGED}
+                         | ({"precision", "recall"} if "prc" in self.which else set()))
+        values = self._attempt(where, quality, lambda: self._quality(fake, self.which))
         logged = {LOGGED[k]: v for k, v in values.items() if k in LOGGED}
 
         if self.save_samples and final and rank == 0:
@@ -212,9 +241,9 @@ class SampleQuality(pl.Callback):
                         "n_real": self._real.n, "metrics": values}, path)
 
         if self.latent and hasattr(pl_module, "posterior"):
-            logged.update(self._latent(trainer, pl_module))
+            logged.update(self._latent(trainer, pl_module, where))
         if self.disentanglement and final and hasattr(pl_module, "posterior"):
-            logged.update(self._disentanglement(trainer, pl_module))
+            logged.update(self._disentanglement(trainer, pl_module, where))
 
         for name, value in logged.items():
             pl_module.log(name, float(value), on_step=False, on_epoch=True, sync_dist=False)
@@ -222,6 +251,28 @@ class SampleQuality(pl.Callback):
                  f"epoch {trainer.current_epoch}", self.n_samples, self.extractor,
                  time.perf_counter() - start, ", ".join(f"{k}={v:.4g}" for k, v in logged.items()))
         return logged
+
+    def _attempt(self, where: str, names: list[str], compute: Callable[[], dict]) -> dict:
+        """compute() -> {name: value}; when it fails (METRIC_FAILURES), every name gets NaN and the
+        reason goes to metric_errors. A value that comes out non-finite is recorded as well."""
+        try:
+            values = compute()
+        except ConfigError:
+            raise
+        except METRIC_FAILURES as e:
+            reason = f"{where}: {_one_line(e)}"
+            logged = [LOGGED.get(n, n) for n in names]
+            log.warning("%s cannot be computed (%s); logged as NaN", ", ".join(logged), reason)
+            self.metric_errors.update(dict.fromkeys(logged, reason))
+            return dict.fromkeys(names, math.nan)
+        for n, v in values.items():
+            if isinstance(v, str):
+                continue
+            if math.isfinite(v):
+                self.metric_errors.pop(LOGGED.get(n, n), None)
+            else:
+                self.metric_errors[LOGGED.get(n, n)] = f"{where}: the value is {v}"
+        return values
 
     def _quality(self, fake_u8: Tensor, which: list[str]) -> dict:
         return sample_metrics(fake_u8.float() / 255, self._real, self.extractor, which,
@@ -236,7 +287,7 @@ class SampleQuality(pl.Callback):
             return torch.cat([pl_module.generate(min(b, n - i)) for i in range(0, n, b)])
         return torch.cat([pl_module.generate(len(zb), z=zb) for zb in z.split(b)])
 
-    def _latent(self, trainer: pl.Trainer, pl_module) -> dict[str, float]:
+    def _latent(self, trainer: pl.Trainer, pl_module, where: str) -> dict[str, float]:
         """Codes of the first n_samples training images (the data the prior should match)."""
         rank, world = trainer.global_rank, trainer.world_size
         fetch, total = trainer.datamodule.fetcher("train")
@@ -249,40 +300,48 @@ class SampleQuality(pl.Callback):
         mu = gather_samples(torch.cat([m for m, _ in parts])).cpu().double()
         std = gather_samples(torch.cat([s for _, s in parts])).cpu().double()
 
-        out = {"val/active_units": active_units(mu)}
-        sub = torch.randperm(len(mu), generator=torch.Generator().manual_seed(self.seed))
+        out = self._attempt(where, ["val/active_units"], lambda: {"val/active_units": active_units(mu)})
+        sub = torch.randperm(len(mu), generator=generator_for(self.seed, "latent_subset"))
         sub = sub[: self.latent_subset]
-        with _seeded(self.seed, pl_module.device):
+
+        def prior_mmd():
+            g = generator_for(self.seed, "latent_draws")
             # one draw from each point's posterior, in the model's own family (eps=uniform too)
             if hasattr(pl_module, "sample_z"):
-                z_q = pl_module.sample_z(mu[sub], std[sub])
+                z_q = pl_module.sample_z(mu[sub], std[sub], generator=g)
             else:
-                z_q = mu[sub] + std[sub] * torch.randn_like(mu[sub])
-            z_p = torch.randn_like(z_q)
-        out["val/mmd_prior"] = mmd(z_q, z_p)
+                z_q = mu[sub] + std[sub] * torch.randn(mu[sub].shape, generator=g, dtype=mu.dtype)
+            return {"val/mmd_prior": mmd(z_q, torch.randn(z_q.shape, generator=g, dtype=z_q.dtype))}
+
+        out.update(self._attempt(where, ["val/mmd_prior"], prior_mmd))
         # a Gaussian mixture over the subset's posteriors (for eps=uniform: the moment-matched
         # Gaussians); cost latent_subset^2 * D
-        out["val/kl_aggregate"] = kl_aggregate_posterior(mu[sub], 2 * std[sub].log(),
-                                                         n_samples=self.latent_subset, seed=self.seed)
+        out.update(self._attempt(where, ["val/kl_aggregate"], lambda: {
+            "val/kl_aggregate": kl_aggregate_posterior(mu[sub], 2 * std[sub].log(), n_samples=self.latent_subset,
+                                                       seed=mix_seed(self.seed, "kl_aggregate"))}))
 
-        # ex-post density: every rank fits the same mixture to the same codes and draws the same
-        # world * per_rank points, then decodes its own contiguous share
-        gmm = ExPostGMM(n_components=min(self.expost_components, len(mu)), seed=self.seed)
-        gmm.fit(mu.float())
-        per_rank = math.ceil(self.n_samples / world)
-        z = gmm.sample(per_rank * world)[rank * per_rank : (rank + 1) * per_rank]
-        local = self._generate(pl_module, len(z), z.to(pl_module.device))
-        fake = gather_samples(to_uint8(local))[: self.n_samples].cpu()
-        out["val/fid_expost"] = self._quality(fake, ["fid"])["fid"]
+        def fid_expost():
+            # every rank fits the same mixture to the same codes and draws the same
+            # world * per_rank points, then decodes its own contiguous share
+            gmm = ExPostGMM(n_components=min(self.expost_components, len(mu)),
+                            seed=mix_seed(self.seed, "expost"), reg_covar=self.expost_reg_covar)
+            gmm.fit(mu.float())
+            k = math.ceil(self.n_samples / world)
+            z = gmm.sample(k * world)[rank * k : (rank + 1) * k]
+            local = self._generate(pl_module, len(z), z.to(pl_module.device))
+            fake = gather_samples(to_uint8(local))[: self.n_samples].cpu()
+            return {"val/fid_expost": self._quality(fake, ["fid"])["fid"]}
+
+        out.update(self._attempt(where, ["val/fid_expost"], fid_expost))
         return out
 
-    def _disentanglement(self, trainer: pl.Trainer, pl_module) -> dict[str, float]:
+    def _disentanglement(self, trainer: pl.Trainer, pl_module, where: str) -> dict[str, float]:
         """MIG, FactorVAE score and DCI (forest predictors) of the posterior means. Computed on
         rank 0 and broadcast: these scores are the costly part, and the other ranks hold the
         same weights."""
         from genlab.data.dsprites import FACTOR_SIZES, render
 
-        out: dict[str, float] = {}
+        out: dict = {}
         if trainer.global_rank == 0:
             device = pl_module.device
 
@@ -292,31 +351,44 @@ class SampleQuality(pl.Callback):
             def draw(factors: Tensor) -> Tensor:  # rendered where the model is: no copies
                 return render(factors.to(device))
 
-            p = self.disentanglement_points
-            codes, factors = sample_codes(encode, FACTOR_SIZES, draw, p, seed=self.seed)
-            codes_test, factors_test = sample_codes(encode, FACTOR_SIZES, draw, max(2, p // 2),
-                                                    seed=self.seed + 1)
-            scores = dci(codes, factors, codes_test, factors_test, model="forest", seed=self.seed)
-            fvae = factor_vae_score(encode, FACTOR_SIZES, draw, seed=self.seed,
-                                    n_train=self.factor_vae_votes,
-                                    n_eval=max(1, self.factor_vae_votes // 2), n_variance=p)
-            out = {"val/mig": mig(codes, factors),
-                   "val/factor_vae": fvae["eval_accuracy"],
-                   "val/dci_disentanglement": scores["disentanglement"],
-                   "val/dci_completeness": scores["completeness"],
-                   "val/dci_informativeness": scores["informativeness_test"]}
+            def scores():
+                p, seed = self.disentanglement_points, mix_seed(self.seed, "disentanglement")
+                codes, factors = sample_codes(encode, FACTOR_SIZES, draw, p, seed=seed)
+                codes_test, factors_test = sample_codes(encode, FACTOR_SIZES, draw, max(2, p // 2),
+                                                        seed=mix_seed(self.seed, "disentanglement/test"))
+                dci_scores = dci(codes, factors, codes_test, factors_test, model="forest", seed=seed)
+                fvae = factor_vae_score(encode, FACTOR_SIZES, draw, seed=mix_seed(self.seed, "factor_vae"),
+                                        n_train=self.factor_vae_votes,
+                                        n_eval=max(1, self.factor_vae_votes // 2), n_variance=p)
+                return {"val/mig": mig(codes, factors),
+                        "val/factor_vae": fvae["eval_accuracy"],
+                        "val/dci_disentanglement": dci_scores["disentanglement"],
+                        "val/dci_completeness": dci_scores["completeness"],
+                        "val/dci_informativeness": dci_scores["informativeness_test"]}
+
+            # metric_errors on rank 0 only: the rank that writes the summary
+            out = self._attempt(where, list(DISENTANGLEMENT), scores)
         return trainer.strategy.broadcast(out, src=0)
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The generation seed of DDP rank `rank` (rank 0: the seed itself)."""
-    return seed + 1_000_003 * rank
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+@contextmanager
+def _forked(device: torch.device):
+    """Give the global random state back after the block, whatever the block draws (a
+    safety net: the draws inside are seeded on their own)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
 
 
 @contextmanager
 def _seeded(seed: int, device: torch.device):
-    """Run a block with the global RNGs seeded, and give the training RNG state back after, so an
-    evaluation neither changes the training noise nor depends on it."""
+    """Run a block with the global RNGs seeded, and give the training RNG state back after.
+    For generation only: families' generate(n) draw from the global generators and take none
+    of their own."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield

@@ -1,8 +1,9 @@
 """Sample quality: genlab's one entry, `sample_metrics`, a thin bridge to torch-fidelity.
 
-Every number comes from torch-fidelity's `calculate_metrics` with a registered feature extractor
-(see genlab.metrics.extractors); genlab adds the real-image reference with an on-disk cache whose key
-cannot go stale, the uint8 conversion, argument checks, and `gather_samples` for DDP.
+Every number comes from torch-fidelity's per-metric functions (those its `calculate_metrics`
+calls) and a registered feature extractor (see genlab.metrics.extractors); genlab adds the
+real-image reference with its own on-disk feature cache (npz without pickle, under a key that
+cannot go stale), the uint8 conversion, argument checks, and `gather_samples` for DDP.
 
 Units and signs (for the result keys):
 - `fid`: Frechet distance between Gaussians fitted to the fake and real features, in squared
@@ -21,16 +22,23 @@ Units and signs (for the result keys):
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Dataset
-from torch_fidelity import calculate_metrics
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
 
 from genlab.config import require, require_choice
 from genlab.metrics.extractors import (
@@ -40,6 +48,8 @@ from genlab.metrics.extractors import (
     known_extractors,
     weights_hash,
 )
+
+log = logging.getLogger("genlab")
 
 # names accepted in `metrics` (config: metrics.which) -> the torch-fidelity switch they turn on
 METRIC_SWITCH = {"fid": "fid", "kid": "kid", "is": "isc", "prc": "prc", "precision": "prc",
@@ -97,29 +107,6 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class _Images(Dataset):
-    """uint8 images as torch-fidelity wants them: one [C, H, W] tensor per item.
-
-    Inception takes 3 channels, so grey images are repeated; `load` runs on first use only, so a
-    cached reference never renders or copies its images.
-    """
-
-    def __init__(self, load: Callable[[], Tensor], rgb: bool):
-        self._load, self._rgb, self._x = load, rgb, None
-
-    def _images(self) -> Tensor:
-        if self._x is None:
-            x = self._load()
-            self._x = x.expand(-1, 3, -1, -1).contiguous() if self._rgb and x.shape[1] == 1 else x
-        return self._x
-
-    def __len__(self):
-        return len(self._images())
-
-    def __getitem__(self, i):
-        return self._images()[i]
-
-
 def sample_metrics(
     fake: Tensor,
     real: RealReference | Tensor,
@@ -141,6 +128,10 @@ def sample_metrics(
     metrics: any of fid, kid, is, prc (precision and recall, also accepted by those names).
     inception_weights: path to torch-fidelity's Inception weights (config metrics.inception_weights).
     kid_subset_size is capped at the smaller image count; `seed` fixes KID subsets and IS splits.
+
+    The numbers are torch-fidelity's (its feature extractors and its per-metric functions, the
+    ones calculate_metrics calls); genlab extracts the features itself so that the real ones come
+    from its own cache (see `real_features`) and torch-fidelity never reads a cache file.
     """
     require_choice(extractor, "metrics.extractor", known_extractors())
     for m in metrics:
@@ -149,44 +140,128 @@ def sample_metrics(
     require(fake.dim() == 4 and len(fake) > 1, "fake", "float images [N>1, C, H, W]", tuple(fake.shape))
     if isinstance(real, Tensor):
         real_images = to_uint8(real) if real.dtype != torch.uint8 else real
-        real, real_name = RealReference("tensor", "given", len(real_images), real_images.cpu()), None
-    else:
-        real_name = cache_key(real, extractor, inception_weights) if cache_dir is not None else None
+        real, cache_dir = RealReference("tensor", "given", len(real_images), real_images.cpu()), None
     if extractor in DOMAIN:  # a domain CNN only reads its own dataset's image size
         shape = DOMAIN[extractor]["image_shape"]
         require(tuple(fake.shape[1:]) == shape, "metrics.extractor",
                 f"an extractor for images of shape {shape} (got images {tuple(fake.shape[1:])})",
                 extractor)
 
-    weights = inception_weights_path(inception_weights) if extractor == INCEPTION else None
-    switches = {METRIC_SWITCH[m]: True for m in metrics}
+    switches = {METRIC_SWITCH[m] for m in metrics}
     cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    rgb = extractor == INCEPTION
     fake_u8 = to_uint8(fake).cpu()
-    with _full_float32():
-        out = calculate_metrics(
-            input1=_Images(lambda: fake_u8, rgb),
-            input2=_Images(real.load, rgb),
-            input2_cache_name=real_name,
-            cache=real_name is not None,
-            cache_root=None if cache_dir is None else str(cache_dir),
-            feature_extractor=extractor,
-            feature_extractor_weights_path=weights,
-            batch_size=batch_size,
-            kid_subsets=kid_subsets,
-            kid_subset_size=min(kid_subset_size, len(fake_u8), real.n),
-            cuda=cuda,
-            rng_seed=seed,
-            save_cpu_ram=True,  # no DataLoader worker processes inside a training run
-            verbose=False,
-            **switches,
-        )
+    layer = {m: FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(m)
+             for m in ("isc", "fid", "kid", "prc")}
+    net = _extractor(extractor, inception_weights, [layer[m] for m in sorted(switches)], cuda)
+    fake_f = _features(net, fake_u8, extractor == INCEPTION, batch_size, cuda)
+    kwargs = {"kid_subsets": kid_subsets, "kid_subset_size": min(kid_subset_size, len(fake_u8), real.n),
+              "rng_seed": seed, "save_cpu_ram": True, "verbose": False}
+
     result: dict[str, float | str] = {"fid_extractor": extractor}
-    renames = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid",
-               "kernel_inception_distance_std": "kid_std", "inception_score_mean": "is",
-               "inception_score_std": "is_std", "precision": "precision", "recall": "recall"}
-    result.update({ours: float(out[theirs]) for theirs, ours in renames.items() if theirs in out})
-    return result
+    if "isc" in switches:  # the fake images only
+        out = isc_featuresdict_to_metric(fake_f, layer["isc"], **kwargs)
+        result["is"], result["is_std"] = out["inception_score_mean"], out["inception_score_std"]
+    if switches & {"fid", "kid", "prc"}:
+        ref = real_features(real, extractor, inception_weights, cache_dir, batch_size, cuda)
+        if "fid" in switches:
+            mine = fid_features_to_statistics(fake_f[layer["fid"]])
+            theirs = {"mu": ref[f"mu_{layer['fid']}"], "sigma": ref[f"sigma_{layer['fid']}"]}
+            result["fid"] = fid_statistics_to_metric(mine, theirs, False)["frechet_inception_distance"]
+        if "kid" in switches:
+            out = kid_features_to_metric(fake_f[layer["kid"]], ref[f"features_{layer['kid']}"], **kwargs)
+            result.update(kid=out["kernel_inception_distance_mean"], kid_std=out["kernel_inception_distance_std"])
+        if "prc" in switches:
+            out = prc_features_to_metric(fake_f[layer["prc"]], ref[f"features_{layer['prc']}"], **kwargs)
+            result.update(precision=out["precision"], recall=out["recall"])
+    return {k: v if k == "fid_extractor" else float(v) for k, v in result.items()}
+
+
+# -- features ----------------------------------------------------------------------------------------
+def _extractor(extractor: str, inception_weights, layers: list[str], cuda: bool):
+    weights = inception_weights_path(inception_weights) if extractor == INCEPTION else None
+    return create_feature_extractor(extractor, sorted(set(layers)), cuda=cuda,
+                                    feature_extractor_weights_path=weights, verbose=False)
+
+
+def _features(net, images_u8: Tensor, rgb: bool, batch_size: int, cuda: bool) -> dict[str, Tensor]:
+    """The extractor's features of uint8 images, {layer: float [N, D] on the CPU}.
+
+    A plain loop rather than torch-fidelity's DataLoader: the DataLoader draws its base seed from
+    the global generator, so a cache miss would move the training stream."""
+    parts: dict[str, list[Tensor]] = {}
+    with torch.no_grad(), _full_float32():
+        for i in range(0, len(images_u8), batch_size):
+            x = images_u8[i : i + batch_size]
+            if rgb and x.shape[1] == 1:  # Inception takes 3 channels: grey is repeated
+                x = x.expand(-1, 3, -1, -1)
+            x = x.contiguous().cuda() if cuda else x.contiguous()
+            for k, v in net.convert_features_tuple_to_dict(net(x)).items():
+                parts.setdefault(k, []).append(v.cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+CACHE_FORMAT = 1  # bump when what a cache file holds changes
+
+
+def real_features(
+    real: RealReference,
+    extractor: str,
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 256,
+    cuda: bool = False,
+) -> dict[str, Tensor | np.ndarray]:
+    """The real images' features for FID, KID and precision/recall, from `cache_dir` when cached.
+
+    Returns {"features_<layer>": float [n, D] tensor, "mu_<layer>", "sigma_<layer>": numpy} for
+    every layer those metrics read. The cache file is `<cache_key>.npz`, written atomically and
+    read with allow_pickle=False, so a planted or corrupt file can hold numbers but never run code;
+    a file that is not what genlab wrote (unreadable, other arrays, other shapes) is reported in one
+    warning line and recomputed over.
+    """
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+    layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in ("fid", "kid", "prc")})
+    path = None if cache_dir is None else Path(cache_dir) / f"{cache_key(real, extractor, inception_weights)}.npz"
+    if path is not None and path.exists():
+        try:
+            return _read_cache(path, layers, real.n)
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("ignoring FID cache file %s (%s); recomputing it", path, reason)
+    net = _extractor(extractor, inception_weights, layers, cuda)
+    feats = _features(net, real.load(), extractor == INCEPTION, batch_size, cuda)
+    out: dict[str, Tensor | np.ndarray] = {}
+    for layer in layers:
+        stats = fid_features_to_statistics(feats[layer])
+        out.update({f"features_{layer}": feats[layer], f"mu_{layer}": stats["mu"],
+                    f"sigma_{layer}": stats["sigma"]})
+    if path is not None:
+        _write_cache(path, out)
+    return out
+
+
+def _write_cache(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, format=np.array(CACHE_FORMAT),
+                 **{k: v.numpy() if isinstance(v, Tensor) else v for k, v in arrays.items()})
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
+
+
+def _read_cache(path: Path, layers: list[str], n: int) -> dict[str, Tensor | np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        if "format" not in f.files or int(f["format"]) != CACHE_FORMAT:
+            raise ValueError("not a genlab feature cache of this version")
+        out: dict[str, Tensor | np.ndarray] = {}
+        for layer in layers:
+            feats, mu, sigma = f[f"features_{layer}"], f[f"mu_{layer}"], f[f"sigma_{layer}"]
+            d = feats.shape[1] if feats.ndim == 2 else -1
+            if feats.shape != (n, d) or mu.shape != (d,) or sigma.shape != (d, d):
+                raise ValueError(f"arrays of layer {layer} have the wrong shapes")
+            out.update({f"features_{layer}": torch.from_numpy(feats), f"mu_{layer}": mu,
+                        f"sigma_{layer}": sigma})
+    return out
 
 
 @contextmanager
@@ -215,15 +290,9 @@ def extract_features(
     The same path sample_metrics takes (uint8 quantisation, grey->RGB for Inception), for analysis
     and for checking the metrics against independent computations.
     """
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
     require_choice(extractor, "metrics.extractor", known_extractors())
-    weights = inception_weights_path(inception_weights) if extractor == INCEPTION else None
-    net = FEATURE_EXTRACTORS_REGISTRY[extractor](extractor, [layer], feature_extractor_weights_path=weights)
-    net.eval().requires_grad_(False)
-    x = _Images(lambda: to_uint8(images).cpu(), rgb=extractor == INCEPTION)
-    with torch.no_grad():
-        return torch.cat([net(x[i : i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
+    net = _extractor(extractor, inception_weights, [layer], cuda=False)
+    return _features(net, to_uint8(images).cpu(), extractor == INCEPTION, batch_size, cuda=False)[layer].float()
 
 
 def gather_samples(local: Tensor) -> Tensor:

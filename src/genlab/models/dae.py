@@ -48,6 +48,7 @@ from genlab.corruption import AdaptiveSchedule, Corruption, as_corruption
 from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, triplets
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
+from genlab.seeding import generator_for, run_seed
 
 CHAIN_DRAWS = ("mean", "sample")
 
@@ -196,8 +197,9 @@ class DAE(GenerativeModule):
         return loss
 
     def _eval_step(self, stage: str, x: Tensor, batch_idx: int) -> None:
-        # seeded per batch and rank: the same corruption every epoch, different on each shard
-        g = torch.Generator().manual_seed(1_000_003 * self.global_rank + batch_idx)
+        # seeded per run, phase, batch and rank: the same corruption every epoch and after a
+        # resume, different on each shard, and the training stream never moves
+        g = generator_for(run_seed(), stage, self.global_rank, batch_idx)
         log_eval(self, stage, {"recon": self.recon_terms(x, generator=g)[0]})
 
     def validation_step(self, batch, batch_idx):

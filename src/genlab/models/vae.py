@@ -23,6 +23,7 @@ from genlab.config import require, require_choice, require_nonnegative, require_
 from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, log_this_step
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
+from genlab.seeding import generator_for, run_seed
 
 EPS = ("gaussian", "uniform")
 SQRT3 = math.sqrt(3.0)
@@ -80,13 +81,16 @@ class VAE(GenerativeModule):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
 
-    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None) -> Tensor:
-        """Reparameterised z = mu + std * eps, shape [B, D] or [k, B, D]; eps has unit variance."""
+    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised z = mu + std * eps, shape [B, D] or [k, B, D]; eps has unit variance.
+        Drawn from `generator` when given (evaluations), else from the training stream."""
         shape = mu.shape if k is None else (k, *mu.shape)
+        draw = dict(device=mu.device, dtype=mu.dtype, generator=generator)
         if self.hparams.eps == "gaussian":
-            e = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+            e = torch.randn(shape, **draw)
         else:
-            e = (torch.rand(shape, device=mu.device, dtype=mu.dtype) * 2 - 1) * SQRT3
+            e = (torch.rand(shape, **draw) * 2 - 1) * SQRT3
         return mu + std * e
 
     def log_q(self, z: Tensor, mu: Tensor, std: Tensor) -> Tensor:
@@ -107,10 +111,10 @@ class VAE(GenerativeModule):
     def recon_log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         return log_likelihood(x, out, self.hparams.likelihood, self.log_std)
 
-    def elbo_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Single-sample ELBO terms per image: recon = log p(x|z), kl = KL(q(z|x) || p(z))."""
         mu, std = self.posterior(x)
-        z = self.sample_z(mu, std)
+        z = self.sample_z(mu, std, generator=generator)
         recon = self.recon_log_likelihood(x, self.decode(z))
         if self.hparams.eps == "gaussian":
             kl = 0.5 * (mu**2 + std**2 - 1 - 2 * std.log()).sum(1)
@@ -118,10 +122,10 @@ class VAE(GenerativeModule):
             kl = self.log_q(z, mu, std) - self.log_prior(z)
         return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i: [k, B]."""
         mu, std = self.posterior(x)
-        z = self.sample_z(mu, std, k)
+        z = self.sample_z(mu, std, k, generator=generator)
         out = self.decode(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
         recon = self.recon_log_likelihood(x.expand(k, *x.shape).flatten(0, 1),
                                           out.flatten(0, 1)).view(k, -1)
@@ -132,11 +136,12 @@ class VAE(GenerativeModule):
         return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
 
     @torch.no_grad()
-    def log_likelihood_estimate(self, x: Tensor, k: int) -> Tensor:
+    def log_likelihood_estimate(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """Importance-sampled log p(x) with k samples from q(z|x), in chunks that fit memory.
         A stochastic lower bound that tightens as k grows; always >= the ELBO in expectation."""
         per_chunk = max(1, self.hparams.loglik_chunk // x.shape[0])
-        chunks = [self.log_weights(x, min(per_chunk, k - i)) for i in range(0, k, per_chunk)]
+        chunks = [self.log_weights(x, min(per_chunk, k - i), generator)
+                  for i in range(0, k, per_chunk)]
         return torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(k)
 
     @torch.no_grad()
@@ -192,21 +197,28 @@ class VAE(GenerativeModule):
                 self.log("train/elbo", elbo.detach())
         return loss
 
+    def _eval_generator(self, phase: str, batch_idx: int, device) -> torch.Generator:
+        """Evaluation noise of its own, per phase, rank and batch: the same draws at every epoch
+        and after a resume, and the training stream never moves (genlab.seeding)."""
+        return generator_for(run_seed(), phase, self.global_rank, batch_idx, device=device)
+
     def validation_step(self, batch, batch_idx):
-        log_eval(self, "val", self.elbo_terms(batch[0]))
+        x = batch[0]
+        log_eval(self, "val", self.elbo_terms(x, self._eval_generator("val", batch_idx, x.device)))
 
     def on_test_epoch_start(self):
         self._loglik_left = self.hparams.loglik_images or math.inf
 
     def test_step(self, batch, batch_idx):
         x = batch[0]
-        values = self.elbo_terms(x)
+        values = self.elbo_terms(x, self._eval_generator("test", batch_idx, x.device))
         # the importance-sampled estimate costs loglik_samples decoder passes per image, so it
         # covers the first loglik_images test images of each process (all when null)
         if self.hparams.loglik_samples and self._loglik_left > 0:
             part = x[: int(min(len(x), self._loglik_left))]
             self._loglik_left -= len(part)
-            values["loglik"] = self.log_likelihood_estimate(part, self.hparams.loglik_samples)
+            g = self._eval_generator("test/loglik", batch_idx, x.device)
+            values["loglik"] = self.log_likelihood_estimate(part, self.hparams.loglik_samples, g)
             values["loglik_elbo"] = values["elbo"][: len(part)]
         log_eval(self, "test", values)
 
