@@ -14,13 +14,13 @@ and a resumed run draws what the uninterrupted one would have.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 
 import pytorch_lightning as pl
 import torch
 
 from genlab.config import require_nonnegative
+from genlab.seeding import generator_for, run_seed
 
 
 def noise_std(step: int, eta: float, gamma: float) -> float:
@@ -76,7 +76,6 @@ class GradientNoise(pl.Callback):
             return
         step = trainer.global_step
         # a fresh generator per step: same draws on every rank and after a resume
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        generator = torch.Generator(device=params[0].grad.device).manual_seed(seed * 1_000_003 + step)
+        generator = generator_for(run_seed(), "gradient_noise", step, device=params[0].grad.device)
         self.last_std = add_gradient_noise(params, step, self.eta, self.gamma, generator)
         pl_module.log("train/grad_noise_std", self.last_std)
