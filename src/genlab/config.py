@@ -26,3 +26,19 @@ def require_positive(value, key: str, integer: bool = False) -> None:
 def require_nonnegative(value, key: str) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
     require(ok, key, "a number >= 0", value)
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the single line a command prints for a user error: Hydra's and genlab's
+    multi-line messages (an option list, a hint on the next line) are joined, indented items by
+    commas, so a script or a sweep log sees the whole reason on one line."""
+    text = str(error).strip() or type(error).__name__
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line[:1].isspace() and out:
+            out[-1] += ("" if out[-1].endswith(":") else ",") + " " + line.strip()
+        else:
+            out.append(line.strip())
+    return "; ".join(out)

@@ -107,8 +107,6 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     """Load a checkpoint safely (weights_only: tensors and plain containers, no code), with one
     clear error for a missing, truncated or foreign file."""
-    import pickle
-
     import torch
 
     path = Path(path)
@@ -116,7 +114,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
         raise RunReadError(f"{key}={str(path)!r}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # the unpickler fails on foreign bytes with any type (KeyError, IndexError, ...)
         raise RunReadError(f"{key}={str(path)!r}: not a readable checkpoint (corrupt, truncated "
                            f"or not written by genlab; {type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

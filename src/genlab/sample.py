@@ -11,14 +11,16 @@ start from real test images read the data source from the checkpoint.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
-from genlab.runs import RunReadError, read_checkpoint
+from genlab.config import ConfigError
+from genlab.data import build_datamodule
+from genlab.models import load_model
+from genlab.runs import RunReadError
 
 DEFAULTS = {"ckpt": None, "n": "64", "out": "samples.png", "mode": "prior", "steps": "10",
             "seed": "0", "device": "cpu"}
@@ -29,49 +31,43 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     for a in argv:
         key, sep, value = a.partition("=")
         if not sep or key not in DEFAULTS:
-            raise SystemExit(f"genlab-sample: bad argument {a!r}; use key=value with key one of: "
-                             f"{', '.join(DEFAULTS)}")
+            raise ConfigError(f"bad argument {a!r}; use key=value with key one of: "
+                              f"{', '.join(DEFAULTS)}")
         args[key] = value
     if not args["ckpt"]:
-        raise SystemExit("genlab-sample: ckpt=PATH is required")
+        raise ConfigError("ckpt=PATH is required")
     for key in ("n", "steps", "seed"):
         if not args[key].isdigit() or (key != "seed" and int(args[key]) <= 0):
-            raise SystemExit(f"genlab-sample: {key}={args[key]!r} is invalid; allowed: a positive integer")
+            raise ConfigError(f"{key}={args[key]!r} is invalid; allowed: "
+                              f"{'an integer >= 0' if key == 'seed' else 'a positive integer'}")
+    try:
+        torch.device(args["device"])
+    except RuntimeError:
+        raise ConfigError(f"device={args['device']!r} is invalid; allowed: cpu | cuda | "
+                          "cuda:N | mps") from None
+    if args["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={args['device']!r} is invalid here: no CUDA device; allowed: cpu")
     return args
 
 
-def load_model(path: str, device: str = "cpu"):
-    """Rebuild a genlab model from its checkpoint alone. Returns (model, the checkpoint's data config)."""
-    ckpt = read_checkpoint(path)
-    meta = ckpt.get("genlab")
-    if not meta:
-        raise RunReadError(f"ckpt={path!r}: not written by genlab-train (no 'genlab' entry)")
-    module, _, name = meta["model_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    model = cls(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), meta.get("data")
-
-
-def real_images(data_config: dict | None, n: int, split: str = "test") -> torch.Tensor:
-    from hydra.utils import instantiate
-
-    if not data_config:
-        raise SystemExit("genlab-sample: this checkpoint records no data source to encode images from")
-    dm = instantiate(data_config)
+def real_images(ckpt, n: int, split: str = "test") -> torch.Tensor:
+    """The first n images of the checkpoint's data source, rebuilt by registry name."""
+    if ckpt.data is None:
+        raise ConfigError("this checkpoint records no data source to take real images from")
+    dm = build_datamodule({"name": ckpt.data, **ckpt.data_kwargs}, key="the checkpoint's data")
     dm.setup("test")
     return dm.images(split, n)
 
 
 def sample(args: dict[str, str]) -> Path:
     torch.manual_seed(int(args["seed"]))
-    model, data = load_model(args["ckpt"], args["device"])
+    model, ckpt = load_model(args["ckpt"], device=args["device"])
     n, steps, mode = int(args["n"]), int(args["steps"]), args["mode"]
     modes = {"prior": lambda: model.generate(n),
-             **model.sample_modes(n, steps, lambda k: real_images(data, k).to(model.device))}
+             **model.sample_modes(n, steps, lambda k: real_images(ckpt, k).to(model.device))}
     if mode not in modes:
-        raise SystemExit(f"genlab-sample: mode={mode!r} is invalid for {type(model).__name__}; "
-                         f"allowed: {' | '.join(modes)}")
+        raise ConfigError(f"mode={mode!r} is invalid for {type(model).__name__}; "
+                          f"allowed: {' | '.join(modes)}")
     with torch.no_grad():
         images = modes[mode]().float().cpu().clamp(0, 1)
     out = Path(args["out"])
@@ -82,11 +78,13 @@ def sample(args: dict[str, str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """User errors (arguments, an unreadable or foreign checkpoint) end with one line on stderr
+    and exit code 2, as every genlab command does."""
     try:
-        out = sample(args)
-    except RunReadError as e:
-        raise SystemExit(f"genlab-sample: {e}") from None
+        out = sample(parse_args(sys.argv[1:] if argv is None else argv))
+    except (ConfigError, RunReadError) as e:
+        print(f"genlab-sample: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {out}")
 
 

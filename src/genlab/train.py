@@ -11,6 +11,7 @@ fit -> validate and test the best checkpoint -> summary.json -> the objective fo
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import logging
 import math
 import os
@@ -24,18 +25,22 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
-from genlab.config import ConfigError
-from genlab.runs import RunReadError, git_commit, read_checkpoint, read_summary, write_summary
+from genlab.config import ConfigError, one_line
+from genlab.data import build_datamodule
+from genlab.metrics.extractors import ExtractorUnavailable
+from genlab.models import read_genlab_checkpoint
+from genlab.runs import RunReadError, git_commit, read_summary, write_summary
 from genlab.sweep import install_ddp_child_command, register_resolvers
 
 log = logging.getLogger("genlab")
@@ -115,13 +120,16 @@ def train(cfg: DictConfig) -> float | None:
         write_summary(run_dir, summary)
     trainer = None
     try:
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the summary
         if ckpt_path:
-            # a clear error now, not mid-way in fit
-            resume_step = read_checkpoint(ckpt_path, key="ckpt_path")["global_step"]
+            # a clear error now, not mid-way in fit: the checkpoint's names are checked against
+            # genlab's registries and this run's model and data
+            resume_step = read_genlab_checkpoint(
+                ckpt_path, key="ckpt_path", expect_family=get_class(cfg.model._target_),
+                expect_data=cfg.data.name).raw["global_step"]
             summary["resumed_from"] = ckpt_path
         _sweep_logging(cfg)
-        datamodule = build(cfg.data)
+        datamodule = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         callbacks = _build_all(cfg, "callbacks")
@@ -129,7 +137,6 @@ def train(cfg: DictConfig) -> float | None:
         for cb in callbacks:
             if isinstance(cb, SampleQuality):
                 summary["fid_extractor"] = cb.extractor
-                summary["metric_errors"] = cb.metric_errors  # filled as evaluations fail
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path and rank_zero:
@@ -233,11 +240,16 @@ def _report(run_dir: Path, summary: dict) -> None:
     print("\n".join(lines))
 
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# the configs ship inside the package: src/genlab/conf links to the top-level conf/ that users
+# edit, and the wheel carries a copy, so genlab-train finds them from a checkout or an install
+CONF_DIR = str(importlib.resources.files("genlab") / "conf")
+# a bad key, value, file or missing download: one line and exit code 2, never a traceback
+USER_ERRORS = (ConfigError, RunReadError, ExtractorUnavailable, HydraException,
+               OmegaConfBaseException, MisconfigurationException)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     if _in_multirun():
         # failure isolation: the run's summary (and the sweep manifest) record the error, the
         # sweep goes on, and the sweep's exit code reports the failures at the end
@@ -248,9 +260,31 @@ def main(cfg: DictConfig) -> float | None:
             return None
     try:
         return train(cfg)
-    except ConfigError as e:
-        print(f"genlab-train: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except USER_ERRORS as e:  # here, before Hydra adds its "Error executing job" line
+        _user_error(e)
+
+
+def _user_error(e: BaseException) -> None:
+    if _FULL_TRACE:
+        raise e
+    # Hydra's list of config search paths is about Hydra, not about the user's mistake
+    text = one_line(Exception(str(e).split("\nConfig search path")[0]))
+    print(f"genlab-train: {text}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+_FULL_TRACE = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def main() -> None:
+    """genlab-train's entry. Hydra prints a trimmed traceback for any error, ours included;
+    HYDRA_FULL_ERROR makes it raise instead, so a user error is reported here in one line (a
+    user who sets HYDRA_FULL_ERROR=1 still gets the full trace)."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except USER_ERRORS as e:  # composing the config: an unknown group option, key or syntax
+        _user_error(e)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,129 @@
-"""LightningModules, one per model family; variants are options, not subclasses."""
+"""LightningModules, one per model family; variants are options, not subclasses.
+
+FAMILIES is the only way from a name to a model class: a checkpoint records its family's name,
+and genlab-sample and genlab-train's ckpt_path rebuild the model through this table, never from an
+import path, so a checkpoint cannot make genlab import or call anything else. A new family is one
+entry here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from genlab.config import ConfigError
+from genlab.data import DATASETS, data_kwargs
+from genlab.models.common import GenerativeModule
+from genlab.models.dae import DAE
+from genlab.models.gan import DCGAN, RestorationGAN
+from genlab.models.rbm import RBM
+from genlab.models.vae import VAE
+
+FAMILIES: dict[str, type[GenerativeModule]] = {
+    "vae": VAE,
+    "dae": DAE,
+    "dcgan": DCGAN,
+    "restoration_gan": RestorationGAN,
+    "rbm": RBM,
+}
+
+
+def family_name(cls: type) -> str:
+    """The registry name of a family class; a class outside FAMILIES cannot write a checkpoint
+    that genlab could read back, so it is refused here, when the run starts saving."""
+    for name, registered in FAMILIES.items():
+        if cls is registered:
+            return name
+    raise KeyError(f"{cls.__qualname__} is not a registered genlab family (genlab.models.FAMILIES: "
+                   f"{', '.join(FAMILIES)})")
+
+
+@dataclass
+class GenlabCheckpoint:
+    """A checkpoint whose names have been checked against genlab's registries."""
+
+    family: type[GenerativeModule]
+    data: str | None  # a DATASETS name, None when the model was trained outside genlab-train
+    data_kwargs: dict
+    raw: dict  # everything torch.load read (weights_only: tensors and plain containers)
+
+
+def _named(value) -> str:
+    """The name a checkpoint entry gives, for the error message: a Hydra-style node is named by
+    its `_target_`, so the user reads the import path genlab refused to follow."""
+    if isinstance(value, Mapping):
+        value = value.get("_target_", value.get("name", dict(value)))
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def read_genlab_checkpoint(path: str | Path, key: str = "ckpt",
+                           expect_family: type | None = None,
+                           expect_data: str | None = None) -> GenlabCheckpoint:
+    """Read a checkpoint written by genlab-train and check every name in it against FAMILIES and
+    genlab.data.DATASETS; nothing in it is imported or instantiated here. Any other content, or a
+    family/dataset other than the expected one (a run continued from it), is a RunReadError of
+    one line naming the checkpoint and the offending value."""
+    from genlab.runs import RunReadError, read_checkpoint
+
+    raw = read_checkpoint(path, key)
+    where = f"{key}={str(path)!r}"
+    meta = raw.get("genlab")
+    if not isinstance(meta, Mapping):
+        raise RunReadError(f"{where}: not written by genlab-train (no 'genlab' entry)")
+    if "family" not in meta:  # checkpoints from before the registry recorded an import path
+        raise RunReadError(f"{where}: unknown model family {_named(meta.get('model_class'))} (an "
+                           f"import path, as earlier genlab versions wrote); allowed: {' | '.join(FAMILIES)}")
+    family = meta["family"]
+    if not (isinstance(family, str) and family in FAMILIES):
+        raise RunReadError(f"{where}: unknown model family {_named(family)}; "
+                           f"allowed: {' | '.join(FAMILIES)}")
+    data, kwargs = meta.get("data"), meta.get("data_kwargs") or {}
+    if data is not None and not (isinstance(data, str) and data in DATASETS):
+        raise RunReadError(f"{where}: unknown dataset {_named(data)}; allowed: {' | '.join(DATASETS)}")
+    if not isinstance(kwargs, Mapping):
+        raise RunReadError(f"{where}: data_kwargs must be a mapping, got {_named(kwargs)}")
+    if data is not None:
+        allowed = data_kwargs(DATASETS[data].module)
+        unknown = [k for k in kwargs if k not in allowed]
+        if unknown:
+            raise RunReadError(f"{where}: unknown option {_named(unknown[0])} of dataset {data!r}; "
+                               f"allowed: {', '.join(allowed)}")
+    if expect_family is not None and FAMILIES[family] is not expect_family:
+        raise RunReadError(f"{where}: a {family!r} checkpoint cannot continue a "
+                           f"{family_name(expect_family)!r} model (choose model={family})")
+    if expect_data is not None and data is not None and data != expect_data:
+        raise RunReadError(f"{where}: a checkpoint trained on data={data} cannot continue a "
+                           f"data={expect_data} run")
+    if not isinstance(raw.get("hyper_parameters"), Mapping):
+        raise RunReadError(f"{where}: no hyper_parameters to rebuild the {family!r} model from")
+    return GenlabCheckpoint(FAMILIES[family], data, dict(kwargs), raw)
+
+
+def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
+    """Rebuild a genlab model from its checkpoint alone, through the registry: the family's own
+    constructor with the stored hyper-parameters (only the arguments it declares), then the
+    weights. Returns (model in eval mode, the GenlabCheckpoint)."""
+    from genlab.runs import RunReadError
+
+    ckpt = read_genlab_checkpoint(path, key)
+    where, hp = f"{key}={str(path)!r}", ckpt.raw["hyper_parameters"]
+    allowed = list(inspect.signature(ckpt.family.__init__).parameters)[1:]
+    unknown = [k for k in hp if k not in allowed]
+    if unknown:
+        raise RunReadError(f"{where}: unknown hyper-parameter {_named(unknown[0])} of family "
+                           f"{family_name(ckpt.family)!r}; allowed: {', '.join(allowed)}")
+    try:
+        model = ckpt.family(**hp)
+        model.load_state_dict(ckpt.raw["state_dict"])
+    except (ConfigError, TypeError, RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunReadError(f"{where}: cannot rebuild the {family_name(ckpt.family)!r} model "
+                           f"from it ({first})") from None
+    return model.to(device).eval(), ckpt
+
+
+__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint",
+           "RestorationGAN", "family_name", "load_model", "read_genlab_checkpoint"]

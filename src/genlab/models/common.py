@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytorch_lightning as pl
@@ -9,14 +10,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from genlab.corruption import Corruption, as_corruption
+
 
 class GenerativeModule(pl.LightningModule):
     """What every genlab family provides, so callbacks, genlab-sample and the metrics treat all
     families alike: `generate(n)` -> images in [0, 1], and `sample_grids(real)` -> named image
-    batches. Checkpoints also record the class and the data config, so a checkpoint alone is
-    enough for genlab-sample."""
+    batches. Checkpoints also record the family's and the dataset's registry names and the data
+    module's keyword arguments, so a checkpoint alone is enough for genlab-sample."""
 
-    data_config: dict | None = None  # set by genlab-train
+    data_config: dict | None = None  # set by genlab-train: {'name': dataset, **its keyword arguments}
 
     def generate(self, n: int) -> Tensor:
         raise NotImplementedError
@@ -32,9 +35,13 @@ class GenerativeModule(pl.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        cls = type(self)
-        checkpoint["genlab"] = {"model_class": f"{cls.__module__}.{cls.__qualname__}",
-                                "data": self.data_config}
+        from genlab.models import family_name  # the registry imports every family, this one too
+
+        # names and plain values only: a reader rebuilds the model and data through genlab's
+        # registries, so a checkpoint never names code to import (genlab.models.load_model)
+        data = dict(self.data_config or {})
+        checkpoint["genlab"] = {"family": family_name(type(self)), "data": data.pop("name", None),
+                                "data_kwargs": data}
         # the random state too, so a run resumed mid-epoch draws the noise it would have drawn
         checkpoint["genlab_rng"] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
@@ -46,6 +53,17 @@ class GenerativeModule(pl.LightningModule):
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def init_corruption(module: pl.LightningModule, corruption) -> Corruption:
+    """The set-up every family with a corruption shares: build it (`as_corruption`), and save the
+    calling __init__'s arguments as hyper-parameters with the corruption as its plain config, the
+    form a weights_only checkpoint can hold and as_corruption rebuilds; its state (images seen,
+    adaptive level) travels in the state_dict."""
+    c = as_corruption(corruption)
+    module.save_hyperparameters(ignore=["corruption"], frame=inspect.currentframe().f_back)
+    module.hparams["corruption"] = c.config()
+    return c
 
 
 def eval_means(names: list[str], stages=("val", "test")) -> nn.ModuleDict:
