@@ -1,9 +1,14 @@
-"""Disentanglement scores on synthetic codes with known answers, and on genlab's dSprites."""
+"""Disentanglement scores on synthetic codes with known answers, on genlab's dSprites, and in the
+evaluation callback for any data module that declares known factors."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-from genlab.data import dsprites
+from genlab.callbacks.evaluation import SampleQuality
+from genlab.capabilities import Encoder, KnownFactors
+from genlab.config import ConfigError
+from genlab.data import DigitsDataModule, InMemoryDataModule, dsprites
 from genlab.metrics.disentanglement import (
     dci,
     factor_vae_score,
@@ -11,6 +16,8 @@ from genlab.metrics.disentanglement import (
     mutual_info_matrix,
     sample_codes,
 )
+from genlab.models.dae import DAE
+from genlab.models.vae import VAE
 
 SIZES = (5, 6, 8, 4)
 K = len(SIZES)
@@ -115,3 +122,68 @@ def test_usable_with_genlab_dsprites():
                              batch_size=32, n_train=200, n_eval=100, n_variance=1000)
     assert score["num_active_dims"] == 3
     assert score["eval_accuracy"] > 1 / 5 + 0.1  # above chance: it sees 3 of the 5 factors
+
+
+# -- declared capabilities: a dataset with known factors is one class ----------------------------------
+class Squares(InMemoryDataModule, KnownFactors):
+    """A 2x2 white square on a black 8x8 image; its factors are its row and its column."""
+
+    name = "squares"
+    image_shape = (1, 8, 8)
+    factor_sizes = (7, 7)
+
+    @staticmethod
+    def render(factors: torch.Tensor) -> torch.Tensor:
+        f = factors.long()
+        r = torch.arange(8, device=f.device).view(1, 8)
+        rows = (r >= f[:, :1]) & (r < f[:, :1] + 2)
+        cols = (r >= f[:, 1:]) & (r < f[:, 1:] + 2)
+        return ((rows[:, :, None] & cols[:, None, :]).to(torch.uint8) * 255).unsqueeze(1)
+
+    def load(self):
+        grid = torch.cartesian_prod(torch.arange(7), torch.arange(7))
+        train = grid.repeat(10, 1)
+        return {"train": (self.render(train), train), "test": (self.render(grid), grid)}
+
+
+def _evaluation(**kwargs) -> SampleQuality:
+    return SampleQuality("genlab-digits-cnn", n_samples=100, every_n_epochs=0, which=["fid"],
+                         latent=False, kid_subset_size=50, disentanglement_points=200,
+                         factor_vae_votes=20, **kwargs)
+
+
+def _trainer(tmp_path, cb) -> pl.Trainer:
+    return pl.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, callbacks=[cb],
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+
+
+def test_capabilities_are_declared():
+    assert isinstance(VAE(image_shape=(1, 8, 8)), Encoder)
+    assert not isinstance(DAE(image_shape=(1, 8, 8)), Encoder)
+    assert isinstance(Squares(), KnownFactors) and isinstance(dsprites.DSpritesDataModule(), KnownFactors)
+    assert not isinstance(DigitsDataModule(), KnownFactors)
+
+
+def test_data_that_declares_known_factors_gets_disentanglement_scores(tmp_path):
+    """Squares is not dSprites and not named anywhere in genlab: declaring KnownFactors is all
+    the evaluation needs. The scores are computed at the final validation, in [0, 1]."""
+    pl.seed_everything(0, verbose=False)
+    cb = _evaluation(disentanglement=True)
+    model = VAE(image_shape=(1, 8, 8), latent_dim=4, loglik_samples=0)
+    trainer = _trainer(tmp_path, cb)
+    dm = Squares(batch_size=32, val_size=49)
+    trainer.fit(model, datamodule=dm)
+    (out,) = trainer.validate(model, datamodule=dm, verbose=False)
+    for key in ("val/mig", "val/factor_vae", "val/dci_disentanglement", "val/dci_completeness",
+                "val/dci_informativeness"):
+        assert 0 <= out[key] <= 1, key
+    assert cb.metric_errors == {}
+
+
+def test_disentanglement_without_known_factors_fails_before_training(tmp_path):
+    model = VAE(image_shape=(1, 8, 8), latent_dim=4, loglik_samples=0)
+    trainer = _trainer(tmp_path, _evaluation(disentanglement=True))
+    with pytest.raises(ConfigError, match="metrics.disentanglement=True is invalid.*known factors"):
+        trainer.fit(model, datamodule=DigitsDataModule(val_size=150))
+    assert trainer.global_step == 0

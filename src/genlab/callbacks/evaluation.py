@@ -1,5 +1,5 @@
 """Periodic evaluation: sample quality for every family, latent diagnostics for models with an
-encoder, disentanglement scores on dSprites.
+encoder, disentanglement scores on data with known factors (dSprites).
 
 When it runs: at the end of validation every `every_n_epochs` epochs of fit (never during the
 sanity check; 0 = never during fit), and always when the trainer runs `validate` outside fit, which
@@ -9,10 +9,11 @@ the checkpoint monitor or a sweep's objective.
 
 Logged (units and signs: genlab.metrics.fid and genlab.metrics.prior):
 - always: val/fid, val/kid, val/precision, val/recall, val/is, as chosen by `which`;
-- models with `posterior(x) -> (mu, std)` when `latent`: val/active_units, val/mmd_prior,
+- models that declare genlab.capabilities.Encoder, when `latent`: val/active_units, val/mmd_prior,
   val/kl_aggregate and val/fid_expost, the FID of samples decoded from a Gaussian mixture fitted to
   the training codes (Ghosh et al. 2020), to put beside val/fid, the prior's;
-- dSprites when `disentanglement`, at the final validation only (it costs minutes on a CPU):
+- data that declares genlab.capabilities.KnownFactors (dSprites) when `disentanglement`, at the
+  final validation only (it costs minutes on a CPU):
   val/mig, val/factor_vae, val/dci_disentanglement, val/dci_completeness,
   val/dci_informativeness (the DCI predictors' test accuracy).
 
@@ -46,6 +47,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from genlab.capabilities import Encoder, KnownFactors
 from genlab.config import ConfigError, require, require_choice, require_positive
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.extractors import DOMAIN, known_extractors, weights_hash
@@ -88,7 +90,7 @@ class SampleQuality(pl.Callback):
     latent: the VAE extras; latent_subset: codes used for the MMD and the aggregate KL (their costs
     grow as its square); expost_components: Gaussians in the ex-post mixture; expost_reg_covar:
     added to their covariances' diagonals (scikit-learn's reg_covar).
-    disentanglement: MIG, FactorVAE and DCI on dSprites; disentanglement_points: codes for MIG and
+    disentanglement: MIG, FactorVAE and DCI (data with known factors); disentanglement_points: codes for MIG and
     DCI training (DCI tests on half as many, FactorVAE normalises with this many);
     factor_vae_votes: FactorVAE training votes of 64 images each (evaluation: half as many);
     None: disentanglement_points // 5, so that one size (n_samples in the config) scales all.
@@ -173,9 +175,8 @@ class SampleQuality(pl.Callback):
             require(tuple(dm.image_shape) == shape, "metrics.extractor",
                     f"an extractor for this data's images {tuple(dm.image_shape)}; "
                     f"{self.extractor} takes {shape}", self.extractor)
-        require(not self.disentanglement or getattr(dm, "name", None) == "dsprites",
-                "metrics.disentanglement", "false unless data=dsprites (it needs known factors)",
-                self.disentanglement)
+        require(not self.disentanglement or isinstance(dm, KnownFactors), "metrics.disentanglement",
+                "false unless the data has known factors (data=dsprites)", self.disentanglement)
         if trainer.state.fn == "fit":
             self._check_monitor(trainer, pl_module)
 
@@ -184,7 +185,7 @@ class SampleQuality(pl.Callback):
         otherwise Lightning stops the run after the first epoch without it."""
         names = {LOGGED[m] for m in self.which if m in LOGGED}
         names |= {"val/precision", "val/recall"} if "prc" in self.which else set()
-        names |= set(LATENT) if self.latent and hasattr(pl_module, "posterior") else set()
+        names |= set(LATENT) if self.latent and isinstance(pl_module, Encoder) else set()
         val_every = trainer.check_val_every_n_epoch or 1
         for ckpt in trainer.checkpoint_callbacks:
             monitor, save_every = getattr(ckpt, "monitor", None), getattr(ckpt, "every_n_epochs", 0)
@@ -240,9 +241,9 @@ class SampleQuality(pl.Callback):
             torch.save({"samples": fake, "extractor": self.extractor, "real_split": self.real_split,
                         "n_real": self._real.n, "metrics": values}, path)
 
-        if self.latent and hasattr(pl_module, "posterior"):
+        if self.latent and isinstance(pl_module, Encoder):
             logged.update(self._latent(trainer, pl_module, where))
-        if self.disentanglement and final and hasattr(pl_module, "posterior"):
+        if self.disentanglement and final and isinstance(pl_module, Encoder):
             logged.update(self._disentanglement(trainer, pl_module, where))
 
         for name, value in logged.items():
@@ -287,7 +288,7 @@ class SampleQuality(pl.Callback):
             return torch.cat([pl_module.generate(min(b, n - i)) for i in range(0, n, b)])
         return torch.cat([pl_module.generate(len(zb), z=zb) for zb in z.split(b)])
 
-    def _latent(self, trainer: pl.Trainer, pl_module, where: str) -> dict[str, float]:
+    def _latent(self, trainer: pl.Trainer, pl_module: Encoder, where: str) -> dict[str, float]:
         """Codes of the first n_samples training images (the data the prior should match)."""
         rank, world = trainer.global_rank, trainer.world_size
         fetch, total = trainer.datamodule.fetcher("train")
@@ -307,10 +308,7 @@ class SampleQuality(pl.Callback):
         def prior_mmd():
             g = generator_for(self.seed, "latent_draws")
             # one draw from each point's posterior, in the model's own family (eps=uniform too)
-            if hasattr(pl_module, "sample_z"):
-                z_q = pl_module.sample_z(mu[sub], std[sub], generator=g)
-            else:
-                z_q = mu[sub] + std[sub] * torch.randn(mu[sub].shape, generator=g, dtype=mu.dtype)
+            z_q = pl_module.sample_z(mu[sub], std[sub], generator=g)
             return {"val/mmd_prior": mmd(z_q, torch.randn(z_q.shape, generator=g, dtype=z_q.dtype))}
 
         out.update(self._attempt(where, ["val/mmd_prior"], prior_mmd))
@@ -335,29 +333,29 @@ class SampleQuality(pl.Callback):
         out.update(self._attempt(where, ["val/fid_expost"], fid_expost))
         return out
 
-    def _disentanglement(self, trainer: pl.Trainer, pl_module, where: str) -> dict[str, float]:
-        """MIG, FactorVAE score and DCI (forest predictors) of the posterior means. Computed on
-        rank 0 and broadcast: these scores are the costly part, and the other ranks hold the
-        same weights."""
-        from genlab.data.dsprites import FACTOR_SIZES, render
-
+    def _disentanglement(self, trainer: pl.Trainer, pl_module: Encoder, where: str) -> dict[str, float]:
+        """MIG, FactorVAE score and DCI (forest predictors) of the model's codes against the
+        data's known factors. Computed on rank 0 and broadcast: these scores are the costly part,
+        and the other ranks hold the same weights."""
+        data: KnownFactors = trainer.datamodule
+        factor_sizes = tuple(data.factor_sizes)
         out: dict = {}
         if trainer.global_rank == 0:
             device = pl_module.device
 
             def encode(x: Tensor) -> Tensor:
-                return pl_module.posterior(x.float().div(255).to(device))[0]
+                return pl_module.codes(x.float().div(255).to(device))
 
             def draw(factors: Tensor) -> Tensor:  # rendered where the model is: no copies
-                return render(factors.to(device))
+                return data.render(factors.to(device))
 
             def scores():
                 p, seed = self.disentanglement_points, mix_seed(self.seed, "disentanglement")
-                codes, factors = sample_codes(encode, FACTOR_SIZES, draw, p, seed=seed)
-                codes_test, factors_test = sample_codes(encode, FACTOR_SIZES, draw, max(2, p // 2),
+                codes, factors = sample_codes(encode, factor_sizes, draw, p, seed=seed)
+                codes_test, factors_test = sample_codes(encode, factor_sizes, draw, max(2, p // 2),
                                                         seed=mix_seed(self.seed, "disentanglement/test"))
                 dci_scores = dci(codes, factors, codes_test, factors_test, model="forest", seed=seed)
-                fvae = factor_vae_score(encode, FACTOR_SIZES, draw, seed=mix_seed(self.seed, "factor_vae"),
+                fvae = factor_vae_score(encode, factor_sizes, draw, seed=mix_seed(self.seed, "factor_vae"),
                                         n_train=self.factor_vae_votes,
                                         n_eval=max(1, self.factor_vae_votes // 2), n_variance=p)
                 return {"val/mig": mig(codes, factors),

@@ -21,6 +21,7 @@ each pixel becomes 1 with its grey level as the probability, else 0.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 
@@ -244,6 +245,15 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", False, self.eval_batch_size)
+
+    def fingerprint(self, split: str, n: int) -> str:
+        """A short hash that identifies the first `n` images of `split` exactly (FID cache keys
+        hold it, so another split_seed, val_size, limit or binarisation never reads a cache made
+        for other images). It hashes what the split stores: the images, or for a source that
+        renders them (dSprites) what determines them."""
+        self.setup()
+        stored = self.splits[split][0][:n]
+        return hashlib.sha256(stored.contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
 
     def images(self, split: str, n: int | None = None) -> Tensor:
         """The first `n` images of a split as float in [0, 1] (for metrics and sample grids)."""

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from genlab.capabilities import KnownFactors
 from genlab.data.base import InMemoryDataModule
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -76,10 +77,11 @@ def render(factors: Tensor) -> Tensor:
     return (inside.to(torch.uint8) * 255).unsqueeze(1)
 
 
-class DSpritesDataModule(InMemoryDataModule):
+class DSpritesDataModule(InMemoryDataModule, KnownFactors):
     """dSprites batches: images rendered from grid indices; labels are factor level indices."""
 
     name = "dsprites"
+    factor_sizes = FACTOR_SIZES  # KnownFactors: the grid is uniform over these levels
     image_shape = (1, SIZE, SIZE)
     binary = True
 
@@ -92,6 +94,10 @@ class DSpritesDataModule(InMemoryDataModule):
         perm = torch.randperm(N_IMAGES, generator=torch.Generator().manual_seed(737280))
         test, train = perm[: self.test_size], perm[self.test_size :]
         return {"train": (train, None), "test": (test, None)}
+
+    @staticmethod
+    def render(factors: Tensor) -> Tensor:
+        return render(factors)
 
     def fetcher(self, split: str):
         grid_idx, _ = self.splits[split]

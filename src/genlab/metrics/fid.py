@@ -21,7 +21,6 @@ Units and signs (for the result keys):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -75,9 +74,8 @@ class RealReference:
     def from_datamodule(cls, dm, split: str = "train", n: int = 10_000) -> RealReference:
         """The first `n` images of `split` of a genlab data module (its own fixed order)."""
         dm.setup()
-        stored = dm.splits[split][0]  # uint8 images, or dSprites grid indices: cheap to hash
-        n = min(n, len(stored))
-        fingerprint = hashlib.sha256(stored[:n].contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
+        n = min(n, dm.fetcher(split)[1])
+        fingerprint = dm.fingerprint(split, n)
 
         def load() -> Tensor:
             fetch, _ = dm.fetcher(split)

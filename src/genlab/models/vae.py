@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from genlab.capabilities import Encoder
 from genlab.config import require, require_choice, require_nonnegative, require_positive
 from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, log_this_step
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
@@ -30,7 +31,7 @@ SQRT3 = math.sqrt(3.0)
 LOG_2PI = math.log(2 * math.pi)
 
 
-class VAE(GenerativeModule):
+class VAE(GenerativeModule, Encoder):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -80,6 +81,10 @@ class VAE(GenerativeModule):
         """Mean and standard deviation of q(z | x), each [B, D]."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The posterior mean: what disentanglement scores read."""
+        return self.posterior(x)[0]
 
     def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
                  generator: torch.Generator | None = None) -> Tensor:

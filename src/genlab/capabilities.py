@@ -1,0 +1,47 @@
+"""Capabilities a model or a data module declares, so that evaluations ask for a capability by
+name instead of probing for attributes.
+
+A class declares one by listing it among its bases (`class VAE(GenerativeModule, Encoder)`);
+`isinstance(obj, Encoder)` then holds, and a type checker verifies the methods. Checks use
+isinstance with these protocols only, never hasattr or a name.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A model with an amortised posterior q(z | x) over a latent space whose prior is N(0, I):
+    latent diagnostics (active units, MMD to the prior, aggregate KL, the ex-post mixture) and
+    disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]."""
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation of q(z | x), each [B, D]."""
+        ...
+
+    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Draws from q(z | x) given its parameters, [B, D] (or [k, B, D]), in the model's own
+        posterior family, from `generator` when given."""
+        ...
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The representation scored for disentanglement, [B, D] (e.g. the posterior mean)."""
+        ...
+
+
+@runtime_checkable
+class KnownFactors(Protocol):
+    """Data generated from known, independent factors, each with a finite number of levels
+    drawn uniformly: disentanglement scores need it."""
+
+    factor_sizes: tuple[int, ...]  # levels per factor
+
+    def render(self, factors: Tensor) -> Tensor:
+        """Factor level indices LongTensor [B, K] -> uint8 images [B, C, H, W] on their device."""
+        ...
