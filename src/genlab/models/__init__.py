@@ -17,6 +17,7 @@ from genlab.config import ConfigError
 from genlab.data import DATASETS, data_kwargs
 from genlab.models.common import GenerativeModule
 from genlab.models.dae import DAE
+from genlab.models.deep_mlp import DeepMLP
 from genlab.models.gan import DCGAN, RestorationGAN
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type[GenerativeModule]] = {
     "dcgan": DCGAN,
     "restoration_gan": RestorationGAN,
     "rbm": RBM,
+    "deep_mlp": DeepMLP,
 }
 
 
