@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 ARGS    ?=
 
-.PHONY: install train test test-all bench sync lint clean
+.PHONY: install train test test-all bench sync lint clean study
 
 install: $(STAMP)
 
@@ -21,6 +21,26 @@ $(STAMP): pyproject.toml
 # The quickstart: a VAE on Fashion-MNIST on the CPU (experiment=quickstart), then its results.
 train: install
 	.venv/bin/genlab-train experiment=quickstart $(ARGS)
+
+# A study end to end (experiments/README.md): the sweep of its preset conf/experiment/NAME.yaml,
+# then genlab-report --html of that sweep into experiments/NAME/results/. SMOKE=1 runs the same
+# pipeline with debug=smoke into outputs/studies-smoke/NAME/ and never touches experiments/ (CI
+# runs it for every study). ARGS go to genlab-train: ARGS=resume=true continues the last sweep.
+NAME       ?=
+STUDY_LOGS ?= outputs/studies$(if $(SMOKE),-smoke)/$(NAME)
+STUDY_OUT  ?= $(if $(SMOKE),$(STUDY_LOGS)/results,experiments/$(NAME)/results)
+study: install
+	@[ -n "$(NAME)" ] && [ -f conf/experiment/$(NAME).yaml ] || { echo "make study: NAME='$(NAME)' is not a preset in conf/experiment; allowed: $$(cd conf/experiment && ls *.yaml | sed 's/[.]yaml$$//' | xargs)" >&2; exit 2; }
+	@# the report reads the sweep this command wrote (or resumed): its manifest is newer than the start
+	@start=$$(mktemp); \
+	echo .venv/bin/genlab-train experiment=$(NAME) paths.log_dir=$(STUDY_LOGS) $(if $(SMOKE),debug=smoke) $(ARGS); \
+	.venv/bin/genlab-train experiment=$(NAME) paths.log_dir=$(STUDY_LOGS) $(if $(SMOKE),debug=smoke) $(ARGS); \
+	status=$$?; \
+	sweep=$$(for m in $(STUDY_LOGS)/*/multiruns/*/manifest.json; do [ "$$m" -nt "$$start" ] && dirname "$$m"; done | sort | tail -n 1); \
+	rm -f "$$start"; \
+	[ -n "$$sweep" ] || { echo "make study: NAME=$(NAME) wrote no sweep under $(STUDY_LOGS)/ (genlab-train exit $$status; a study preset sets hydra.mode: MULTIRUN)" >&2; exit 2; }; \
+	echo .venv/bin/genlab-report $$sweep --out $(STUDY_OUT) --html; \
+	.venv/bin/genlab-report $$sweep --out $(STUDY_OUT) --html && exit $$status
 
 # The fast test set (CI runs this); `make test-all` adds the slow tests.
 test: install
