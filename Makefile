@@ -8,10 +8,20 @@ ARGS    ?=
 install: $(STAMP)
 
 # Re-runs only when pyproject.toml changes; a second `make install` does nothing slow.
+# As root it also installs the Debian packages: Fashion-MNIST, and SLURM + munge for the tests
+# on a real one-node cluster (tests/slurm_cluster.py), and Chromium for the HTML report's test in a
+# real browser (tests/test_report_html.py).
 $(STAMP): pyproject.toml
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-		echo "installing Debian package dataset-fashion-mnist"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		pkgs=""; \
+		[ -d /usr/share/datasets/fashion-mnist ] || pkgs="dataset-fashion-mnist"; \
+		[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null \
+			|| pkgs="$$pkgs slurmctld slurmd slurm-client munge"; \
+		command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+		if [ -n "$$pkgs" ]; then \
+			echo "installing Debian packages:$$pkgs"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs; \
+		fi; \
 	fi
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip

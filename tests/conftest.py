@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from slurm_cluster import slurm_cluster  # noqa: F401  (a real one-node SLURM, session-wide)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -1,0 +1,205 @@
+"""The SLURM launcher on a real one-node cluster (tests/slurm_cluster.py starts it; skipped where
+that cannot be done, with the reason): a job requeued by `scontrol requeue` and a run that hits
+its time limit again and again both end with exactly the uninterrupted run's numbers; an array
+sweep isolates a failing run; a 2-task DDP job is one run; an Optuna search on SLURM resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import BIN, DATA
+
+from genlab import runs
+from genlab.sweep import read_manifest
+
+TESTS = Path(__file__).parent
+SMOKE = ("debug=smoke", "data=digits", "logger=csv")
+# test_preemption's run: 8 batches of 32 per epoch, 24 steps in 3 epochs, deterministic
+RUN = (*SMOKE, "trainer.deterministic=true", "trainer.limit_train_batches=null",
+       "trainer.max_epochs=3", "callbacks.samples=null", "seed=7")
+
+
+def launcher(cluster, **settings) -> list[str]:
+    """hydra/launcher=slurm as a user of this 2-CPU node sets it (no GPUs, one CPU per task)."""
+    settings = {"partition": cluster.partition, "gpus_per_node": "null", "cpus_per_task": 1,
+                "mem_gb": 1, "timeout_min": 10, **settings}
+    return ["hydra/launcher=slurm", *(f"hydra.launcher.{k}={v}" for k, v in settings.items())]
+
+
+def stall_at(*steps: int, progress: Path) -> list[str]:
+    """Hold the run at these steps until it is told to stop (tests/stall_at.py)."""
+    return ["+callbacks.stall._target_=stall_at.StallAt", f"+callbacks.stall.steps={list(steps)}",
+            f"+callbacks.stall.progress={progress}"]
+
+
+def genlab_train(cluster, tmp_path: Path, *args: str, wait: bool = True, timeout: int = 600):
+    """genlab-train with the cluster's SLURM_CONF; the test helpers importable by its jobs; one
+    thread per process, as the jobs ask for one CPU. Output goes to tmp_path/out.txt."""
+    env = {**cluster.env, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    cmd = [str(BIN / "genlab-train"), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={DATA}"]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    if wait:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no end after {timeout} s:\n{output(tmp_path)[-3000:]}") from None
+        finally:  # a sweep outlives its test otherwise, polling a cluster that is gone
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return proc
+
+
+def output(tmp_path: Path) -> str:
+    return (tmp_path / "out.txt").read_text()
+
+
+def sweep_dir(log_dir: Path, task: str = "train") -> Path:
+    (d,) = (log_dir / task / "multiruns").iterdir()
+    return d
+
+
+def job_logs(sweep: Path) -> str:
+    """Everything the sweep's jobs printed, over all their attempts."""
+    return "".join(p.read_text() for p in sorted((sweep / ".submitit").glob("*/*_log.*")))
+
+
+def metric_rows(run: Path) -> Counter:
+    """Every (column, step, value) metrics.csv holds, counted."""
+    with open(run / "metrics.csv") as f:
+        return Counter((k, r["step"], v) for r in csv.DictReader(f) for k, v in r.items()
+                       if v != "" and k != "step")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """RUN trained in one go, without SLURM: the numbers every interrupted run must end with."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(BIN / "genlab-train"), *RUN, f"hydra.run.dir={run_dir}",
+                    f"paths.data_dir={DATA}"], env=env, check=True, capture_output=True, timeout=300)
+    return run_dir
+
+
+def assert_same_as_reference(run: Path, reference: Path) -> None:
+    s, ref = runs.read_summary(run), runs.read_summary(reference)
+    assert s["status"] == "ok", s.get("error")
+    assert s["resumed_from"].endswith(f"{run.name}/checkpoints/last.ckpt")
+    for key in ("global_step", "epochs", "val/elbo", "val/kl", "test/elbo", "test/loglik"):
+        assert s[key] == ref[key], key
+    assert metric_rows(run) == metric_rows(reference)
+
+
+def test_scontrol_requeue_resumes_exactly(slurm_cluster, reference, tmp_path):
+    progress = tmp_path / "progress"
+    proc = genlab_train(slurm_cluster, tmp_path, "-m", *launcher(slurm_cluster), *RUN,
+                        *stall_at(12, progress=progress), wait=False)
+    try:
+        deadline = time.time() + 240
+        while not progress.is_file():  # the run waits at step 12 (mid-epoch)
+            assert proc.poll() is None and time.time() < deadline, output(tmp_path)[-3000:]
+            time.sleep(0.5)
+        (job,) = slurm_cluster.jobs()
+        slurm_cluster.run("scontrol", "requeue", job)  # SIGTERM now, started again later
+        assert proc.wait(300) == 0, output(tmp_path)[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    sweep = sweep_dir(tmp_path)
+    assert job_logs(sweep).count("Starting with JobEnvironment") == 2  # two attempts
+    assert_same_as_reference(sweep / "0", reference)
+    assert {k: v["status"] for k, v in read_manifest(sweep).items()} == {"0": "ok"}
+
+
+def test_time_limit_again_and_again_then_exact_numbers(slurm_cluster, reference, tmp_path):
+    # each attempt has one minute. SLURM checks time limits every 30 s: USR2 comes 25-55 s into
+    # an attempt, at least 30 s before the kill. The run waits at steps 5 and 13 (mid-epoch), so
+    # it cannot finish before its third attempt however fast the machine is; spare timeouts
+    # cover a slow machine where USR2 comes before an attempt has reached its step.
+    settings = {"timeout_min": 1, "signal_delay_s": 5, "max_num_timeout": 6}
+    proc = genlab_train(slurm_cluster, tmp_path, "-m", *launcher(slurm_cluster, **settings), *RUN,
+                        *stall_at(5, 13, progress=tmp_path / "progress"), timeout=900)
+    assert proc.returncode == 0, output(tmp_path)[-3000:]
+    sweep = sweep_dir(tmp_path)
+    logs = job_logs(sweep)
+    assert logs.count("Starting with JobEnvironment") >= 3, logs[-3000:]
+    assert "this job is timed-out" in logs and "Requeued job" in logs
+    assert_same_as_reference(sweep / "0", reference)
+    ckpts = sorted(p.name for p in (sweep / "0" / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and not [c for c in ckpts if "-v" in c], ckpts
+
+
+@pytest.mark.slow
+def test_array_sweep_isolates_a_failing_run(slurm_cluster, tmp_path):
+    proc = genlab_train(slurm_cluster, tmp_path, "-m", *launcher(slurm_cluster), *SMOKE,
+                        "data.val_size=150,5000", timeout=400)
+    out = output(tmp_path)
+    assert proc.returncode == 1, out[-3000:]  # the exit code says a run failed
+    sweep = sweep_dir(tmp_path)
+    manifest = read_manifest(sweep)
+    assert {k: v["status"] for k, v in manifest.items()} == {"0": "ok", "1": "failed"}
+    assert "data.val_size=5000 is invalid" in manifest["1"]["error"]
+    assert runs.read_summary(sweep / "0")["status"] == "ok"
+    assert "1 of 2 runs ok" in out
+    assert out.count("Bypassing sacct error") <= 1  # polling without accounting is said once
+
+
+@pytest.mark.slow
+def test_ddp_job_with_two_tasks_is_one_run(slurm_cluster, tmp_path):
+    proc = genlab_train(slurm_cluster, tmp_path, "-m", *launcher(slurm_cluster), *SMOKE,
+                        "trainer=ddp_cpu", timeout=400)
+    assert proc.returncode == 0, output(tmp_path)[-3000:]
+    sweep = sweep_dir(tmp_path)
+    assert [p.name for p in runs.find_runs(tmp_path)] == ["0"]
+    s = runs.read_summary(sweep / "0")
+    # 4 batches per epoch in each of the two processes, 2 epochs, one shared step counter
+    assert s["status"] == "ok" and s["global_step"] == 8
+    (job,) = (sweep / ".submitit").iterdir()
+    assert sorted(p.name for p in job.glob("*_log.out")) == [f"{job.name}_0_log.out",
+                                                             f"{job.name}_1_log.out"]
+    logs = job_logs(sweep)
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs
+
+
+@pytest.mark.slow
+def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
+    args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=4", *launcher(slurm_cluster), *SMOKE]
+    proc = genlab_train(slurm_cluster, tmp_path, *args, wait=False)
+    try:  # stop the search (and, as a user would, its jobs) once two trials have finished
+        deadline = time.time() + 300
+        base = tmp_path / "vae_elbo_search" / "multiruns"
+        while proc.poll() is None and time.time() < deadline:
+            sweeps = list(base.iterdir()) if base.is_dir() else []
+            if sweeps and [v["status"] for v in read_manifest(sweeps[0]).values()].count("ok") >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    slurm_cluster.run("scancel", f"--partition={slurm_cluster.partition}")
+    while slurm_cluster.jobs():
+        time.sleep(1)
+    sweep = sweep_dir(tmp_path, "vae_elbo_search")
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    done_before = [t for t in optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
+                   if t.state.is_finished()]
+    assert 2 <= len(done_before) < 4
+
+    proc = genlab_train(slurm_cluster, tmp_path, *args, "resume=true", timeout=400)
+    assert proc.returncode == 0, output(tmp_path)[-3000:]
+    study = optuna.load_study(study_name="vae_elbo_search", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert [t.params for t in done_before] == [t.params for t in complete[: len(done_before)]]
+    for t in complete:
+        assert t.value == runs.read_summary(sweep / str(t.number))["val/elbo"]
