@@ -9,6 +9,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -311,3 +312,44 @@ def test_sample_figure_shows_only_generated_samples(sweep):
         decoy = np.asarray(Image.open(root / run / "samples" / "degraded_real_final.png")) / 255
         assert np.allclose(image, expected) and not np.allclose(image, decoy)
         assert f"generated samples, seed {seed}" in title
+
+
+@pytest.mark.parametrize("model", ["vae", "dae", "dcgan", "restoration_gan", "rbm"])
+def test_every_family_writes_generated_samples_under_one_name(model, tmp_path):
+    """The sample-grid callback writes generate(n) as samples/generated_*.png for every family,
+    the same draw at every epoch, and leaves the run's random stream where it was; the family's
+    own grids (reconstructions, chains, degraded real images) keep their own names."""
+    from types import SimpleNamespace
+
+    from conftest import make_cfg
+    from hydra.utils import instantiate
+
+    from genlab.callbacks.samples import SampleGrids
+    from genlab.data import build_datamodule
+
+    cfg = make_cfg(tmp_path, "data=digits", f"model={model}", "corruption=blur")
+    dm = build_datamodule(cfg.data)
+    dm.setup()
+    module = instantiate(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
+    trainer = SimpleNamespace(datamodule=dm, default_root_dir=str(tmp_path), loggers=[], global_step=0)
+    callback = SampleGrids(n=16, seed=3)
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    paths = callback.write(trainer, module, "epoch000")
+    assert torch.equal(torch.get_rng_state(), state)
+    names = [p.name for p in paths]
+    assert names[0] == "generated_epoch000.png" and names.count("generated_epoch000.png") == 1
+    callback.write(trainer, module, "final")
+    first, final = (np.asarray(Image.open(tmp_path / "samples" / f"generated_{t}.png"))
+                    for t in ("epoch000", "final"))
+    assert np.array_equal(first, final)  # same weights, same noise: the same grid
+
+    module.eval()  # as the callback draws them (batch norm on running statistics)
+    torch.manual_seed(3)
+    expected = module.generate(16)
+    module.train()
+    grids = callback.grids(trainer, module)
+    assert module.training
+    assert torch.equal(grids["generated"], expected)
+    assert 0 <= float(expected.min()) and float(expected.max()) <= 1
