@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 class ConfigError(ValueError):
     """A configuration value is outside what genlab accepts; raised before any training starts."""
@@ -42,3 +44,11 @@ def one_line(error: BaseException) -> str:
         else:
             out.append(line.strip())
     return "; ".join(out)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for genlab's commands: a bad argument is one line on stderr and exit code 2
+    (argparse's own error prints its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -11,8 +11,6 @@ the statistics see nothing; near 1 means a discriminator can win without looking
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -87,16 +85,21 @@ def clean_vs_degraded(images: Tensor, kind: str, level: float, seed: int = 0) ->
 
 def load_images(data: str, n: int, root: str = "data") -> Tensor:
     """The first n training images of a genlab data source, float in [0, 1]."""
-    from genlab.data import DigitsDataModule, FashionMNISTDataModule
+    from genlab.data import build_datamodule
 
-    dm = DigitsDataModule(val_size=150) if data == "digits" else FashionMNISTDataModule(root=root)
+    # no validation split: the probe reads the first n images of all the training images
+    dm = build_datamodule({"name": data, "root": root, "val_size": 0}, key="--data")
     dm.setup()
     return dm.images("train", n)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="genlab-probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", choices=["fashion_mnist", "digits"], default="fashion_mnist")
+    from genlab.config import ArgumentParser, ConfigError, one_line
+    from genlab.corruption import Corruption
+    from genlab.data import DATASETS
+
+    p = ArgumentParser(prog="genlab-probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", choices=list(DATASETS), default="fashion_mnist")
     p.add_argument("--corruption", choices=[*DEFAULT_LEVELS, "all"], default="all")
     p.add_argument("--level", type=float, default=None,
                    help="the corruption's level (units per kind: see genlab.corruption); "
@@ -107,15 +110,27 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.corruption == "all" and args.level is not None:
         p.error("--level applies to one corruption; give --corruption too")
+    if args.n < 20:  # the held-out quarter needs a few images of each class
+        p.error(f"--n {args.n} is invalid; allowed: an integer >= 20")
+    if args.seed < 0:
+        p.error(f"--seed {args.seed} is invalid; allowed: an integer >= 0")
 
-    images = load_images(args.data, args.n, args.root)
     kinds = list(DEFAULT_LEVELS) if args.corruption == "all" else [args.corruption]
-    print(f"shortcut probe on {args.data}: {len(images) // 2} clean vs {len(images) // 2} degraded "
-          f"images, held-out accuracy (0.5 = chance)")
-    for kind in kinds:
-        level = DEFAULT_LEVELS[kind] if args.level is None else args.level
-        acc = clean_vs_degraded(images, kind, level, seed=args.seed)
-        print(f"  {kind:<12} level={level:<6g} accuracy={acc:.3f}")
+    levels = {k: DEFAULT_LEVELS[k] if args.level is None else args.level for k in kinds}
+    try:  # a level outside the corruption's range fails before any data is read
+        for kind, level in levels.items():
+            Corruption(kind, level)
+    except ConfigError as e:
+        p.error(f"--level {args.level}: {one_line(e)}")
+    try:
+        images = load_images(args.data, args.n, args.root)
+        print(f"shortcut probe on {args.data}: {len(images) // 2} clean vs {len(images) // 2} "
+              f"degraded images, held-out accuracy (0.5 = chance)")
+        for kind, level in levels.items():
+            acc = clean_vs_degraded(images, kind, level, seed=args.seed)
+            print(f"  {kind:<12} level={level:<6g} accuracy={acc:.3f}")
+    except FileNotFoundError as e:  # no data under --root, no Debian package, no network
+        p.exit(2, f"genlab-probe: {one_line(e)}\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -46,6 +47,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from genlab import runs
+from genlab.config import ArgumentParser
 
 # Metrics computed in some feature space: only comparable under the same extractor.
 FEATURE_METRIC = re.compile(r"(fid|kid|isc?|inception_score|precision|recall|prc)(_|$)")
@@ -70,7 +72,7 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genlab-report", description="Run directories -> a results table (markdown and CSV) and figures.")
+    parser = ArgumentParser(prog="genlab-report", description="Run directories -> a results table (markdown and CSV) and figures.")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories")
     parser.add_argument("--out", required=True, type=Path, help="folder for the report")
     parser.add_argument("--metrics", nargs="+", metavar="M",
@@ -86,13 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", action="store_true",
                         help="also write OUT/report.html, one self-contained file")
     args = parser.parse_args(argv)
+    # user errors end in one line and exit code 2, before anything is written
+    for d in args.dirs:
+        if not Path(d).is_dir():
+            return _user_error(f"DIR {d!r} is not a folder")
+    if args.out.exists() and not args.out.is_dir():
+        return _user_error(f"--out {str(args.out)!r} exists and is not a folder")
 
     skipped: list[str] = []
-    loaded = load_runs(args.dirs, skipped)
+    with contextlib.redirect_stderr(io.StringIO()) as skip_lines:  # reported below, or in the error
+        loaded = load_runs(args.dirs, skipped)
     if not loaded:
-        print(f"genlab-report: error: no run could be read under {' '.join(args.dirs)} "
-              "(a run directory holds .hydra/config.yaml and summary.json)", file=sys.stderr)
-        return 2
+        why = f"; {skipped[0]}" if skipped else ""
+        why += f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        return _user_error(f"no run could be read under {' '.join(args.dirs)} (a run directory "
+                           f"holds .hydra/config.yaml and summary.json){why}")
+    sys.stderr.write(skip_lines.getvalue())
+    typo = unknown_argument(args, loaded)
+    if typo:
+        return _user_error(typo)
     apply_preset(args, loaded[0].config)
 
     notes: list[str] = []
@@ -100,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     columns = metric_columns(loaded, args.metrics)
     rows = table_rows(groups, columns, args.group_by)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _user_error(f"--out {str(args.out)!r}: cannot create it ({e.strerror or e})")
     write_csv(args.out / "summary.csv", rows)
     figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
     if args.x:
@@ -114,6 +131,34 @@ def main(argv: list[str] | None = None) -> int:
                    skipped, notes, images)
     print(f"genlab-report: {len(loaded)} runs, {len(groups)} configurations -> {args.out}")
     return 0
+
+
+def _user_error(message: str) -> int:
+    print(f"genlab-report: error: {message}", file=sys.stderr)
+    return 2
+
+
+def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
+    """A --metrics, --x or --step-metric that no run has is a typo: say so rather than draw an
+    empty column or no figure."""
+    have = sorted({k for r in loaded for k in r.summary if "/" in k})
+    for m in args.metrics or []:
+        if m not in have:
+            return f"--metrics {m!r} is in no run's summary.json; allowed: {', '.join(have)}"
+    if args.x and all(lookup(r.config, args.x) is MISSING for r in loaded):
+        return f"--x {args.x!r} is a key of no run's .hydra/config.yaml (e.g. model.beta)"
+    if args.step_metric:
+        logged: set[str] = set()
+        for r in loaded:
+            try:
+                with open(r.path / "metrics.csv", newline="") as f:
+                    logged.update(next(csv.reader(f), []))
+            except OSError:
+                continue
+        if args.step_metric not in logged:
+            return (f"--step-metric {args.step_metric!r} is in no run's metrics.csv; allowed: "
+                    f"{', '.join(sorted(logged - {'step', 'epoch'})) or 'none (no metrics.csv)'}")
+    return None
 
 
 def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:

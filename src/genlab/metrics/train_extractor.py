@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.metrics.extractors import DEFAULT_FOR_DATA, DOMAIN, DomainCNN, domain_weights_path
+from genlab.data import DATASETS
+from genlab.metrics.extractors import DOMAIN, DomainCNN, domain_weights_path
 
 # steps and batch size per dataset: a few epochs of Fashion-MNIST, many passes over the small
 # digits set, and ~0.5 "epoch" of the 737k dSprites grid (neighbouring images are near-identical)
@@ -34,15 +35,9 @@ DEFAULTS = {"fashion_mnist": (4000, 128), "digits": (1500, 64), "dsprites": (300
 
 
 def make_datamodule(data: str, root: str = "data"):
-    from genlab.data import DigitsDataModule, DSpritesDataModule, FashionMNISTDataModule
+    from genlab.data import build_datamodule
 
-    if data == "fashion_mnist":
-        return FashionMNISTDataModule(root=root, val_size=0)
-    if data == "digits":
-        return DigitsDataModule(root=root, val_size=0)
-    if data == "dsprites":
-        return DSpritesDataModule(root=root, val_size=0)
-    raise ValueError(f"--data {data!r}: known are {', '.join(DEFAULT_FOR_DATA)}")
+    return build_datamodule({"name": data, "root": root, "val_size": 0}, key="--data")
 
 
 def targets(labels: Tensor, name: str) -> Tensor:
@@ -125,7 +120,9 @@ def sanity_fids(name: str, dm, n: int = 10_000, seed: int = 0) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, choices=sorted(DEFAULT_FOR_DATA))
+    # the datasets whose default FID extractor is a genlab domain CNN (genlab.data.DATASETS)
+    p.add_argument("--data", required=True,
+                   choices=sorted(n for n, d in DATASETS.items() if d.extractor in DOMAIN))
     p.add_argument("--root", default="data", help="data root (as data.root)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sanity-n", type=int, default=10_000)
     args = p.parse_args(argv)
 
-    name = DEFAULT_FOR_DATA[args.data]
+    name = DATASETS[args.data].extractor
     out = Path(args.out) if args.out else domain_weights_path(name)
     dm = make_datamodule(args.data, args.root)
     dm.setup()
