@@ -12,7 +12,7 @@ from conftest import REPO
 # The studies whose smoke pipeline the suite runs, each with the genlab-train arguments that narrow
 # its grid to what fits about a minute of CI (two runs here: the pipeline, not the science).
 SMOKE_STUDIES = {
-    "ablation_blur_d": "seed=0 model.d_mode=plain,noise_head corruption=blur",
+    "ablation_blur_d": "seed=0 arm=plain,noise_head-blur",
 }
 
 

@@ -15,36 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-HIST_BINS = 16
+from genlab.metrics.image_stats import HIST_BINS, image_statistics  # noqa: F401 (re-exported)
 
 # The levels of conf/corruption/<kind>.yaml, used when --level is not given (tests/test_probe.py
 # checks that they agree with the configs).
 DEFAULT_LEVELS = {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0}
-
-
-def image_statistics(x: Tensor | np.ndarray) -> np.ndarray:
-    """Per-image statistics of images [N, C, H, W] with values in [0, 1] -> float64 [N, 4 + 16].
-
-    Columns: mean, std, gradient energy (mean squared difference of horizontal and vertical
-    neighbours), Laplacian energy (mean squared 4-neighbour Laplacian over interior pixels), and
-    the fraction of pixels in each of 16 equal intensity bins over [0, 1] (values outside [0, 1]
-    count in the end bins). The two energies are the high-frequency content that noise raises and
-    blur lowers.
-    """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if not (x.dim() == 4 and x.shape[-1] >= 3 and x.shape[-2] >= 3):
-        raise ValueError(f"image_statistics needs images [N, C, H, W] with H, W >= 3, got {tuple(x.shape)}")
-    n = x.shape[0]
-    flat = x.reshape(n, -1)
-    mean, std = flat.mean(1), flat.std(1)
-    grad = torch.cat([(x[..., :, 1:] - x[..., :, :-1]).reshape(n, -1),
-                      (x[..., 1:, :] - x[..., :-1, :]).reshape(n, -1)], dim=1).pow(2).mean(1)
-    lap = (4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1]
-           - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]).reshape(n, -1).pow(2).mean(1)
-    bins = (flat * HIST_BINS).long().clamp(0, HIST_BINS - 1)
-    hist = torch.zeros(n, HIST_BINS, dtype=torch.float64).scatter_add_(1, bins, torch.ones_like(flat))
-    hist /= flat.shape[1]
-    return torch.cat([torch.stack([mean, std, grad, lap], 1), hist], 1).numpy()
 
 
 def probe_accuracy(a: Tensor | np.ndarray, b: Tensor | np.ndarray, seed: int = 0,

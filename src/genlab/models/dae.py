@@ -44,16 +44,20 @@ import torch
 from torch import Tensor, nn
 
 from genlab.config import require, require_choice, require_positive
-from genlab.corruption import AdaptiveSchedule, Corruption, as_corruption
-from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, triplets
+from genlab.corruption import AdaptiveSchedule, Corruption
+from genlab.models.common import (
+    GenerativeModule,
+    eval_means,
+    init_corruption,
+    interleave,
+    log_eval,
+    triplets,
+)
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
 from genlab.seeding import generator_for, run_seed
 
 CHAIN_DRAWS = ("mean", "sample")
-
-
-# --- shared with genlab.models.gan ---------------------------------------------------------------
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -76,7 +80,7 @@ class DAE(GenerativeModule):
         n_grid: int = 64,
     ):
         super().__init__()
-        self.corruption = as_corruption(corruption)
+        self.corruption = init_corruption(self, corruption)
         require(not isinstance(self.corruption.schedule, AdaptiveSchedule), "corruption.schedule.kind",
                 "constant | linear | cosine for model=dae (adaptive needs a discriminator's feedback)",
                 "adaptive")
@@ -89,8 +93,6 @@ class DAE(GenerativeModule):
         require_choice(chain_draw, "model.chain_draw", CHAIN_DRAWS)
         require_positive(lr, "model.lr")
         require_positive(n_grid, "model.n_grid", integer=True)
-        self.save_hyperparameters(ignore=["corruption"])
-        self.hparams["corruption"] = self.corruption.config()
         self.image_shape = tuple(image_shape)
         self.encoder = ConvEncoder(image_shape, code_dim, base_channels)
         self.decoder = ConvDecoder(code_dim, image_shape, base_channels=base_channels)

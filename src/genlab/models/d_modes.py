@@ -1,0 +1,158 @@
+"""The DCGAN's discriminator games (`model.d_mode`): one small class each, registered by name.
+
+A mode says how many outputs D has per location, what D judges in the real/fake game (`view`), how
+an output becomes realness, D's and G's losses and any extra sample grids. Subclassing DMode with a
+`name` registers the class in D_MODES, so a new game is one class (and its test) and nothing else:
+`model.d_mode=<name>` finds it. Every mode works with every corruption, schedule and d_head;
+outputs are [B, K, L] (K per location, L locations) and every loss is averaged over images and
+locations (genlab.models.adversarial).
+
+    plain           D sees clean real and fake.
+    instance_noise  D sees corruption(real) and corruption(fake), fresh draws for each (Sonderby et
+                    al. 2016); G's gradient flows through the corruption. What the corruption
+                    erases, D cannot see: under a constant blur G is free to fill high frequencies
+                    with checkerboard artefacts (a one-epoch Fashion-MNIST run: test/stat_fd 219
+                    against 26 for plain); let the blur decay (corruption.schedule.kind=linear), as
+                    StyleGAN3 does.
+    three_class     D has 3 logits: real / fake / degraded real (= corruption(real)), trained with
+                    cross-entropy; G is trained to be classified real. s = logit_real -
+                    logsumexp(logit_fake, logit_degraded), so -log p(real | x) = softplus(-s) and the
+                    G loss is ns's. Only loss=ns (a 3-way softmax has no hinge or WGAN form here).
+    noise_head      D has the real/fake logit (on clean images) and a regression head predicting the
+                    level of corrupted images, as SS-GAN (Chen et al. 2019) predicts rotations: D's
+                    head loss on degraded real (weight aux_weight_d), G's on degraded fake (weight
+                    aux_weight_g), so G is rewarded when its fakes degrade the way real images do.
+                    Like SS-GAN, D does not train its head on fakes (G and D could collude there).
+                    Levels are drawn per image uniformly from the corruption's level_range, or from
+                    [0, current level] when it has none (one fixed level would give nothing to
+                    regress); the head predicts level / level_scale, level_scale = the range's upper
+                    end or the configured level, so the target is unitless in [0, 1] for any kind.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genlab.models.adversarial import LOSSES, d_adversarial, g_adversarial
+
+if TYPE_CHECKING:
+    from genlab.models.gan import DCGAN
+
+D_MODES: dict[str, type[DMode]] = {}
+
+
+class DMode:
+    """One discriminator game. `gan` is the DCGAN playing it: its discriminator (`gan.d_out`),
+    corruption and hyper-parameters.
+
+    Class attributes: `name` (the registry key; a subclass without one is not registered),
+    `outputs` (D's outputs per location), `losses` (the model.loss values it supports) and
+    `uses_corruption` (False: the corruption never reaches D, so a sweep over corruptions
+    gives this mode nothing new to run).
+    """
+
+    name: ClassVar[str] = ""
+    outputs: ClassVar[int] = 1
+    losses: ClassVar[tuple[str, ...]] = LOSSES
+    uses_corruption: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in D_MODES and D_MODES[cls.name].__qualname__ != cls.__qualname__:
+                raise ValueError(f"d_mode {cls.name!r} is registered twice")
+            D_MODES[cls.name] = cls
+
+    def __init__(self, gan: DCGAN):
+        self.gan = gan
+
+    def view(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """What D judges in the real/fake game, images in [0, 1]."""
+        return x
+
+    def realness(self, out: Tensor) -> Tensor:
+        """D's outputs [B, K, L] -> realness logits [B, L] (> 0: judged real)."""
+        return out[:, 0]
+
+    def d_loss(self, out_real: Tensor, out_fake: Tensor, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """D's game loss (penalties are added by the model) from D's outputs on the views of real
+        and fake images; `real` is the clean batch, for modes that degrade it themselves."""
+        return d_adversarial(self.realness(out_real), self.realness(out_fake), self.gan.hparams.loss), {}
+
+    def g_loss(self, out_fake: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """G's loss from D's outputs on the view of `fake` (with gradient to G)."""
+        return g_adversarial(self.realness(out_fake), self.gan.hparams.loss), {}
+
+    def grids(self, real: Tensor) -> dict[str, Tensor]:
+        """Extra sample grids: by default what the corruption does to real images now (a fixed
+        draw), where the corruption is part of the game."""
+        c = self.gan.corruption
+        if not self.uses_corruption or c.kind == "none":
+            return {}
+        return {"degraded_real": c(real, generator=torch.Generator().manual_seed(0)).clamp(0, 1)}
+
+
+class Plain(DMode):
+    name = "plain"
+    uses_corruption = False
+
+
+class InstanceNoise(DMode):
+    name = "instance_noise"
+
+    def view(self, x, generator=None):
+        return self.gan.corruption(x, generator=generator)
+
+
+REAL, FAKE, DEGRADED = 0, 1, 2  # three_class labels
+
+
+class ThreeClass(DMode):
+    name = "three_class"
+    outputs = 3
+    losses = ("ns",)
+
+    def realness(self, out):
+        return out[:, REAL] - torch.logsumexp(out[:, REAL + 1:], dim=1)
+
+    def d_loss(self, out_real, out_fake, real):
+        out_degraded = self.gan.d_out(self.gan.corruption(real))
+        label = torch.full((len(real), out_real.shape[2]), REAL, device=real.device)
+        loss = (F.cross_entropy(out_real, label) + F.cross_entropy(out_fake, label + FAKE)
+                + F.cross_entropy(out_degraded, label + DEGRADED))
+        return loss, {"d_degraded_acc": (out_degraded.argmax(1) == DEGRADED).float().mean()}
+
+
+class NoiseHead(DMode):
+    name = "noise_head"
+    outputs = 2
+
+    def __init__(self, gan):
+        super().__init__(gan)
+        c = gan.corruption
+        self.level_scale = float(c.level_range[1] if c.level_range else c.level) or 1.0
+
+    def level_loss(self, x: Tensor) -> Tensor:
+        """Mean squared error of D's estimate of level / level_scale at every location, on x
+        corrupted at per-image levels (module docstring); unitless."""
+        c, n = self.gan.corruption, len(x)
+        if c.level_range is not None:
+            levels = c.sample_levels(n, device=x.device, dtype=x.dtype)
+        else:
+            levels = c.current_level * torch.rand(n, device=x.device, dtype=x.dtype)
+        prediction = self.gan.d_out(c(x, level=levels))[:, 1]
+        return F.mse_loss(prediction, (levels / self.level_scale)[:, None].expand_as(prediction))
+
+    def d_loss(self, out_real, out_fake, real):
+        loss, _ = super().d_loss(out_real, out_fake, real)
+        aux = self.level_loss(real)
+        return loss + self.gan.hparams.aux_weight_d * aux, {"aux_d": aux.detach()}
+
+    def g_loss(self, out_fake, fake):
+        loss, _ = super().g_loss(out_fake, fake)
+        aux = self.level_loss(fake)
+        return loss + self.gan.hparams.aux_weight_g * aux, {"aux_g": aux.detach()}
