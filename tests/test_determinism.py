@@ -64,3 +64,23 @@ def test_generator_for_is_independent_of_the_global_stream():
     b = torch.randn(5, generator=generator_for(7, "test", 0, 3))
     assert torch.equal(a, b)
     assert torch.equal(before, torch.get_rng_state())  # the global stream did not move
+
+
+def test_an_evaluation_mid_training_leaves_the_training_stream_alone(smoke, tmp_path):
+    """The same run with an evaluation after every epoch and with none before the final one:
+    every training and validation value is the same, so the evaluation drew nothing from the
+    training stream."""
+    args = ("data=digits", "trainer.deterministic=true", "trainer.max_epochs=2",
+            f"paths.cache_dir={tmp_path / 'cache'}")
+    every = _rows(smoke(tmp_path / "every", *args, "metrics.every_n_epochs=1"))
+    final = _rows(smoke(tmp_path / "final", *args, "metrics.every_n_epochs=0"))
+
+    def training(rows):
+        keep = ("step", "epoch", "train/loss", "train/elbo", "val/elbo", "test/elbo", "test/loglik")
+        return [{k: r.get(k, "") for k in keep} for r in rows if any(r.get(k) for k in keep[2:])]
+
+    def evaluations(rows):
+        return sum(bool(r.get("val/fid")) for r in rows)
+
+    assert (evaluations(every), evaluations(final)) == (2 + 1, 1)  # per epoch + the final one
+    assert len(training(every)) > 4 and training(every) == training(final)
