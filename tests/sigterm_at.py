@@ -1,16 +1,77 @@
-"""Test helper: a callback that sends this process SIGTERM after a given step, as SLURM does when
-it preempts a job (imported by a genlab-train subprocess through PYTHONPATH)."""
+"""Test helper: a callback that signals its own process in a chosen phase of a run, as SLURM does
+when it preempts a job (SIGTERM) or a node dies (SIGKILL). Imported by genlab-train through
+PYTHONPATH, or in-process by the tests.
+
+    +callbacks.kill._target_=sigterm_at.SigtermAt +callbacks.kill.step=12        # a training step
+    +callbacks.kill.phase=val_batch +callbacks.kill.epoch=1                      # a validation batch
+
+Phases (each fires once, in the first matching hook):
+  train_step       after the training step that brings global_step to `step`
+  sanity           in the first batch of the sanity-check validation before training
+  val_batch        after the first validation batch of epoch `epoch` (not the last batch)
+  val_last_batch   after the last validation batch of epoch `epoch`
+  evaluation       inside the sample-quality evaluation of epoch `epoch` (between generating the
+                   images and scoring them)
+  train_epoch_end  at the end of training epoch `epoch`
+  checkpoint       while the first checkpoint of epoch `epoch` is being written
+  final_validate   after the first batch of the final validation of the best checkpoint
+  final_test       after the first batch of the final test
+"""
 
 import os
 import signal
 
 import pytorch_lightning as pl
 
+PHASES = ("train_step", "sanity", "val_batch", "val_last_batch", "evaluation", "train_epoch_end",
+          "checkpoint", "final_validate", "final_test")
+
 
 class SigtermAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int | None = None, phase: str = "train_step", epoch: int = 0,
+                 signal_name: str = "SIGTERM"):
+        if phase not in PHASES:
+            raise ValueError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
+        self.step, self.phase, self.epoch = step, phase, epoch
+        self.signum = signal.Signals[signal_name]
+        self.fired = False
+
+    def _fire(self, phase: str, when: bool = True) -> None:
+        if phase == self.phase and when and not self.fired:
+            self.fired = True
+            os.kill(os.getpid(), self.signum)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.phase != "evaluation" or stage != "fit":
+            return
+        from genlab.callbacks.evaluation import SampleQuality
+
+        (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, SampleQuality)]
+        score = evaluation._quality
+
+        def interrupted_score(*args, **kwargs):
+            self._fire("evaluation", trainer.current_epoch == self.epoch)
+            return score(*args, **kwargs)
+
+        evaluation._quality = interrupted_score
 
     def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        self._fire("train_step", trainer.global_step == self.step)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_):
+        if trainer.sanity_checking:
+            self._fire("sanity", batch_idx == 0)
+        elif trainer.state.fn == "validate":
+            self._fire("final_validate", batch_idx == 0)
+        elif trainer.current_epoch == self.epoch:
+            last = batch_idx == trainer.num_val_batches[0] - 1
+            self._fire("val_last_batch" if last else "val_batch", batch_idx == 0 or last)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_):
+        self._fire("final_test", batch_idx == 0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._fire("train_epoch_end", trainer.current_epoch == self.epoch)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._fire("checkpoint", trainer.current_epoch == self.epoch and trainer.state.fn == "fit")

@@ -10,7 +10,6 @@ fit -> validate and test the best checkpoint -> summary.json -> the objective fo
 
 from __future__ import annotations
 
-import csv
 import importlib.resources
 import logging
 import math
@@ -30,7 +29,6 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -38,6 +36,7 @@ from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
 from genlab.config import ConfigError, one_line
 from genlab.data import build_datamodule
+from genlab.loggers import RunCSVLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
 from genlab.runs import RunReadError, git_commit, read_summary, write_summary
@@ -139,8 +138,10 @@ def train(cfg: DictConfig) -> float | None:
                 summary["fid_extractor"] = cb.extractor
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        if ckpt_path and rank_zero:
-            _keep_csv_history(loggers, run_dir, resume_step)
+        if ckpt_path:
+            for lg in loggers:  # the rows logged before the checkpoint stay in metrics.csv
+                if isinstance(lg, RunCSVLogger):
+                    lg.resume_at(resume_step)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:
             lg.log_hyperparams(resolved)
@@ -148,9 +149,11 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
-        # val/* and test/* in the summary both describe the best checkpoint
-        for results in (trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False),
-                        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)):
+        # val/* and test/* in the summary both describe the best checkpoint; each starts from
+        # the run's seed, so an attempt that resumed (or reran) them draws what one run draws
+        for final in (trainer.validate, trainer.test):
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            results = final(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             summary.update({k: float(v) for k, v in results[0].items()})
         summary.update(status="ok", best_checkpoint=best or None)
     except DivergedError as e:
@@ -179,24 +182,6 @@ def train(cfg: DictConfig) -> float | None:
         _report(run_dir, summary)
     value = summary.get(cfg.objective.metric)
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _keep_csv_history(loggers: list, run_dir: Path, step: int) -> None:
-    """Lightning's CSV logger deletes an existing metrics.csv when it starts. A run resumed in its
-    own directory keeps the rows its earlier attempt logged up to the checkpoint's step."""
-    path = run_dir / "metrics.csv"
-    csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
-    if not path.is_file() or not csv_loggers:
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) <= step]
-    writer = csv_loggers[0].experiment  # starting the writer deletes the file
-    with open(path, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=header)
-        out.writeheader()
-        out.writerows(rows)
-    writer.metrics_keys = list(header)  # later rows are appended under the same header
 
 
 def _leave_ddp(launch_env: dict[str, str | None]) -> None:

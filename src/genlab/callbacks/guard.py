@@ -4,11 +4,13 @@ first, so the next attempt continues from it."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import Tensor
 
 from genlab.config import require_positive
 
@@ -66,13 +68,81 @@ class DivergenceGuard(pl.Callback):
 
 
 class CheckpointOnInterrupt(pl.Callback):
-    """On SIGTERM or Ctrl-C during fit, save `<dirpath>/last.ckpt` mid-epoch. Lightning turns
-    SIGTERM into an exception at the next step boundary on every rank; the checkpoint holds the
-    loops' progress, the data position and the random state, so a resumed run goes on exactly."""
+    """On SIGTERM (how SLURM preempts), Ctrl-C or `request_stop()` during fit, save
+    `<dirpath>/last.ckpt` from which the next attempt goes on exactly as if nothing had happened.
+
+    Lightning turns SIGTERM into an exception at its next check (after a training or validation
+    batch, at the end of an epoch) on every rank. Stopped in a training step, the checkpoint holds
+    the loops' progress, the data position and the random state, so the epoch goes on with the next
+    batch. Validation cannot go on mid-way (its running means are not saved), so a stop inside it
+    saves the state from just before it began, marked as a validation to run: the next attempt
+    redoes that validation with the same random draws. A stop in the sanity check saves nothing (no
+    step was taken). Every checkpoint first writes the loggers' pending rows, so the metrics.csv rows
+    a checkpoint follows are on disk even if the process is killed right after it (SIGKILL).
+    """
 
     def __init__(self, dirpath: str):
         self.path = Path(dirpath) / "last.ckpt"
+        self._trainer: pl.Trainer | None = None
+        self._before_validation: tuple[Tensor, Tensor | None, int] | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._trainer = trainer
+        _RUNNING.add(self)
+
+    def teardown(self, trainer, pl_module, stage):
+        _RUNNING.discard(self)
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        cuda = (torch.cuda.get_rng_state(pl_module.device)
+                if pl_module.device.type == "cuda" else None)
+        done = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed
+        self._before_validation = (torch.get_rng_state(), cuda, done)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._before_validation = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.state.fn == "fit":
-            trainer.save_checkpoint(self.path)
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            return
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        if self._before_validation is not None:
+            self._rewind_validation(trainer, pl_module)
+        trainer.save_checkpoint(self.path)
+
+    def _rewind_validation(self, trainer, pl_module) -> None:
+        """Put the process back where the interrupted validation began: the random state it
+        started from, and the validation loop's progress as Lightning records a validation that
+        stopped inside its first batch, which a resumed fit runs again from its start. Weights,
+        optimizer and training progress are untouched by validation."""
+        cpu, cuda, done = self._before_validation
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, pl_module.device)
+        progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+        for counts, before in ((progress.total, done), (progress.current, 0)):
+            counts.ready = counts.started = before + 1
+            counts.processed = counts.completed = before
+        progress.is_last_batch = False
+
+
+# the fits in this process that request_stop() reaches (one, or one per rank's process)
+_RUNNING: weakref.WeakSet[CheckpointOnInterrupt] = weakref.WeakSet()
+
+
+def request_stop() -> bool:
+    """Stop the running fit as SIGTERM does: at Lightning's next check it saves last.ckpt (see
+    CheckpointOnInterrupt), the run ends with status interrupted, and running the same command again
+    continues it. Only sets a flag, so it is safe to call from a signal handler (e.g. a cluster's
+    time-limit warning). Returns whether a fit was running to be stopped."""
+    running = [cb._trainer for cb in _RUNNING if cb._trainer is not None]
+    for trainer in running:
+        trainer._signal_connector.received_sigterm = True
+    return bool(running)

@@ -74,7 +74,7 @@ class IndexBatches:
         self.fetch, self.n, self.batch_size = fetch, n, batch_size
         self.binarize = binarize
         self.consumed = consumed or (lambda: self._yielded)
-        self._yielded, self._skip = 0, 0
+        self._yielded, self._skip, self._skip_epoch = 0, 0, None
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.device = torch.device(device)
@@ -102,7 +102,10 @@ class IndexBatches:
 
     def __iter__(self):
         order = self._indices()
-        start, self._skip = self._skip, 0
+        # a resumed epoch skips the batches it had seen; an epoch it never iterated again (it
+        # stopped after its last batch, in validation) leaves the next epoch whole
+        start = self._skip if self._skip_epoch == self.epoch() else 0
+        self._skip = 0
         for b in range(start, len(self)):
             self._yielded = b + 1
             x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
@@ -119,7 +122,7 @@ class IndexBatches:
         return {"epoch": self.epoch(), "consumed": self.consumed()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._skip = state["consumed"] if state["epoch"] == self.epoch() else 0
+        self._skip, self._skip_epoch = state["consumed"], state["epoch"]
 
 
 class InMemoryDataModule(pl.LightningDataModule):
