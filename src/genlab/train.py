@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> float | None:
         for cb in callbacks:
             if isinstance(cb, SampleQuality):
                 summary["fid_extractor"] = cb.extractor
+                summary["metric_errors"] = cb.metric_errors  # filled as evaluations fail
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path:
