@@ -12,13 +12,13 @@ from conftest import make_cfg, run_cli
 from omegaconf import OmegaConf
 
 from genlab import runs
-from genlab.callbacks.evaluation import rank_seed
 from genlab.config import ConfigError
 from genlab.data import build_datamodule
 from genlab.metrics import extractors
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.metrics.fid import RealReference, sample_metrics, to_uint8
 from genlab.models.vae import VAE
+from genlab.seeding import mix_seed
 
 QUALITY = ("val/fid", "val/kid", "val/precision", "val/recall")
 LATENT = ("val/fid_expost", "val/active_units", "val/mmd_prior", "val/kl_aggregate")
@@ -123,7 +123,7 @@ def test_ddp_fid_equals_a_single_process_recomputation(tmp_path):
     # (up to one grey level, for float rounding at a .5 boundary)
     half = len(fake) // 2
     model = VAE.load_from_checkpoint(s["best_checkpoint"], map_location="cpu").eval()
-    torch.manual_seed(rank_seed(cfg.seed, 1))
+    torch.manual_seed(mix_seed(cfg.seed, "generate", 1))
     again = to_uint8(model.generate(half))
     assert (again.int() - fake[half:].int()).abs().max() <= 1
     assert not torch.equal(fake[:half], fake[half:])
