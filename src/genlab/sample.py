@@ -22,6 +22,7 @@ from genlab.data import build_datamodule
 from genlab.models import load_model
 from genlab.runs import RunReadError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULTS = {"ckpt": None, "n": "64", "out": "samples.png", "mode": "prior", "steps": "10",
             "seed": "0", "device": "cpu"}
 
@@ -40,6 +41,10 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if not args[key].isdigit() or (key != "seed" and int(args[key]) <= 0):
             raise ConfigError(f"{key}={args[key]!r} is invalid; allowed: "
                               f"{'an integer >= 0' if key == 'seed' else 'a positive integer'}")
+    out = Path(args["out"])
+    if out.suffix.lower() not in IMAGE_SUFFIXES or out.is_dir():
+        raise ConfigError(f"out={args['out']!r} is invalid; allowed: an image file name ending in "
+                          f"{' | '.join(IMAGE_SUFFIXES)}")
     try:
         torch.device(args["device"])
     except RuntimeError:
@@ -71,9 +76,12 @@ def sample(args: dict[str, str]) -> Path:
     with torch.no_grad():
         images = modes[mode]().float().cpu().clamp(0, 1)
     out = Path(args["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
     nrow = steps if mode == "interpolate" or mode.startswith("chain") else max(1, int(len(images) ** 0.5))
-    save_image(images, out, nrow=nrow, padding=2)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, out, nrow=nrow, padding=2)
+    except OSError as e:
+        raise ConfigError(f"out={args['out']!r}: cannot write it ({e.strerror or e})") from None
     return out
 
 

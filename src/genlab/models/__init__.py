@@ -61,6 +61,24 @@ def _named(value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _code_reference(value, key: str) -> tuple[str, object] | None:
+    """The first `_target_` inside a checkpoint's plain values, as (dotted key, what it names):
+    hyper-parameters and data options are numbers, strings and lists, never an import path."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == "_target_":
+                return f"{key}._target_", v
+            found = _code_reference(v, f"{key}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _code_reference(v, f"{key}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def read_genlab_checkpoint(path: str | Path, key: str = "ckpt",
                            expect_family: type | None = None,
                            expect_data: str | None = None) -> GenlabCheckpoint:
@@ -82,6 +100,11 @@ def read_genlab_checkpoint(path: str | Path, key: str = "ckpt",
     if not (isinstance(family, str) and family in FAMILIES):
         raise RunReadError(f"{where}: unknown model family {_named(family)}; "
                            f"allowed: {' | '.join(FAMILIES)}")
+    found = (_code_reference(meta, "genlab")
+             or _code_reference(raw.get("hyper_parameters"), "hyper_parameters"))
+    if found:
+        raise RunReadError(f"{where}: {found[0]} names code to run ({_named(found[1])}); genlab "
+                           "rebuilds models and data only from its registries")
     data, kwargs = meta.get("data"), meta.get("data_kwargs") or {}
     if data is not None and not (isinstance(data, str) and data in DATASETS):
         raise RunReadError(f"{where}: unknown dataset {_named(data)}; allowed: {' | '.join(DATASETS)}")
@@ -94,8 +117,10 @@ def read_genlab_checkpoint(path: str | Path, key: str = "ckpt",
             raise RunReadError(f"{where}: unknown option {_named(unknown[0])} of dataset {data!r}; "
                                f"allowed: {', '.join(allowed)}")
     if expect_family is not None and FAMILIES[family] is not expect_family:
-        raise RunReadError(f"{where}: a {family!r} checkpoint cannot continue a "
-                           f"{family_name(expect_family)!r} model (choose model={family})")
+        expected = next((n for n, c in FAMILIES.items() if c is expect_family),
+                        expect_family.__qualname__)
+        raise RunReadError(f"{where}: a {family!r} checkpoint cannot continue a {expected!r} "
+                           f"model (choose model={family})")
     if expect_data is not None and data is not None and data != expect_data:
         raise RunReadError(f"{where}: a checkpoint trained on data={data} cannot continue a "
                            f"data={expect_data} run")
