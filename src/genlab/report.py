@@ -343,18 +343,36 @@ def group_runs(loaded: list[Run], group_by: list[str] | None,
         by_config: dict[str, list[Run]] = {}
         for run in loaded:
             by_config.setdefault(fingerprint(run), []).append(run)
+        spellings: dict[Identity, list[Identity]] = {}  # a row -> its overrides, all spellings
+        split: list[tuple[Identity, list[str]]] = []
         for members in by_config.values():
             idents = sorted({identity(r, None) for r in members})
-            if len(idents) > 1:
-                notes.append("identical configurations, shown as one row: "
-                             + " and ".join(label(i) for i in idents))
             ident = idents[0]
             if ident in groups:  # same overrides, different configs (a preset edited mid-sweep)
                 keys = differing_keys([groups[ident][0].config, members[0].config])
-                notes.append(f"{label(ident)} names runs of different configurations (they "
-                             f"differ in {', '.join(keys)}); each is a row of its own")
+                split.append((ident, keys))
                 ident = ident + tuple((k, as_text(lookup(members[0].config, k))) for k in keys)
-            groups[ident] = members
+            groups[ident], spellings[ident] = members, idents
+        # Overrides every row shares (model=dcgan, debug=smoke) say nothing about a row: they
+        # are named once, and the rows are labelled by what varies.
+        common = set.intersection(*map(set, groups)) if len(groups) > 1 else set()
+        short = lambda ident: tuple(p for p in ident if p not in common)  # noqa: E731
+        if common:
+            notes.append(f"every row: {label(tuple(sorted(common)))}")
+        for idents in spellings.values():
+            if len(idents) > 1:
+                notes.append("identical configurations, shown as one row: "
+                             + " and ".join(label(short(i)) for i in idents))
+        for ident, keys in split:
+            notes.append(f"{label(short(ident))} names runs of different configurations (they "
+                         f"differ in {', '.join(keys)}); each is a row of its own")
+        for ident, members in groups.items():
+            seeds = [r.seed for r in members]
+            repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+            if repeated:
+                notes.append(f"{label(short(ident))}: seed {', '.join(repeated)} ran more than "
+                             "once, the same run repeated; every copy counts in the mean")
+        groups = {short(ident): members for ident, members in groups.items()}
     for members in groups.values():  # so that "the first ok seed" is the lowest seed number
         members.sort(key=lambda r: (not isinstance(r.seed, int),
                                     r.seed if isinstance(r.seed, int) else 0, str(r.path)))
