@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import signal
 import warnings
 
 import numpy as np
@@ -16,6 +18,7 @@ from wandb_offline import (
     history,
     media_files,
     read_records,
+    run_id,
     summary,
 )
 
@@ -165,3 +168,37 @@ def test_ambiguous_folder_is_an_error(plain_run, lightning_run, tmp_path):
     assert len(find_wandb_files(plain_run.parent)) >= 2
     with pytest.raises(WandbFileError, match="exactly one"):
         history(plain_run.parent)
+
+
+def test_a_resumed_run_continues_its_wandb_run_with_every_step_once(wandb_env, tmp_path):
+    """SIGTERM mid-epoch, then the same command: both attempts write to one W&B run (the id kept in
+    <run>/wandb/run-id), and its history holds every step once, with metrics.csv's values."""
+    from conftest import make_cfg
+
+    from genlab.train import train
+
+    run_dir = tmp_path / "run"
+    args = ["debug=smoke", "data=digits", "logger=default", "trainer.deterministic=true",
+            "callbacks.samples=null", "callbacks.evaluation=null", "seed=3"]
+    with pytest.raises(SystemExit) as stopped:
+        train(make_cfg(run_dir, *args, "+callbacks.kill._target_=sigterm_at.SigtermAt",
+                       "+callbacks.kill.step=6"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    train(make_cfg(run_dir, *args))
+    import wandb
+
+    wandb.teardown()  # the W&B service writes run files in the background; exit waits as this does
+
+    files = find_wandb_files(run_dir)
+    assert len(files) == 2  # one file per attempt (offline), both of one run
+    stored = (run_dir / "wandb" / "run-id").read_text().strip()
+    assert [run_id(f) for f in files] == [stored, stored]
+
+    rows = [r for f in files for r in history(f)]
+    train_steps = [r["trainer/global_step"] for r in rows if "train/loss" in r]
+    assert train_steps == list(range(8))  # 2 epochs of 4 steps, the cut at step 6 seamless
+    with open(run_dir / "metrics.csv", newline="") as f:
+        logged = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]}
+    assert {r["trainer/global_step"]: r["train/loss"] for r in rows if "train/loss" in r} == logged
+    val_steps = [r["trainer/global_step"] for r in rows if "val/elbo" in r]
+    assert len(val_steps) == len(set(val_steps)) == 3  # two epochs and the final validation

@@ -176,6 +176,15 @@ def config(run: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def run_id(run: str | Path) -> str:
+    """The W&B run id a run file belongs to (from its run record); a resumed run's attempts each
+    write their own file under the same id."""
+    for r in read_records(_run_file(run)):
+        if r.WhichOneof("record_type") == "run":
+            return r.run.run_id
+    raise WandbFileError(f"{run}: no run record")
+
+
 def summary(run: str | Path) -> dict[str, Any]:
     """The run's final summary (last logged value of each key, unless overwritten)."""
     out: dict[str, Any] = {}

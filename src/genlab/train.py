@@ -14,6 +14,7 @@ import importlib.resources
 import logging
 import math
 import os
+import secrets
 import signal
 import sys
 import traceback
@@ -39,7 +40,7 @@ from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
-from genlab.runs import RunReadError, git_commit, read_summary, write_summary
+from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
 from genlab.sweep import install_ddp_child_command, register_resolvers
 
 log = logging.getLogger("genlab")
@@ -89,6 +90,23 @@ def _sweep_logging(cfg: DictConfig) -> None:
         wandb_cfg.name = f"{cfg.task_name}-{Path(hc.sweep.dir).name}-{hc.job.num}"
 
 
+def _wandb_run_id(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
+    """One W&B run per run directory: its id is kept in <run>/wandb/run-id, and an attempt that
+    continues from a checkpoint (SIGTERM, SIGKILL, a SLURM requeue) continues that W&B run
+    (resume="allow") instead of opening a second one. A run started afresh gets a new id."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    path = run_dir / "wandb" / "run-id"
+    run_id = path.read_text().strip() if resuming and path.is_file() else ""
+    if not run_id:
+        run_id = secrets.token_hex(6)
+        if rank_zero_only.rank == 0:
+            atomic_write_text(path, run_id + "\n")
+    with open_dict(cfg):
+        wandb_cfg.id = run_id
+
+
 def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
     """What an earlier attempt at this run directory left: its summary when it finished ok (and
     resume is on), else the checkpoint to continue from (an interrupted or preempted run)."""
@@ -128,6 +146,7 @@ def train(cfg: DictConfig) -> float | None:
                 expect_data=cfg.data.name).raw["global_step"]
             summary["resumed_from"] = ckpt_path
         _sweep_logging(cfg)
+        _wandb_run_id(cfg, run_dir, resuming=bool(ckpt_path))
         datamodule = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
