@@ -33,10 +33,10 @@ def test_an_exploding_learning_rate_ends_the_run_as_diverged(tmp_path):
 
 
 class _Trainer:
-    """What the guard reads of a Trainer."""
+    """What the guard reads of a Trainer: 10 training batches per epoch."""
 
     def __init__(self, step):
-        self.global_step, self.world_size = step, 1
+        self.global_step, self.world_size, self.num_training_batches = step, 1, 10
 
 
 def test_guard_catches_non_finite_parameters_and_spares_a_healthy_step():
@@ -50,8 +50,10 @@ def test_guard_catches_non_finite_parameters_and_spares_a_healthy_step():
         guard.on_train_batch_end(_Trainer(4), net, torch.tensor(1.0), None, 3)
     with torch.no_grad():
         net.weight[0, 0] = math.inf
-    with pytest.raises(DivergedError, match="non-finite parameters at step 5"):
-        guard.on_train_epoch_end(_Trainer(5), net)
+    guard.on_train_batch_end(_Trainer(5), net, torch.tensor(1.0), None, 4)  # not a check step
+    # the last batch of an epoch is always checked: its validation and checkpoint come next
+    with pytest.raises(DivergedError, match="non-finite parameters at step 7"):
+        guard.on_train_batch_end(_Trainer(7), net, torch.tensor(1.0), None, 9)
     with pytest.raises(ConfigError, match="callbacks.guard.max_abs_loss"):
         DivergenceGuard(max_abs_loss=0)
 

@@ -25,9 +25,9 @@ class DivergenceGuard(pl.Callback):
     After every training step, the loss(es) the step returned are checked on the device:
     non-finite, or |loss| > max_abs_loss (explosion: a learning rate of 1e6 gave finite losses of
     4e30). The flag is read on the host, together with a check that every parameter is finite,
-    every `every_n_steps` steps and at the end of each training epoch (before a checkpoint of it
-    is written): a GPU run does not wait for the device at every step, and a bad step in between
-    is never missed.
+    every `every_n_steps` steps and after the last step of each training epoch (before that
+    epoch's validation and checkpoint): a GPU run does not wait for the device at every step, and
+    a bad step in between is never missed.
     """
 
     def __init__(self, every_n_steps: int = 1, max_abs_loss: float = 1e8):
@@ -45,11 +45,9 @@ class DivergenceGuard(pl.Callback):
                 v = v.detach()
                 bad = (~torch.isfinite(v) | (v.abs() > self.max_abs_loss)).any()
                 self._bad = bad if self._bad is None else self._bad | bad.to(self._bad.device)
-        if trainer.global_step % self.every_n_steps == 0:
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if trainer.global_step % self.every_n_steps == 0 or last:
             self._check(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._check(trainer, pl_module)
 
     def _check(self, trainer, pl_module) -> None:
         reason = None
@@ -109,6 +107,7 @@ class CheckpointOnInterrupt(pl.Callback):
             logger.save()
 
     def on_exception(self, trainer, pl_module, exception):
+        _RUNNING.discard(self)  # the run ends here, whatever the exception
         if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
             return
         if trainer.state.fn != "fit" or trainer.sanity_checking:
