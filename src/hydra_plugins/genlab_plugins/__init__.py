@@ -11,9 +11,12 @@ in the hydra_plugins namespace, so these two live here rather than in genlab.swe
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from hydra.core.utils import JobReturn
@@ -168,9 +171,25 @@ class SlurmLauncher(BaseSubmititLauncher):
             raise ValueError(f"hydra.launcher.cluster={cluster!r} is invalid; allowed: slurm | local")
         self.cluster = cluster
 
+    def __getstate__(self) -> dict:
+        # A job unpickles this launcher before submitit sets up its signal handlers. Unpickling
+        # the task function would import genlab.train (torch, Lightning) in that window: seconds,
+        # a minute on a busy node, in which the time-limit USR2 kills the job outright, never to
+        # be requeued. It travels by name and is imported in __call__, after the handlers.
+        state = self.__dict__.copy()
+        fn = state.get("task_function")
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if fn is not None and module is not None and \
+                inspect.unwrap(getattr(module, fn.__qualname__, None)) is fn:
+            state["task_function"] = f"{fn.__module__}:{fn.__qualname__}"
+        return state
+
     def __call__(self, *args, **kwargs) -> JobReturn:
         # runs inside the job, after submitit's process_job has set up its own handlers
         stop = StopSignals()
+        if isinstance(self.task_function, str):
+            module, name = self.task_function.split(":")
+            self.task_function = inspect.unwrap(getattr(importlib.import_module(module), name))
         task = self.task_function
         self.task_function = stop.around(task)
         try:
