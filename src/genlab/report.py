@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.out / "summary.csv", rows)
     figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
     if args.x:
-        figures += [plot_against(args.out, loaded, args.group_by, args.x, col) for col in columns]
+        figures += [plot_against(args.out, groups, args.x, col) for col in columns]
     images = generated_grids(groups, skipped)
     figures.append(plot_samples(args.out, groups, images))
     figures = [f for f in figures if f]
@@ -696,15 +696,15 @@ def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
     return save(curve_figure(series, metric), out, f"curve_{slug(metric)}") if series else None
 
 
-def plot_against(out: Path, loaded: list[Run], group_by: list[str] | None, x: str,
-                 column: str) -> str | None:
+def plot_against(out: Path, groups: dict[Identity, list[Run]], x: str, column: str) -> str | None:
     """column against the config value at x: one line per setting of everything else."""
     points: dict[Identity, dict[Any, list[float]]] = {}
-    for run in loaded:
-        if run.status != "ok" or column not in run.values:
-            continue
-        others = tuple(p for p in identity(run, group_by) if p[0] != x)
-        points.setdefault(others, {}).setdefault(lookup(run.config, x), []).append(run.values[column])
+    for ident, members in groups.items():
+        others = tuple(p for p in ident if p[0] != x)
+        for run in members:
+            if run.status == "ok" and column in run.values:
+                points.setdefault(others, {}).setdefault(lookup(run.config, x), []).append(
+                    run.values[column])
     if not points:
         return None
     xs = {v for per_x in points.values() for v in per_x}
