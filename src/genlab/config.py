@@ -39,8 +39,10 @@ def one_line(error: BaseException) -> str:
     for line in text.splitlines():
         if not line.strip():
             continue
-        if line[:1].isspace() and out:
-            out[-1] += ("" if out[-1].endswith(":") else ",") + " " + line.strip()
+        if out and out[-1].endswith(":"):  # "Available options:" then its items
+            out[-1] += " " + line.strip()
+        elif line[:1].isspace() and out:
+            out[-1] += ", " + line.strip()
         else:
             out.append(line.strip())
     return "; ".join(out)

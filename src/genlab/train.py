@@ -35,7 +35,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
-from genlab.config import ConfigError, one_line
+from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger
 from genlab.metrics.extractors import ExtractorUnavailable
@@ -47,6 +47,8 @@ log = logging.getLogger("genlab")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # the run directory always holds .hydra/ before the CSV logger starts; that is expected
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+# genlab reaches SLURM through its submitit launcher, never through srun around genlab-train
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
 register_resolvers()
 install_ddp_child_command()
 
@@ -264,9 +266,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             log.exception("run failed; the sweep goes on")
             return None
     try:
+        _check_run_keys(cfg)
         return train(cfg)
     except USER_ERRORS as e:  # here, before Hydra adds its "Error executing job" line
         _user_error(e)
+
+
+def _check_run_keys(cfg: DictConfig) -> None:
+    """Top-level keys no module validates; a wrong type would surface deep inside Lightning."""
+    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0,
+            "seed", "an integer >= 0", cfg.seed)
+    epochs = cfg.trainer.get("max_epochs")
+    require(epochs is None or (isinstance(epochs, int) and not isinstance(epochs, bool)
+                               and (epochs > 0 or epochs == -1)),
+            "trainer.max_epochs", "a positive integer, -1 (no limit) or null", epochs)
 
 
 def _user_error(e: BaseException) -> None:
