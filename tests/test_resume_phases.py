@@ -108,3 +108,24 @@ def test_sigkill_resumes_from_the_last_epoch_end_checkpoint(tmp_path, whole):
 
     run(run_dir)
     assert_same_run(run_dir, whole)
+
+
+def test_request_stop_from_a_signal_handler_stops_like_sigterm(tmp_path, whole):
+    """A cluster's own warning signal (submitit's USR2 before a time limit) reaches the run through
+    request_stop(): the same checkpoint, exit code and exact resume as SIGTERM."""
+    from genlab.callbacks.guard import request_stop
+
+    stopped_runs = []
+    previous = signal.signal(signal.SIGUSR2, lambda *_: stopped_runs.append(request_stop()))
+    run_dir = tmp_path / "run"
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run(run_dir, *kill_args("train_step", step=6, signal_name="SIGUSR2"))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped_runs == [True] and stopped.value.code == 128 + signal.SIGTERM
+    assert runs.read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert request_stop() is False  # no fit is running any more
+
+    run(run_dir)
+    assert_same_run(run_dir, whole)

@@ -170,9 +170,12 @@ def test_ambiguous_folder_is_an_error(plain_run, lightning_run, tmp_path):
         history(plain_run.parent)
 
 
-def test_a_resumed_run_continues_its_wandb_run_with_every_step_once(wandb_env, tmp_path):
-    """SIGTERM mid-epoch, then the same command: both attempts write to one W&B run (the id kept in
-    <run>/wandb/run-id), and its history holds every step once, with metrics.csv's values."""
+@pytest.mark.parametrize("kill", [["+callbacks.kill.step=6"],  # mid-epoch
+                                  ["+callbacks.kill.phase=final_test"]])  # after the final val
+def test_a_resumed_run_continues_its_wandb_run_with_every_step_once(wandb_env, tmp_path, kill):
+    """SIGTERM, then the same command: both attempts write to one W&B run (the id kept in
+    <run>/wandb/run-id), and its history holds every step once, with metrics.csv's values; rows
+    the first attempt logged after its checkpoint (the final validation) are not logged again."""
     from conftest import make_cfg
 
     from genlab.train import train
@@ -181,8 +184,7 @@ def test_a_resumed_run_continues_its_wandb_run_with_every_step_once(wandb_env, t
     args = ["debug=smoke", "data=digits", "logger=default", "trainer.deterministic=true",
             "callbacks.samples=null", "callbacks.evaluation=null", "seed=3"]
     with pytest.raises(SystemExit) as stopped:
-        train(make_cfg(run_dir, *args, "+callbacks.kill._target_=sigterm_at.SigtermAt",
-                       "+callbacks.kill.step=6"))
+        train(make_cfg(run_dir, *args, "+callbacks.kill._target_=sigterm_at.SigtermAt", *kill))
     assert stopped.value.code == 128 + signal.SIGTERM
     train(make_cfg(run_dir, *args))
     import wandb
@@ -196,9 +198,10 @@ def test_a_resumed_run_continues_its_wandb_run_with_every_step_once(wandb_env, t
 
     rows = [r for f in files for r in history(f)]
     train_steps = [r["trainer/global_step"] for r in rows if "train/loss" in r]
-    assert train_steps == list(range(8))  # 2 epochs of 4 steps, the cut at step 6 seamless
+    assert train_steps == list(range(8))  # 2 epochs of 4 steps, seamless across the cut
     with open(run_dir / "metrics.csv", newline="") as f:
         logged = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]}
     assert {r["trainer/global_step"]: r["train/loss"] for r in rows if "train/loss" in r} == logged
     val_steps = [r["trainer/global_step"] for r in rows if "val/elbo" in r]
     assert len(val_steps) == len(set(val_steps)) == 3  # two epochs and the final validation
+    assert len([r for r in rows if "test/elbo" in r]) == 1

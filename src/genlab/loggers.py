@@ -1,4 +1,5 @@
-"""metrics.csv for runs that stop and continue in their own folder.
+"""Loggers for runs that stop and continue in their own folder: metrics.csv and the W&B run keep
+every row once, whatever attempt logged it.
 
 Lightning's CSV logger deletes an existing metrics.csv when it starts, and rewrites the whole file
 in place whenever a new column appears: a run killed at the wrong moment loses the rows of its
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from genlab.runs import atomic_write_text
 
@@ -77,3 +81,45 @@ def _csv_text(header: list[str], rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+class RunWandbLogger(WandbLogger):
+    """WandbLogger(...) whose resumed run holds every (metric, step) once. A W&B run cannot take a
+    row back, and an attempt killed after its checkpoint (SIGKILL, or a stop in the final
+    validation or test) has already logged rows that the next attempt computes again, with the same
+    values (resume is exact). So each row's step and keys go to <save_dir>/wandb/logged-rows.jsonl
+    before the row goes to W&B, and a resumed attempt (`resume_at(step)`) skips the values an
+    earlier attempt logged at or after its checkpoint's step."""
+
+    _ledger_ready = False  # set once the ledger is read (resumed) or cleared (fresh)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ledger = Path(self.save_dir or ".") / "wandb" / "logged-rows.jsonl"
+        self._logged: set[tuple[str, int]] = set()
+
+    def resume_at(self, step: int) -> None:
+        self._ledger_ready = True
+        if not self._ledger.is_file():
+            return
+        for line in self._ledger.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: that row never reached W&B
+                continue
+            if row["step"] >= step:
+                self._logged.update((key, row["step"]) for key in row["keys"])
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self._ledger_ready:  # a fresh run starts a fresh ledger
+            self._ledger.unlink(missing_ok=True)
+            self._ledger_ready = True
+        if step is not None:
+            metrics = {k: v for k, v in metrics.items() if (k, step) not in self._logged}
+            if not metrics:
+                return
+            self._ledger.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._ledger, "a") as f:
+                f.write(json.dumps({"step": step, "keys": sorted(metrics)}) + "\n")
+        super().log_metrics(metrics, step)

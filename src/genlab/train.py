@@ -37,7 +37,7 @@ from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
 from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
-from genlab.loggers import RunCSVLogger
+from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
 from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
@@ -161,8 +161,8 @@ def train(cfg: DictConfig) -> float | None:
         loggers = _build_all(cfg, "logger")
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         if ckpt_path:
-            for lg in loggers:  # the rows logged before the checkpoint stay in metrics.csv
-                if isinstance(lg, RunCSVLogger):
+            for lg in loggers:  # metrics.csv and W&B hold each row once across attempts
+                if isinstance(lg, RunCSVLogger | RunWandbLogger):
                     lg.resume_at(resume_step)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in loggers:
