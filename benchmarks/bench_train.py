@@ -34,14 +34,16 @@ warnings.filterwarnings("ignore")
 
 
 class StepTimer(pl.Callback):
-    """Wall time of the steps after `warmup`, excluding the Trainer's set-up and tear-down."""
+    """Wall time of the training steps (batches) after `warmup`, excluding the Trainer's set-up and
+    tear-down. Batches, not trainer.global_step: a GAN makes two optimizer steps per batch."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+        self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
 
     def on_train_batch_start(self, trainer, *_):
-        if trainer.global_step == self.warmup:
+        if self.batches == self.warmup:
             self.start = time.perf_counter()
+        self.batches += 1
 
     def on_train_end(self, trainer, *_):
         self.end = time.perf_counter()
@@ -58,7 +60,8 @@ def genlab_steps(dm, steps: int, warmup: int, precision: str, name: str = "vae")
     model = make_model(name)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as d:
-        trainer = pl.Trainer(max_steps=steps + warmup, limit_val_batches=0, logger=CSVLogger(d, name=""),
+        updates = 1 if name == "vae" else 2  # optimizer steps per batch (D and G)
+        trainer = pl.Trainer(max_steps=updates * (steps + warmup), limit_val_batches=0, logger=CSVLogger(d, name=""),
                              callbacks=[timer, TQDMProgressBar(refresh_rate=20)],
                              enable_checkpointing=False, enable_model_summary=False,
                              log_every_n_steps=50, precision=precision, accelerator="cpu",
