@@ -137,10 +137,11 @@ _RUNNING: weakref.WeakSet[CheckpointOnInterrupt] = weakref.WeakSet()
 
 
 def request_stop() -> bool:
-    """Stop the running fit as SIGTERM does: at Lightning's next check it saves last.ckpt (see
-    CheckpointOnInterrupt), the run ends with status interrupted, and running the same command again
-    continues it. Only sets a flag, so it is safe to call from a signal handler (e.g. a cluster's
-    time-limit warning). Returns whether a fit was running to be stopped."""
+    """Stop the running fit (or final validation or test) as SIGTERM does: at Lightning's next
+    check a fit saves last.ckpt (see CheckpointOnInterrupt), the run ends with status interrupted
+    and exit code 143, and running the same command again continues it. Only sets a flag, so it is
+    safe to call from a signal handler (e.g. a cluster's time-limit warning). Returns whether a
+    run was there to be stopped."""
     running = [cb._trainer for cb in _RUNNING if cb._trainer is not None]
     for trainer in running:
         trainer._signal_connector.received_sigterm = True
