@@ -11,8 +11,8 @@ locations (genlab.models.adversarial).
     instance_noise  D sees corruption(real) and corruption(fake), fresh draws for each (Sonderby et
                     al. 2016); G's gradient flows through the corruption. What the corruption
                     erases, D cannot see: under a constant blur G is free to fill high frequencies
-                    with checkerboard artefacts (a one-epoch Fashion-MNIST run: test/stat_fd 219
-                    against 26 for plain); let the blur decay (corruption.schedule.kind=linear), as
+                    with checkerboard artefacts (a one-epoch Fashion-MNIST run of the earlier
+                    32-channel preset: test/stat_fd 219 against 26 for plain); let the blur decay (corruption.schedule.kind=linear), as
                     StyleGAN3 does.
     three_class     D has 3 logits: real / fake / degraded real (= corruption(real)), trained with
                     cross-entropy; G is trained to be classified real. s = logit_real -
