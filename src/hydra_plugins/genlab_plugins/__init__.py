@@ -2,94 +2,226 @@
 in the hydra_plugins namespace, so these two live here rather than in genlab.sweep.
 
 - ResumableOptunaSweeper (hydra/sweeper=genlab_optuna): Hydra's Optuna sweeper, taught to continue
-  an interrupted search: it counts the trials the study already holds, re-queues the ones an
-  interruption left running, runs only the remaining trials and numbers their run folders after
-  the existing ones.
+  an interrupted search (it counts the trials the study already holds, re-queues the ones an
+  interruption cut off, runs only the remaining trials and numbers their run folders after the
+  existing ones) and to prune: runs report to the study, and a pruned run is a PRUNED trial.
 - SlurmLauncher (hydra/launcher=slurm): hydra-submitit's SLURM launcher, plus cluster=local;
   inside each job one handler owns the stop signals (see `StopSignals`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
+import math
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
 
 log = logging.getLogger("genlab.sweep")
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
-    """Re-running the same command on the same storage (the sqlite file inside the sweep folder,
-    reached again with resume=true) continues the search instead of starting it over."""
+    """Hydra's Optuna sweeper with genlab's own trial loop, which adds resuming and pruning.
+
+    Resuming: re-running the same command on the same storage (the sqlite file inside the sweep
+    folder, reached again with resume=true) continues the search instead of starting it over. A
+    trial an interruption left running is settled from its run's manifest entry when the run had
+    ended (ok, pruned, failed), and otherwise asked again before any new trial.
+
+    Pruning: each run gets its trial number in the environment (genlab.sweep.TRIAL_ENV, through
+    hydra.job.env_set, so it reaches joblib workers and SLURM jobs alike) and reports to the study
+    through its storage (genlab.callbacks.pruning); a run its pruner stopped (status pruned in its
+    summary) is told to Optuna as PRUNED, a failed or diverged one as FAIL.
+
+    One objective only (genlab optimises objective.metric); GridSampler is refused: a grid is a
+    plain multirun (`-m key=a,b,c`)."""
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+        from genlab.sweep import TRIAL_ENV
 
         impl = self.sweeper
-        study = None
+        if isinstance(impl.sampler, functools.partial):  # how Hydra's plugin passes GridSampler
+            raise ValueError("hydra.sweeper.sampler=GridSampler is not supported by genlab_optuna;"
+                             " allowed: TPESampler | RandomSampler | CmaEsSampler (for a grid, "
+                             "run a plain multirun: -m key=a,b,c)")
+        directions = impl._get_directions()
+        if len(directions) != 1:
+            raise ValueError(f"hydra.sweeper.direction={directions} is invalid; allowed: "
+                             "maximize | minimize (one objective: objective.metric)")
         if impl.storage:
             Path(impl.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)  # holds the db
             try:
-                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+                old = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
             except KeyError:  # a new study
-                study = None
-        if study is not None:
-            trials = study.get_trials(deepcopy=False)
-            done = sum(t.state.is_finished() for t in trials)
-            for t in trials:
-                if t.state == optuna.trial.TrialState.RUNNING:  # cut off by the interruption
-                    study._storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
-                    study.enqueue_trial(t.params)  # asked again before any new trial
-            # a seeded sampler started afresh would propose the first trials again: continue
-            # with a seed derived from the configured one and the trials already made
-            sampler_cfg = impl.config.hydra.sweeper.get("sampler")
-            if sampler_cfg is not None and sampler_cfg.get("seed") is not None:
-                impl.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
-            impl.n_trials = max(0, impl.n_trials - done)
-            impl.job_idx = len(trials)  # new run folders are numbered after the old ones
-            log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,
-                     impl.n_trials)
-            if impl.n_trials == 0:
-                log.info("the search is complete; nothing to run")
+                old = None
+            if old is not None and old.get_trials(deepcopy=False) and not self._resume(old):
                 return None
-        return super().sweep(arguments)
+        study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
+                                    sampler=impl.sampler, direction=directions[0],
+                                    load_if_exists=True)
+
+        impl._process_searchspace_config()
+        distributions, fixed = create_params_from_overrides(
+            [*impl._parse_sweeper_params_config(), *arguments])
+        distributions = {**(impl.search_space_distributions or {}), **distributions}
+        for name in fixed:
+            distributions.pop(name, None)
+
+        to_go = impl.n_trials
+        while to_go > 0:
+            trials = [study.ask() for _ in range(min(to_go, impl.n_jobs))]
+            for i, trial in enumerate(trials):  # the trial's run folder, for a later _resume
+                trial.set_user_attr(RUN_ATTR, impl.job_idx + i)
+            overrides = [(*o, f"++hydra.job.env_set.{TRIAL_ENV}={t.number}") for t, o in zip(
+                trials, impl._configure_trials(trials, distributions, fixed), strict=True)]
+            returns = impl.launcher.launch(overrides, initial_job_idx=impl.job_idx)
+            impl.job_idx += len(returns)
+            if impl.storage:
+                # optuna caches the trials this process asked as it last wrote them; what the
+                # runs reported through the storage (the curves a pruned trial ends with, which
+                # the sampler reads) only a fresh handle sees
+                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage,
+                                          sampler=impl.sampler)
+            failed = 0
+            for trial, ret in zip(trials, returns, strict=True):
+                state, value = _outcome(ret)
+                study.tell(trial.number, value, state)
+                failed += state == optuna.trial.TrialState.FAIL
+            if failed > impl.max_failure_rate * len(returns):
+                raise RuntimeError(f"{failed} of {len(returns)} trials failed, more than "
+                                   f"hydra.sweeper.max_failure_rate={impl.max_failure_rate}")
+            to_go -= len(trials)
+
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            best = study.best_trial
+            log.info("best trial %d: %s -> %s", best.number, best.params, best.value)
+            OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
+                                             "best_value": best.value}),
+                           Path(impl.config.hydra.sweep.dir) / "optimization_results.yaml")
+        return None
+
+    def _resume(self, study) -> bool:
+        """Settle the trials an interruption left running and set the sweeper up for the rest;
+        False when the search is already complete."""
+        import optuna
+
+        from genlab.sweep import read_manifest
+
+        impl = self.sweeper
+        manifest = read_manifest(impl.config.hydra.sweep.dir)
+        trials = study.get_trials(deepcopy=False)
+        asked_again = 0
+        for t in trials:
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            entry = manifest.get(str(t.user_attrs.get(RUN_ATTR)), {})
+            values = list(entry.get("objective", {}).values())
+            status = entry.get("status")
+            if status == "pruned":
+                study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+            elif status == "ok" and values and isinstance(values[0], float) \
+                    and math.isfinite(values[0]):
+                study.tell(t.number, values[0])
+            elif status in ("failed", "diverged"):
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            else:  # cut off mid-run: asked again before any new trial
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                study.enqueue_trial(t.params)
+                asked_again += 1
+        done = len(trials) - asked_again
+        # a seeded sampler started afresh would propose the first trials again: continue
+        # with a seed derived from the configured one and the trials already made
+        sampler_cfg = impl.config.hydra.sweeper.get("sampler")
+        if sampler_cfg is not None and sampler_cfg.get("seed") is not None:
+            impl.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
+        impl.n_trials = max(0, impl.n_trials - done)
+        impl.job_idx = len(trials)  # new run folders are numbered after the old ones
+        log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,
+                 impl.n_trials)
+        if impl.n_trials == 0:
+            log.info("the search is complete; nothing to run")
+        return impl.n_trials > 0
 
 
-class _SacctErrorsOnce(logging.Filter):
-    """Without SLURM accounting every poll of a job's state fails, and submitit warns each time
-    ("Bypassing sacct error ..., status may be inaccurate"), every few seconds for as long as the
-    sweep runs. Jobs still end normally: submitit reads each job's result file. Say it once."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "Bypassing sacct error" not in record.getMessage():
-            return True
-        if self.seen:
-            return False
-        self.seen = True
-        record.msg = (f"{record.getMessage()} (shown once: without accounting, job states come "
-                      "from each job's result file, and a job killed before writing one is "
-                      "waited for until the sweep is stopped)")
-        record.args = ()
-        return True
+# the user attribute of a trial that names its run folder (the job number) inside the sweep
+RUN_ATTR = "genlab_run"
 
 
-def _hide_repeated_sacct_errors() -> None:
-    submitit_log = logging.getLogger("submitit")
-    if not any(isinstance(f, _SacctErrorsOnce) for f in submitit_log.filters):
-        submitit_log.addFilter(_SacctErrorsOnce())
+def _outcome(ret: JobReturn):
+    """How a finished run is told to Optuna: (state, value)."""
+    import optuna
+
+    from genlab.runs import RunReadError, read_summary
+
+    State = optuna.trial.TrialState
+    try:
+        status = read_summary(ret.hydra_cfg.hydra.runtime.output_dir)["status"]
+    except (RunReadError, AttributeError):
+        status = None
+    if status == "pruned":
+        return State.PRUNED, None
+    if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, float | int) \
+            and math.isfinite(ret.return_value):
+        return State.COMPLETE, float(ret.return_value)
+    log.warning("trial failed: run %s ended %s", ret.hydra_cfg.hydra.job.num if ret.hydra_cfg
+                else "?", status or ret.status.name)
+    return State.FAIL, None
+
+
+def _job_state_watcher():
+    """submitit's poller of job states, for clusters with or without accounting.
+
+    submitit asks `sacct`. Without accounting every call fails, and submitit prints sacct's error
+    and its own warning at every poll, every few seconds for the whole sweep; worse, it then never
+    learns that a job ended without writing its result (cancelled, killed, node failure) and waits
+    forever. This poller asks `squeue` instead when sacct fails (slurmctld remembers ended jobs
+    for MinJobAge, 300 s by default, and it is asked at least every minute), says so once, and
+    keeps sacct's output off the console."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class Watcher(SlurmInfoWatcher):
+        sacct_failed = False
+
+        def update(self) -> None:
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            if not self.sacct_failed:
+                proc = subprocess.run(command, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    self._info_dict.update(self.read_info(proc.stdout))
+                else:
+                    self.sacct_failed = True
+                    log.warning("sacct failed (%s): job states come from squeue, which forgets a "
+                                "job MinJobAge after it ends", proc.stderr.strip() or proc.returncode)
+            if self.sacct_failed:
+                ids = sorted({i for i in command[command.index("-j"):] if i != "-j"})
+                proc = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%N", "-j",
+                                       ",".join(ids)], capture_output=True, text=True)
+                if proc.returncode == 0:  # squeue fails once every job is forgotten
+                    self._info_dict.update(self.read_info("JobID|State|NodeList\n" + proc.stdout))
+            self._last_status_check = time.time()
+            for job_id in self._registered - self._finished:
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    return Watcher(delay_s=60)
 
 
 class StopSignals:
@@ -204,8 +336,10 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     def launch(self, job_overrides, initial_job_idx):
         import submitit
+        from submitit.slurm.slurm import SlurmJob
 
-        _hide_repeated_sacct_errors()
+        if type(SlurmJob.watcher).__module__ != __name__:
+            SlurmJob.watcher = _job_state_watcher()
 
         if self.cluster == "slurm":
             return super().launch(job_overrides, initial_job_idx)
