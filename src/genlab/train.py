@@ -25,7 +25,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -287,6 +287,8 @@ def _user_error(e: BaseException) -> None:
         raise e
     # Hydra's list of config search paths is about Hydra, not about the user's mistake
     text = one_line(Exception(str(e).split("\nConfig search path")[0]))
+    if isinstance(e, OverrideParseException):  # its message leaves out the override itself
+        text = f"{e.override!r}: {text}"
     print(f"genlab-train: {text}", file=sys.stderr)
     raise SystemExit(2) from None
 
