@@ -166,7 +166,7 @@ def test_ddp_job_with_two_tasks_is_one_run(slurm_cluster, tmp_path):
     s = runs.read_summary(sweep / "0")
     # 4 batches per epoch in each of the two processes, 2 epochs, one shared step counter
     assert s["status"] == "ok" and s["global_step"] == 8
-    (job,) = (sweep / ".submitit").iterdir()
+    (job,) = [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]
     assert sorted(p.name for p in job.glob("*_log.out")) == [f"{job.name}_0_log.out",
                                                              f"{job.name}_1_log.out"]
     logs = job_logs(sweep)
