@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from genlab.config import require, require_choice, require_positive
+from genlab.seeding import generator_for
 
 # A fetch maps a LongTensor of indices to (images uint8 [B, C, H, W], labels [B, ...] or None).
 Fetch = Callable[[Tensor], tuple[Tensor, Tensor | None]]
@@ -111,8 +112,7 @@ class IndexBatches:
             x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
             x = x.float().div_(255.0)
             if self.binarize:  # dynamic binarisation: a fresh, reproducible draw per batch
-                g = torch.Generator(device=x.device).manual_seed(
-                    ((self.seed * 100_003 + self.epoch()) * 1_000_003 + b) * 1024 + self.rank)
+                g = generator_for(self.seed, "binarize", self.epoch(), b, self.rank, device=x.device)
                 x = (torch.rand(x.shape, generator=g, device=x.device) < x).float()
             yield x, y
 

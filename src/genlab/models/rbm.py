@@ -11,13 +11,15 @@ Training: the gradient of the negative log-likelihood is dF(v_data)/dtheta - E_m
 CD-k estimates the model expectation with v_k, k Gibbs steps (v -> h -> v, binary draws) from
 each data image; PCD (`persistent=true`, Tieleman 2008) with `n_chains` chains that continue from
 where the previous update left them (the chains are a buffer in the state_dict, so a resumed run
-goes on with the same chains). The loss is the surrogate
+goes on with the same chains; under DDP, which broadcasts rank 0's buffers before every step,
+all ranks start their PCD step from rank 0's chains). The loss is the surrogate
     mean_batch F(v_data) - mean_chains F(v_model),   v_model detached (no gradient through sampling),
 whose autograd gradient is exactly that CD/PCD estimate. We use the surrogate rather than manual
 optimisation so the RBM shares Lightning's optimizer loop with every family (gradient clipping,
 the gradient-noise callback, DDP gradient averaging) and keeps no update rule of its own. Its
-value, train/free_energy_gap, is no likelihood: it is how much lower the data's free energy is
-than that of the model's own samples.
+value, train/free_energy_gap = mean F(data) - mean F(negatives), is no likelihood: it is negative
+where the data sit lower in free energy than the model's own samples, and 0 in expectation when
+the chains sample the data distribution.
 
 Data must be binary (data.binarize=static|dynamic, or a binary source such as dSprites); the
 visible biases start at the logits of the training pixel marginals (Hinton 2010, section 8.1), and
@@ -53,6 +55,7 @@ from genlab.config import (
     require_positive,
 )
 from genlab.models.common import GenerativeModule, eval_means, log_eval, log_this_step
+from genlab.seeding import generator_for, run_seed
 
 SAMPLE_STARTS = ("random", "persistent")
 OPTIMIZERS = ("sgd", "adam")
@@ -329,7 +332,8 @@ class RBM(GenerativeModule):
     def _eval_values(self, v: Tensor, batch_idx: int) -> dict[str, Tensor]:
         v = v.flatten(1)
         # seeded per batch and rank: the same pixels every epoch, different on each shard
-        g = torch.Generator(device=v.device).manual_seed(1_000_003 * self.global_rank + batch_idx)
+        g = generator_for(run_seed(), "rbm_pseudo_loglik", self.global_rank, batch_idx,
+                          device=v.device)
         fe = self.free_energy(v)
         return {"pseudo_loglik": self.pseudo_loglik(v, g), "free_energy": fe,
                 "recon_error": (v - self.reconstruct(v)).pow(2).sum(1)}
@@ -338,8 +342,7 @@ class RBM(GenerativeModule):
         n = self.hparams.gap_images
         x = self.trainer.datamodule.images("train", n).to(self.device).flatten(1)
         # dynamically binarised training images are stored grey: one fixed draw of them
-        g = torch.Generator(device=x.device).manual_seed(0)
-        x = torch.bernoulli(x, generator=g)
+        x = torch.bernoulli(x, generator=generator_for(run_seed(), "rbm_gap", device=x.device))
         self._train_free_energy = self.free_energy(x).mean()
 
     def validation_step(self, batch, batch_idx):
