@@ -96,7 +96,9 @@ def test_optuna_search_interrupted_and_resumed(tmp_path):
     storage = f"sqlite:///{sweep / 'optuna.db'}"
     study = optuna.load_study(study_name="vae_elbo_search", storage=storage)
     done_before = [t for t in study.trials if t.state.is_finished()]
-    assert 2 <= len(done_before) < 4
+    # the kill can fall after a run ended ok but before its trial was told: resume settles that
+    # trial from the manifest (checked below: its value is its run's), it does not run it again
+    assert 1 <= len(done_before) < 4
 
     run_cli(*args, "resume=true", cwd=tmp_path)
     study = optuna.load_study(study_name="vae_elbo_search", storage=storage)

@@ -11,8 +11,8 @@ keys that only say where or how a run started, NOT_CONFIGURATION), labelled by t
 command-line overrides, so the seeds of one setting fall together and two swept settings that
 resolve to the same config are one row (the report says so); with --group-by, the values of the
 given dotted config keys. For every configuration and metric it reports mean, standard deviation
-(n-1) and the number of ok seeds; failed, diverged and running runs are counted apart and never
-averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
+(n-1) and the number of ok seeds; failed, diverged, running and pruned runs are counted apart
+and never averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
 
 Writes summary.csv, summary.md, PNG and PDF figures (the step metric per epoch, metrics against

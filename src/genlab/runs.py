@@ -17,8 +17,9 @@ from typing import Any
 
 SUMMARY = "summary.json"
 # running: started, not ended (or killed without warning); interrupted: stopped by SIGTERM or
-# Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from
-STATUSES = ("ok", "failed", "diverged", "running", "interrupted")
+# Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from;
+# pruned: stopped early by an Optuna search's pruner (genlab.callbacks.pruning), not a failure
+STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
 # generate(n) of every family is written as samples/generated_epochNNN.png and, at the end of
 # training, samples/generated_final.png (genlab.callbacks.samples): the only grid genlab-report
 # shows as a run's samples; the other grids (reconstructions, chains, degraded real images) keep

@@ -5,7 +5,8 @@ Hydra runs this module's pieces; genlab's own code reaches them only through con
 - `SweepManifest` (a Hydra callback, conf/hydra/default.yaml) keeps `<sweep>/manifest.json`: one
   entry per job with its overrides, directory and status. Jobs of a parallel launcher update it
   under a file lock, so concurrent writers lose nothing. At the end of a multirun it raises
-  SystemExit(1) when any run failed or diverged, after every run has had its turn.
+  SystemExit(1) when any run failed or diverged, after every run has had its turn (runs an
+  Optuna pruner stopped, status pruned, are not failures).
 - `sweep_id` (an OmegaConf resolver): a new sweep gets a timestamp; `resume=true` reuses the
   newest sweep of the same task, `resume=<id>` a named one, so re-running the same multirun
   command with `resume=true` lands every job in its old directory (train() then skips finished
@@ -38,6 +39,9 @@ from genlab.runs import RunReadError, atomic_write_text, read_summary
 
 log = logging.getLogger("genlab.sweep")
 MANIFEST = "manifest.json"
+# genlab's Optuna sweeper puts each run's trial number here (through hydra.job.env_set); the
+# hparams_search presets hand it to genlab.callbacks.pruning.OptunaPruning
+TRIAL_ENV = "GENLAB_OPTUNA_TRIAL"
 STAMP = "%Y-%m-%d_%H-%M-%S-%f"
 
 
@@ -124,8 +128,11 @@ class SweepManifest(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         runs = read_manifest(config.hydra.sweep.dir)
-        bad = {k: v for k, v in runs.items() if v.get("status") != "ok"}
-        print(f"sweep {config.hydra.sweep.dir}: {len(runs) - len(bad)} of {len(runs)} runs ok"
+        # a pruned run is a search's verdict on its trial, not a failure
+        bad = {k: v for k, v in runs.items() if v.get("status") not in ("ok", "pruned")}
+        pruned = sum(v.get("status") == "pruned" for v in runs.values())
+        print(f"sweep {config.hydra.sweep.dir}: {len(runs) - len(bad) - pruned} of {len(runs)} "
+              f"runs ok" + (f", {pruned} pruned" if pruned else "") +
               f" (manifest: {Path(config.hydra.sweep.dir) / MANIFEST})")
         for k, v in sorted(bad.items(), key=lambda kv: int(kv[0])):
             print(f"  run {k} {v.get('status')}: {' '.join(v.get('overrides', []))}: {v.get('error')}",

@@ -35,6 +35,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from genlab.callbacks.evaluation import SampleQuality
 from genlab.callbacks.guard import DivergedError
+from genlab.callbacks.pruning import RunPruned
 from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
@@ -181,6 +182,9 @@ def train(cfg: DictConfig) -> float | None:
     except DivergedError as e:
         summary.update(status="diverged", error=str(e))
         log.error("run diverged: %s", e)
+    except RunPruned as e:  # an Optuna search's pruner stopped it: a result, not a failure
+        summary.update(status="pruned", error=str(e))
+        log.info("run %s", e)
     except (SIGTERMException, KeyboardInterrupt) as e:
         summary.update(status="interrupted", error=f"{type(e).__name__}: interrupted; the next "
                        "attempt at this run directory continues from checkpoints/last.ckpt")

@@ -63,15 +63,18 @@ class ResumableOptunaSweeper(OptunaSweeper):
         if len(directions) != 1:
             raise ValueError(f"hydra.sweeper.direction={directions} is invalid; allowed: "
                              "maximize | minimize (one objective: objective.metric)")
+        storage = None
         if impl.storage:
             Path(impl.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)  # holds the db
+            # one connection for the whole search; each handle on it (load_study) reads afresh
+            storage = optuna.storages.RDBStorage(impl.storage)
             try:
-                old = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+                old = optuna.load_study(study_name=impl.study_name, storage=storage)
             except KeyError:  # a new study
                 old = None
             if old is not None and old.get_trials(deepcopy=False) and not self._resume(old):
                 return None
-        study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
+        study = optuna.create_study(study_name=impl.study_name, storage=storage,
                                     sampler=impl.sampler, direction=directions[0],
                                     load_if_exists=True)
 
@@ -91,11 +94,11 @@ class ResumableOptunaSweeper(OptunaSweeper):
                 trials, impl._configure_trials(trials, distributions, fixed), strict=True)]
             returns = impl.launcher.launch(overrides, initial_job_idx=impl.job_idx)
             impl.job_idx += len(returns)
-            if impl.storage:
-                # optuna caches the trials this process asked as it last wrote them; what the
-                # runs reported through the storage (the curves a pruned trial ends with, which
-                # the sampler reads) only a fresh handle sees
-                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage,
+            if storage is not None:
+                # optuna caches the trials a handle asked as it last wrote them; what the runs
+                # reported through the storage (the curve a pruned trial ends with, which the
+                # sampler reads) only a fresh handle sees
+                study = optuna.load_study(study_name=impl.study_name, storage=storage,
                                           sampler=impl.sampler)
             failed = 0
             for trial, ret in zip(trials, returns, strict=True):
