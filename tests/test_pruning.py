@@ -119,3 +119,37 @@ def test_unknown_pruner_stops_the_search_before_training(tmp_path):
     assert summary["status"] == "failed" and "global_step" not in summary
     assert "callbacks.pruning.pruner='medain' is invalid" in summary["error"]
     assert proc.returncode == 1
+
+
+def test_resume_settles_trials_whose_runs_ended_before_the_sweeper_told_them(tmp_path):
+    # the sweeper was killed after its runs ended but before it told Optuna: runs 0 (pruned) and
+    # 1 (ok) are settled from the manifest, run 2 (cut off mid-run) is asked again
+    from omegaconf import OmegaConf
+
+    from genlab.sweep import update_manifest
+    from hydra_plugins.genlab_plugins import RUN_ATTR, ResumableOptunaSweeper
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for i, (status, objective) in enumerate([("pruned", None), ("ok", -40.5), ("running", None)]):
+        trial = study.ask()
+        trial.suggest_float("model.lr", 1e-4, 1e-2)
+        trial.set_user_attr(RUN_ATTR, i)
+        if status == "pruned":
+            trial.report(-50.0, step=0)
+        entry = {"status": status}
+        if objective is not None:
+            entry["objective"] = {"val/elbo": objective}
+        update_manifest(tmp_path, str(i), entry)
+    sweeper = ResumableOptunaSweeper(
+        sampler=None, direction="maximize", storage=storage, study_name="s", n_trials=5, n_jobs=1,
+        max_failure_rate=1.0, search_space=None, custom_search_space=None, params=None)
+    sweeper.sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                                         "sweeper": {"sampler": None}}})
+    assert sweeper._resume(optuna.load_study(study_name="s", storage=storage))
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state for t in trials] == [State.PRUNED, State.COMPLETE, State.FAIL, State.WAITING]
+    assert trials[0].value == -50.0 and trials[1].value == -40.5
+    # only the cut-off run is asked again (an enqueued trial holds its params until asked)
+    assert trials[3].system_attrs["fixed_params"] == trials[2].params
+    assert sweeper.sweeper.n_trials == 3 and sweeper.sweeper.job_idx == 3
