@@ -173,16 +173,26 @@ def test_ddp_job_with_two_tasks_is_one_run(slurm_cluster, tmp_path):
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs
 
 
+def finished_trials(multiruns: Path) -> int:
+    """Trials the study has a result for. Asked only once a run has ended ok, when the sweeper
+    has long created its database (opening it earlier would race to create its tables)."""
+    sweeps = list(multiruns.iterdir()) if multiruns.is_dir() else []
+    if not sweeps or "ok" not in [v["status"] for v in read_manifest(sweeps[0]).values()]:
+        return 0
+    study = optuna.load_study(study_name="vae_elbo_search",
+                              storage=f"sqlite:///{sweeps[0] / 'optuna.db'}")
+    return sum(t.state.is_finished() for t in study.trials)
+
+
 @pytest.mark.slow
 def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
     args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=4", *launcher(slurm_cluster), *SMOKE]
     proc = genlab_train(slurm_cluster, tmp_path, *args, wait=False)
-    try:  # stop the search (and, as a user would, its jobs) once two trials have finished
+    try:  # stop the search (and, as a user would, its jobs) once Optuna has two trials' values
         deadline = time.time() + 300
         base = tmp_path / "vae_elbo_search" / "multiruns"
         while proc.poll() is None and time.time() < deadline:
-            sweeps = list(base.iterdir()) if base.is_dir() else []
-            if sweeps and [v["status"] for v in read_manifest(sweeps[0]).values()].count("ok") >= 2:
+            if finished_trials(base) >= 2:
                 break
             time.sleep(0.5)
     finally:
