@@ -50,3 +50,16 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     with open(cut / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert steps == list(range(24))
+
+
+def test_last_checkpoint_is_the_newest_state_after_an_epoch_that_did_not_improve(tmp_path):
+    # mode=min on the ELBO makes the first epoch the best, so the later epochs save no best
+    # checkpoint; last.ckpt (what a killed run continues from) must still be the end of training
+    run = tmp_path / "run"
+    proc = train(run, "objective.mode=min")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = runs.read_summary(run)
+    assert summary["best_checkpoint"].endswith("best-epoch000.ckpt")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == summary["global_step"] == 24
