@@ -52,7 +52,6 @@ from genlab.config import require, require_choice, require_nonnegative, require_
 from genlab.corruption import AdaptiveSchedule
 from genlab.models.common import GenerativeModule, log_this_step
 from genlab.nets.gan import D_HEADS, D_NORMS
-from genlab.seeding import generator_for, run_seed
 
 LOSSES = ("ns", "hinge", "wgan_gp")
 
@@ -110,12 +109,6 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float, updates: Tensor) ->
         pe.lerp_(p, weight)
     for be, b in zip(ema.buffers(), net.buffers(), strict=True):  # batch-norm statistics
         be.copy_(b)
-
-
-def eval_generator(module: nn.Module, batch_idx: int) -> torch.Generator:
-    """A CPU generator seeded by run, batch and rank: the same draws every epoch, after a resume
-    and on every device, different on each DDP shard (genlab.seeding)."""
-    return generator_for(run_seed(), "eval", module.global_rank, batch_idx)
 
 
 class AdversarialModule(GenerativeModule):
