@@ -9,9 +9,10 @@ an extra callback, a resumed run) changes it, and it never moves the training st
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
+
+from genlab.compat import lightning_run_seed
 
 
 def mix_seed(seed: int, *parts: int | str) -> int:
@@ -31,4 +32,4 @@ def generator_for(seed: int, *parts: int | str, device: torch.device | str = "cp
 def run_seed() -> int:
     """The run's seed, as Lightning's seed_everything records it for the processes it starts
     (DDP children included); 0 outside a seeded run."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return lightning_run_seed()

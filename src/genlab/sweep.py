@@ -35,6 +35,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.compat import job_error, use_ddp_child_command
 from genlab.runs import RunReadError, atomic_write_text, read_summary
 
 log = logging.getLogger("genlab.sweep")
@@ -122,7 +123,7 @@ class SweepManifest(Callback):
         except RunReadError as e:
             entry = {"status": "failed", "error": str(e)}
         if job_return.status == JobStatus.FAILED and entry["status"] == "ok":
-            entry = {"status": "failed", "error": repr(job_return._return_value)}
+            entry = {"status": "failed", "error": repr(job_error(job_return))}
         entry["ended"] = datetime.now().isoformat(timespec="seconds")
         update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), entry)
 
@@ -154,6 +155,4 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
 
 def install_ddp_child_command() -> None:
     """Make Lightning's subprocess launcher use `child_command` under Hydra."""
-    from pytorch_lightning.strategies.launchers import subprocess_script
-
-    subprocess_script._hydra_subprocess_cmd = child_command
+    use_ddp_child_command(child_command)

@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from genlab.compat import request_sigterm_stop, rewind_validation_progress, val_batches_completed
 from genlab.config import require_positive
 
 
@@ -81,11 +82,11 @@ class CheckpointOnInterrupt(pl.Callback):
 
     def __init__(self, dirpath: str):
         self.path = Path(dirpath) / "last.ckpt"
-        self._trainer: pl.Trainer | None = None
+        self._running_trainer: pl.Trainer | None = None
         self._before_validation: tuple[Tensor, Tensor | None, int] | None = None
 
     def setup(self, trainer, pl_module, stage):
-        self._trainer = trainer
+        self._running_trainer = trainer
         _RUNNING.add(self)
 
     def teardown(self, trainer, pl_module, stage):
@@ -96,7 +97,7 @@ class CheckpointOnInterrupt(pl.Callback):
             return
         cuda = (torch.cuda.get_rng_state(pl_module.device)
                 if pl_module.device.type == "cuda" else None)
-        done = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed
+        done = val_batches_completed(trainer)
         self._before_validation = (torch.get_rng_state(), cuda, done)
 
     def on_validation_end(self, trainer, pl_module):
@@ -125,11 +126,7 @@ class CheckpointOnInterrupt(pl.Callback):
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, pl_module.device)
-        progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
-        for counts, before in ((progress.total, done), (progress.current, 0)):
-            counts.ready = counts.started = before + 1
-            counts.processed = counts.completed = before
-        progress.is_last_batch = False
+        rewind_validation_progress(trainer, done)
 
 
 # the fits in this process that request_stop() reaches (one, or one per rank's process)
@@ -142,7 +139,7 @@ def request_stop() -> bool:
     and exit code 143, and running the same command again continues it. Only sets a flag, so it is
     safe to call from a signal handler (e.g. a cluster's time-limit warning). Returns whether a
     run was there to be stopped."""
-    running = [cb._trainer for cb in _RUNNING if cb._trainer is not None]
+    running = [cb._running_trainer for cb in _RUNNING if cb._running_trainer is not None]
     for trainer in running:
-        trainer._signal_connector.received_sigterm = True
+        request_sigterm_stop(trainer)
     return bool(running)

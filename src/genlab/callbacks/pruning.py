@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from genlab.compat import open_running_trial
 from genlab.config import ConfigError, require_choice
 
 log = logging.getLogger("genlab")
@@ -54,18 +55,15 @@ def make_pruner(name: str, args: dict[str, Any] | None, key: str = "callbacks.pr
 def _open_trial(storage: str, study_name: str, number: int, pruner):
     """The study, and trial `number` of it as an optuna.trial.Trial whose report() and
     should_prune() go through the storage and use `pruner` (None when the trial is not running).
-    Optuna has no public way from a trial number to its Trial; this is the one place that uses its
-    private API (checked against optuna 2.10.1)."""
+    Optuna has no public way from a trial number to its Trial (genlab.compat.open_running_trial)."""
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    state = study._storage.get_trial(trial_id).state
-    if state != optuna.trial.TrialState.RUNNING:
+    trial, state = open_running_trial(study, number)
+    if trial is None:
         log.warning("optuna trial %d is %s, not running: this run reports nothing", number,
                     state.name)
-        return study, None
-    return study, optuna.trial.Trial(study, trial_id)
+    return study, trial
 
 
 class OptunaPruning(pl.Callback):

@@ -22,13 +22,13 @@ each pixel becomes 1 with its grey level as the probability, else 0.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from genlab.compat import batches_completed_this_epoch, lightning_run_seed
 from genlab.config import require, require_choice, require_positive
 from genlab.seeding import generator_for
 
@@ -228,14 +228,14 @@ class InMemoryDataModule(pl.LightningDataModule):
                                 drop_last=shuffle, device=self._device(), binarize=dynamic)
         return IndexBatches(
             fetch, n, batch_size, shuffle,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),  # the run's seed (seed_everything)
+            seed=lightning_run_seed(),  # the run's seed (seed_everything)
             epoch=lambda: trainer.current_epoch,
             rank=trainer.global_rank,
             world_size=world,
             drop_last=shuffle,
             device=self._device(),
             # the trainer's count, not ours: its fetcher reads one batch ahead of the step
-            consumed=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+            consumed=(lambda: batches_completed_this_epoch(trainer))
             if shuffle else None,
             binarize=dynamic,
         )

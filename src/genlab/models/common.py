@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from genlab.compat import attached_trainer, should_write_step_logs
 from genlab.corruption import Corruption, as_corruption
 
 
@@ -49,7 +50,8 @@ class GenerativeModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("genlab_rng")
-        if rng and self._trainer is not None and self._trainer.state.fn == "fit":
+        trainer = attached_trainer(self)
+        if rng and trainer is not None and trainer.state.fn == "fit":
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -84,8 +86,8 @@ def log_this_step(module: pl.LightningModule) -> bool:
     """Whether a training step's values will be written: Lightning writes step values every
     trainer.log_every_n_steps steps, and each self.log call costs ~2% of a small model's CPU step
     (measured by `make bench`), so the steps in between skip logging altogether."""
-    trainer = module._trainer
-    return trainer is None or trainer._logger_connector.should_update_logs  # Lightning's own test
+    trainer = attached_trainer(module)
+    return trainer is None or should_write_step_logs(trainer)
 
 
 def interleave(a: Tensor, b: Tensor) -> Tensor:

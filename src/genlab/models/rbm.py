@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.compat import attached_trainer
 from genlab.config import (
     ConfigError,
     require,
@@ -302,7 +303,7 @@ class RBM(GenerativeModule):
 
     # -- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule if attached_trainer(self) is not None else None
         if dm is None:
             return
         if dm.binarize == "none" and not dm.binary:

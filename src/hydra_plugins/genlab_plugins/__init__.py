@@ -18,9 +18,7 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -50,8 +48,8 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
+        from genlab.compat import sweeper_directions, sweeper_search_space, sweeper_trial_overrides
         from genlab.sweep import TRIAL_ENV
 
         impl = self.sweeper
@@ -59,7 +57,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
             raise ValueError("hydra.sweeper.sampler=GridSampler is not supported by genlab_optuna;"
                              " allowed: TPESampler | RandomSampler | CmaEsSampler (for a grid, "
                              "run a plain multirun: -m key=a,b,c)")
-        directions = impl._get_directions()
+        directions = sweeper_directions(impl)
         if len(directions) != 1:
             raise ValueError(f"hydra.sweeper.direction={directions} is invalid; allowed: "
                              "maximize | minimize (one objective: objective.metric)")
@@ -78,12 +76,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
                                     sampler=impl.sampler, direction=directions[0],
                                     load_if_exists=True)
 
-        impl._process_searchspace_config()
-        distributions, fixed = create_params_from_overrides(
-            [*impl._parse_sweeper_params_config(), *arguments])
-        distributions = {**(impl.search_space_distributions or {}), **distributions}
-        for name in fixed:
-            distributions.pop(name, None)
+        distributions, fixed = sweeper_search_space(impl, arguments)
 
         to_go = impl.n_trials
         while to_go > 0:
@@ -91,7 +84,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
             for i, trial in enumerate(trials):  # the trial's run folder, for a later _resume
                 trial.set_user_attr(RUN_ATTR, impl.job_idx + i)
             overrides = [(*o, f"++hydra.job.env_set.{TRIAL_ENV}={t.number}") for t, o in zip(
-                trials, impl._configure_trials(trials, distributions, fixed), strict=True)]
+                trials, sweeper_trial_overrides(impl, trials, distributions, fixed), strict=True)]
             returns = impl.launcher.launch(overrides, initial_job_idx=impl.job_idx)
             impl.job_idx += len(returns)
             if storage is not None:
@@ -186,47 +179,6 @@ def _outcome(ret: JobReturn):
     return State.FAIL, None
 
 
-def _job_state_watcher():
-    """submitit's poller of job states, for clusters with or without accounting.
-
-    submitit asks `sacct`. Without accounting every call fails, and submitit prints sacct's error
-    and its own warning at every poll, every few seconds for the whole sweep; worse, it then never
-    learns that a job ended without writing its result (cancelled, killed, node failure) and waits
-    forever. This poller asks `squeue` instead when sacct fails (slurmctld remembers ended jobs
-    for MinJobAge, 300 s by default, and it is asked at least every minute), says so once, and
-    keeps sacct's output off the console."""
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    class Watcher(SlurmInfoWatcher):
-        sacct_failed = False
-
-        def update(self) -> None:
-            command = self._make_command()
-            if command is None:
-                return
-            self._num_calls += 1
-            if not self.sacct_failed:
-                proc = subprocess.run(command, capture_output=True, text=True)
-                if proc.returncode == 0:
-                    self._info_dict.update(self.read_info(proc.stdout))
-                else:
-                    self.sacct_failed = True
-                    log.warning("sacct failed (%s): job states come from squeue, which forgets a "
-                                "job MinJobAge after it ends", proc.stderr.strip() or proc.returncode)
-            if self.sacct_failed:
-                ids = sorted({i for i in command[command.index("-j"):] if i != "-j"})
-                proc = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%N", "-j",
-                                       ",".join(ids)], capture_output=True, text=True)
-                if proc.returncode == 0:  # squeue fails once every job is forgotten
-                    self._info_dict.update(self.read_info("JobID|State|NodeList\n" + proc.stdout))
-            self._last_status_check = time.time()
-            for job_id in self._registered - self._finished:
-                if self.is_done(job_id, mode="cache"):
-                    self._finished.add(job_id)
-
-    return Watcher(delay_s=60)
-
-
 class StopSignals:
     """The one handler of a job's stop signals, installed in the job's process after submitit's.
 
@@ -241,9 +193,9 @@ class StopSignals:
     never writes a second, competing checkpoint."""
 
     def __init__(self):
-        import submitit
+        from genlab.compat import submitit_requeue_signal
 
-        self.requeue_signal = submitit.JobEnvironment._usr_sig()
+        self.requeue_signal = submitit_requeue_signal()
         self.submitit_handler = signal.getsignal(self.requeue_signal)
         self.received: int | None = None  # the requeue signal, once it came
         self.in_task = False
@@ -338,18 +290,12 @@ class SlurmLauncher(BaseSubmititLauncher):
         raise SystemExit(-1)  # other ranks: rank 0's requeue restarts the whole job
 
     def launch(self, job_overrides, initial_job_idx):
-        import submitit
-        from submitit.slurm.slurm import SlurmJob
+        from genlab.compat import install_slurm_watcher, local_submitit_executor
 
-        if type(SlurmJob.watcher).__module__ != __name__:
-            SlurmJob.watcher = _job_state_watcher()
-
+        # job states through squeue where sacct fails (a cluster without accounting)
+        install_slurm_watcher(log)
         if self.cluster == "slurm":
             return super().launch(job_overrides, initial_job_idx)
-        auto = submitit.AutoExecutor
         # the parameters stay prefixed for SLURM, so the local executor ignores them
-        submitit.AutoExecutor = lambda folder, cluster, **kw: auto(folder, cluster="local", **kw)
-        try:
+        with local_submitit_executor():
             return super().launch(job_overrides, initial_job_idx)
-        finally:
-            submitit.AutoExecutor = auto
