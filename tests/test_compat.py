@@ -283,6 +283,32 @@ def test_local_submitit_executor(tmp_path):
                    fromlist=["x"]).BaseSubmititLauncher.launch)
 
 
+@pytest.mark.parametrize("hook", sorted(compat.OVERRIDDEN))
+def test_private_hooks_genlab_overrides_still_exist(hook, tmp_path):
+    import importlib
+
+    module, qualname = hook.split(":")
+    cls_name, name = qualname.split(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    if name == "_experiment":  # an instance attribute, set in __init__
+        assert cls(tmp_path).__dict__.get(name, "missing") is None
+    else:
+        assert hasattr(cls, name), f"{hook} is gone: {compat.OVERRIDDEN[hook]}"
+
+
+def test_torch_fidelity_functions_genlab_uses_exist():
+    from torch_fidelity import metric_fid, metric_isc, metric_kid, metric_prc, registry, utils
+
+    for module, name in [(metric_fid, "fid_features_to_statistics"),
+                         (metric_fid, "fid_statistics_to_metric"),
+                         (metric_isc, "isc_featuresdict_to_metric"),
+                         (metric_kid, "kid_features_to_metric"),
+                         (metric_prc, "prc_features_to_metric"),
+                         (utils, "create_feature_extractor")]:
+        assert callable(getattr(module, name, None)), f"torch_fidelity.{module.__name__}.{name}"
+    assert "inception-v3-compat" in registry.FEATURE_EXTRACTORS_REGISTRY
+
+
 # -- nowhere else ------------------------------------------------------------------------------
 # the private names genlab.compat wraps; none may appear in another module of genlab
 PRIVATE = [r"\._trainer\b", r"_logger_connector", r"batch_progress", r"PL_GLOBAL_SEED",

@@ -30,6 +30,22 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "hydra-submitit-launcher": ("1.2.0", "1.3"),
     "optuna": ("2.10.0", "2.11"),
     "submitit": ("1.5.0", "1.6"),
+    # not private, but functions and a registry that the package does not export (metrics/fid.py)
+    "torch-fidelity": ("0.4.0", "0.5"),
+}
+
+# Private hooks and attributes that genlab's subclasses override or set where the subclass lives
+# (it needs genlab code, which this module may not import): "module:Class.name" -> the subclass
+# and why. tests/test_compat.py checks that each still exists; the versions are SUPPORTED's.
+OVERRIDDEN: dict[str, str] = {
+    "pytorch_lightning.loggers.csv_logs:ExperimentWriter._check_log_dir_exists":
+        "genlab.loggers._RunWriter: a resumed run keeps the rows of metrics.csv it saved",
+    "pytorch_lightning.loggers.csv_logs:ExperimentWriter._rewrite_with_new_header":
+        "genlab.loggers._RunWriter: a new column rewrites metrics.csv atomically",
+    "pytorch_lightning.loggers:CSVLogger._experiment":
+        "genlab.loggers.RunCSVLogger: its experiment is a _RunWriter, created on first use",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher:BaseSubmititLauncher._EXECUTOR":
+        "hydra_plugins.genlab_plugins.SlurmLauncher: the executor it asks submitit for (slurm)",
 }
 
 
