@@ -42,7 +42,7 @@ def test_joblib_sweep_isolates_failures_and_resumes(tmp_path):
     assert statuses(sweep) == {"0": "ok", "1": "failed", "2": "diverged", "3": "failed"}
     failed = runs.read_summary(sweep / "1")
     assert "data.val_size=5000 is invalid" in failed["error"]
-    assert "non-finite training loss" in runs.read_summary(sweep / "2")["error"]
+    assert "training loss non-finite" in runs.read_summary(sweep / "2")["error"]
     assert "run 2 diverged" in proc.stderr and "1 of 4 runs ok" in proc.stdout
 
     # an interrupted run: its summary still says running and it has a checkpoint
