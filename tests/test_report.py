@@ -353,3 +353,16 @@ def test_every_family_writes_generated_samples_under_one_name(model, tmp_path):
     assert module.training
     assert torch.equal(grids["generated"], expected)
     assert 0 <= float(expected.min()) and float(expected.max()) <= 1
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from genlab.runs import atomic_write_text
+
+    path = tmp_path / "summary.md"
+    atomic_write_text(path, "x\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable by others, as open() makes it

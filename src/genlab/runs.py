@@ -35,6 +35,10 @@ class RunReadError(RuntimeError):
     """A run directory's file is missing, truncated or not what genlab wrote."""
 
 
+_UMASK = os.umask(0o022)  # reading the umask means setting it: put the same value back
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""
     path = Path(path)
@@ -42,6 +46,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            # mkstemp makes the file private (0600); give it the mode a plain open() would
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
