@@ -24,11 +24,6 @@ from genlab import probe, report, runs, sample
 from genlab import train as train_module
 from genlab.models import VAE
 
-# Lightning prints its device banner when the Trainer is built; errors found while the run is set
-# up (the data's split sizes, the FID extractor's weights) come after it. These lines are all it
-# may add.
-LIGHTNING_BANNER = re.compile(r"^(GPU|TPU|HPU) available: |^💡 Tip: ")
-
 # (overrides, a word of the message: the key or the option at fault)
 TRAIN = {
     "unknown model group option": (["model=nonexistent"], "model/nonexistent"),
@@ -58,7 +53,7 @@ TRAIN = {
 
 
 def _only_line(err: str, prefix: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and not LIGHTNING_BANNER.match(line)]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line, got:\n{err}"
     assert lines[0].startswith(prefix), lines[0]
     return lines[0]

@@ -50,6 +50,19 @@ DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 # genlab reaches SLURM through its submitit launcher, never through srun around genlab-train
 warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+
+
+class _QuietLightningBanner(logging.Filter):
+    """Lightning's start-up lines (accelerators found, advertising tips) say nothing about the run
+    and would stand before a user error's one line; everything else it logs passes."""
+
+    BANNER = ("GPU available:", "TPU available:", "HPU available:", "\N{ELECTRIC LIGHT BULB} Tip:")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.BANNER)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightningBanner())
 register_resolvers()
 install_ddp_child_command()
 
