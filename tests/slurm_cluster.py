@@ -186,19 +186,15 @@ def slurm_cluster():
     if reason:
         pytest.skip(reason)
     cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="genlab-slurm-")))
-    # a session stopped with SIGTERM (a CI timeout) still runs this fixture's cleanup
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # No SIGTERM handler of our own: it would stay installed for the whole session and take the
+    # SIGTERM that other tests send their in-process runs. A pytest killed by a CI timeout takes
+    # the daemons with it (PR_SET_PDEATHSIG); only the temporary folder stays behind.
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
         shutil.rmtree(cluster.root, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":
