@@ -67,7 +67,6 @@ DOMAIN = {
     "genlab-dsprites-cnn": {"data": "dsprites", "image_shape": (1, 64, 64), "heads": (3, 6, 32, 32),
                             "label_columns": (0, 1, 3, 4), "downsample": "stride"},
 }
-DEFAULT_FOR_DATA = {spec["data"]: name for name, spec in DOMAIN.items()}
 
 
 class ExtractorUnavailable(FileNotFoundError):

@@ -71,10 +71,6 @@ class VAE(GenerativeModule, Encoder):
         self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
         self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
         self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo"])
-        # a fixed latent batch so sample grids of one run are comparable across epochs
-        self.register_buffer("fixed_z", torch.randn(n_grid, latent_dim,
-                                                    generator=torch.Generator().manual_seed(0)),
-                             persistent=False)
 
     # -- the model ----------------------------------------------------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,7 +179,7 @@ class VAE(GenerativeModule, Encoder):
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """Reconstructions for the sample-grid callback (which draws the prior samples itself)."""
-        n = min(len(real), len(self.fixed_z))
+        n = min(len(real), self.hparams.n_grid)
         return {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
 
     # -- Lightning ----------------------------------------------------------------------------
