@@ -15,7 +15,9 @@ from conftest import NO_EVAL, make_cfg, run_cli
 from genlab import runs
 from genlab.config import ConfigError
 from genlab.sample import main as sample_main
+from genlab import train as genlab_train
 from genlab.train import train
+from omegaconf import OmegaConf
 
 
 @pytest.mark.parametrize("data", ["digits", "fashion_mnist", "dsprites"])
@@ -153,3 +155,26 @@ def test_each_family_has_its_own_objective(smoke, tmp_path):
     assert s["status"] == "ok" and s["objective"] == "val/stat_fd"
     assert "best-epoch" in s["best_checkpoint"]
     assert make_cfg(tmp_path, "model=dae").objective.metric == "val/recon"
+
+
+@pytest.mark.parametrize("flags, cuda, expected", [
+    ({"amx_bf16", "avx2"}, False, "bf16-mixed"),
+    ({"avx512_bf16"}, False, "bf16-mixed"),
+    ({"avx2", "avx512f"}, False, "32-true"),   # no native bfloat16: autocast would emulate it
+    (set(), False, "32-true"),                  # flags unreadable
+])
+def test_precision_auto_picks_bfloat16_only_where_it_is_native(monkeypatch, flags, cuda, expected):
+    monkeypatch.setattr(genlab_train, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = OmegaConf.create({"accelerator": "auto", "precision": "auto"})
+    assert genlab_train.resolve_precision(cfg) == expected
+    # an explicit choice is the user's, whatever the hardware
+    assert genlab_train.resolve_precision(OmegaConf.create({"precision": "bf16-mixed"})) == "bf16-mixed"
+
+
+def test_precision_auto_reaches_the_trainer(smoke, tmp_path):
+    """The summary names the precision the run trained in: auto resolved for this machine."""
+    s = runs.read_summary(smoke(tmp_path, "data=digits", "trainer.precision=auto", *NO_EVAL))
+    native = genlab_train.NATIVE_BF16_CPU_FLAGS & genlab_train.cpu_flags()
+    assert s["status"] == "ok"
+    assert s["precision"] == ("bf16-mixed" if native else "32-true")

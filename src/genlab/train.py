@@ -78,6 +78,34 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+NATIVE_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from Linux's /proc/cpuinfo; empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                 if line.startswith("flags")), set())
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str | int:
+    """trainer.precision=auto: bfloat16 autocast where the hardware computes in bfloat16 (a CUDA
+    GPU that supports it, a CPU with AMX or AVX512-BF16), else 32-true. On a CPU without them
+    autocast emulates bfloat16 and a VAE training step is several times slower than in float32
+    (`benchmarks/bench_train.py --precision bf16-mixed` against its default). Any other value goes
+    to Lightning unchanged."""
+    precision = trainer_cfg.get("precision", "32-true")
+    if precision != "auto":
+        return precision
+    on_gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if NATIVE_BF16_CPU_FLAGS & cpu_flags() else "32-true"
+
+
 def _build_all(cfg: DictConfig, group: str) -> list:
     """Instantiate every named entry of a callbacks/logger group; null entries are switched off."""
     entries = cfg.get(group) or {}
@@ -173,7 +201,9 @@ def train(cfg: DictConfig) -> float | None:
                 summary["fid_extractor"] = cb.extractor
                 summary["metric_errors"] = cb.metric_errors  # filled as evaluations fail
         loggers = _build_all(cfg, "logger")
-        trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        summary["precision"] = resolve_precision(cfg.trainer)
+        trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                        precision=summary["precision"])
         if ckpt_path:
             for lg in loggers:  # metrics.csv and W&B hold each row once across attempts
                 if isinstance(lg, RunCSVLogger | RunWandbLogger):
