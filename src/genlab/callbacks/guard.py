@@ -31,7 +31,7 @@ class DivergenceGuard(pl.Callback):
     a bad step in between is never missed.
     """
 
-    def __init__(self, every_n_steps: int = 1, max_abs_loss: float = 1e8):
+    def __init__(self, every_n_steps: int = 50, max_abs_loss: float = 1e8):
         require_positive(every_n_steps, "callbacks.guard.every_n_steps", integer=True)
         require_positive(max_abs_loss, "callbacks.guard.max_abs_loss")
         self.every_n_steps, self.max_abs_loss = every_n_steps, float(max_abs_loss)
