@@ -3,7 +3,8 @@
 One object, `Corruption`, serves every place where genlab degrades images on purpose: the inputs of
 a denoising auto-encoder, what a discriminator sees (instance noise, blur, a "degraded real"
 class) and the targets of a noise-level head. Images are float tensors in [0, 1] of shape
-[B, C, H, W], on any device; every kind is batched, with no per-image Python.
+[B, C, H, W], on any device; every kind is batched, with no per-image Python (except the draws
+of an evaluation's genlab.seeding.ExampleNoise, one call per image).
 
 What the level means, per kind (units are stated here and nowhere else):
 

@@ -40,7 +40,6 @@ from genlab.nets import ConvDecoder
 from genlab.nets.gan import Discriminator, UNet
 from genlab.seeding import draw
 
-
 # --- DCGAN --------------------------------------------------------------------------------------
 
 
