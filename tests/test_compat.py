@@ -82,7 +82,7 @@ class _Probe(pl.LightningModule):
         return torch.nn.functional.cross_entropy(self.net(x.flatten(1)), y)
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, _ = batch  # genlab's evaluation batches: images, labels, indices
         return torch.nn.functional.cross_entropy(self.net(x.flatten(1)), y)
 
     def on_validation_start(self):

@@ -38,7 +38,7 @@ def _train(model, dm, steps):
         opt.zero_grad()
         model.training_step(batch, 0).backward()
         opt.step()
-    x, y = next(iter(dm.val_dataloader()))
+    x, y, _ = next(iter(dm.val_dataloader()))
     return (model(x).argmax(1) == y).float().mean().item()
 
 

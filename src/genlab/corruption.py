@@ -3,7 +3,8 @@
 One object, `Corruption`, serves every place where genlab degrades images on purpose: the inputs of
 a denoising auto-encoder, what a discriminator sees (instance noise, blur, a "degraded real"
 class) and the targets of a noise-level head. Images are float tensors in [0, 1] of shape
-[B, C, H, W], on any device; every kind is batched, with no per-image Python.
+[B, C, H, W], on any device; every kind is batched, with no per-image Python (except the draws
+of an evaluation's genlab.seeding.ExampleNoise, one call per image).
 
 What the level means, per kind (units are stated here and nowhere else):
 
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.config import ConfigError, require, require_choice, require_positive
+from genlab.seeding import ExampleNoise, draw
 
 __all__ = [
     "KINDS",
@@ -202,15 +204,12 @@ def make_schedule(spec, level: float, key: str = "corruption.schedule") -> Sched
 # --- the degradations, each (x [B,C,H,W], levels [B], generator) -> x_degraded -----------------
 
 
-def _rand(shape, like: Tensor, generator: torch.Generator | None, normal: bool = False) -> Tensor:
-    """Uniform [0, 1) or standard normal draws shaped `shape`, on like's device and dtype.
-
-    A generator is used on its own device (a seeded CPU generator then gives the same draws
-    whatever device the images are on); without one, the device's global RNG is used.
-    """
-    device = like.device if generator is None else generator.device
-    draw = torch.randn if normal else torch.rand
-    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+def _rand(shape, like: Tensor, generator: torch.Generator | ExampleNoise | None,
+          normal: bool = False) -> Tensor:
+    """Uniform [0, 1) or standard normal draws shaped `shape` ([B, ...]), on like's device and
+    dtype, from `generator` as genlab.seeding.draw takes it: the device's global RNG (None), a
+    torch.Generator on its own device, or one generator per image (evaluations)."""
+    return draw(shape, generator, normal=normal, dtype=like.dtype, device=like.device)
 
 
 def _gaussian(x: Tensor, sigma: Tensor, generator, clip: bool) -> Tensor:
@@ -399,7 +398,7 @@ class Corruption(nn.Module):
         """Feedback for the adaptive schedule (ignored by the others)."""
         self.schedule.update(real_sign_accuracy)
 
-    def sample_levels(self, batch_size: int, generator: torch.Generator | None = None,
+    def sample_levels(self, batch_size: int, generator: torch.Generator | ExampleNoise | None = None,
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
         """Per-image levels [batch_size]: uniform in level_range, else the current level."""
         like = torch.empty(0, device=device, dtype=dtype)
@@ -430,8 +429,9 @@ class Corruption(nn.Module):
                 "schedule": schedule, "clip": self.clip, "radius": self.radius, "key": self.key}
 
     def forward(self, x: Tensor, level: float | Tensor | None = None,
-                generator: torch.Generator | None = None, return_levels: bool = False):
-        """Degrade images x [B, C, H, W] in [0, 1]; `level` (float or [B]) overrides the sampled levels."""
+                generator: torch.Generator | ExampleNoise | None = None, return_levels: bool = False):
+        """Degrade images x [B, C, H, W] in [0, 1]; `level` (float or [B]) overrides the sampled
+        levels. Random draws come from `generator` (see _rand), else the global RNG."""
         b = x.shape[0]
         if level is None:
             levels = self.sample_levels(b, generator, x.device, x.dtype)

@@ -17,6 +17,11 @@ each pixel becomes 1 with its grey level as the probability, else 0.
     static and dynamic runs are tested on the same binary images.
 `images(split)` returns what the loaders use, except for dynamic training images, which stay grey
 (their expectation). Sources that are binary already (`binary = True`, dSprites) are left alone.
+
+Batches: training batches are (images, labels); validation and test batches are (images, labels,
+indices), the indices of the images in their split, which key each image's evaluation noise
+(genlab.seeding.ExampleNoise) so that it does not depend on the process or batch the image lands
+in. Labels are None for unlabelled sources.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ def binarize_fixed(x: Tensor, seed: int) -> Tensor:
 
 
 class IndexBatches:
-    """An iterable of (float images in [0, 1], labels) batches drawn by index from `fetch`.
+    """An iterable of (float images in [0, 1], labels) batches drawn by index from `fetch`, with
+    `with_index` (images, labels, indices into the source) batches.
 
     `epoch` is a callable so that shuffling follows the trainer's epoch counter, which keeps a
     resumed run on the same permutation as an uninterrupted one.
@@ -71,9 +77,10 @@ class IndexBatches:
         device: torch.device | str = "cpu",
         consumed: Callable[[], int] | None = None,
         binarize: bool = False,
+        with_index: bool = False,
     ):
         self.fetch, self.n, self.batch_size = fetch, n, batch_size
-        self.binarize = binarize
+        self.binarize, self.with_index = binarize, with_index
         self.consumed = consumed or (lambda: self._yielded)
         self._yielded, self._skip, self._skip_epoch = 0, 0, None
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
@@ -109,12 +116,13 @@ class IndexBatches:
         self._skip = 0
         for b in range(start, len(self)):
             self._yielded = b + 1
-            x, y = self.fetch(order[b * self.batch_size : (b + 1) * self.batch_size])
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x, y = self.fetch(idx)
             x = x.float().div_(255.0)
             if self.binarize:  # dynamic binarisation: a fresh, reproducible draw per batch
                 g = generator_for(self.seed, "binarize", self.epoch(), b, self.rank, device=x.device)
                 x = (torch.rand(x.shape, generator=g, device=x.device) < x).float()
-            yield x, y
+            yield (x, y, idx) if self.with_index else (x, y)
 
     # Lightning saves these with a mid-epoch checkpoint (a preempted run) and restores them
     # before iterating again, so a resumed epoch goes on with the batches it had not seen.
@@ -223,9 +231,11 @@ class InMemoryDataModule(pl.LightningDataModule):
         if shuffle:  # training drops incomplete batches: at least one whole batch per rank
             require(n // world >= batch_size, "data.batch_size",
                     f"at most {n // world}, the training images per process", batch_size)
+        evaluation = split != "train"  # its batches carry the indices that key its noise
         if trainer is None:  # outside a Trainer (scripts, tests): one process, epoch 0
             return IndexBatches(fetch, n, batch_size, shuffle, seed=self.split_seed,
-                                drop_last=shuffle, device=self._device(), binarize=dynamic)
+                                drop_last=shuffle, device=self._device(), binarize=dynamic,
+                                with_index=evaluation)
         return IndexBatches(
             fetch, n, batch_size, shuffle,
             seed=lightning_run_seed(),  # the run's seed (seed_everything)
@@ -238,6 +248,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             consumed=(lambda: batches_completed_this_epoch(trainer))
             if shuffle else None,
             binarize=dynamic,
+            with_index=evaluation,
         )
 
     def train_dataloader(self):

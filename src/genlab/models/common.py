@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from genlab.compat import attached_trainer, should_write_step_logs
 from genlab.corruption import Corruption, as_corruption
+from genlab.seeding import ExampleNoise, run_seed
 
 
 class GenerativeModule(pl.LightningModule):
@@ -70,8 +71,19 @@ def init_corruption(module: pl.LightningModule, corruption) -> Corruption:
 
 def eval_means(names: list[str], stages=("val", "test")) -> nn.ModuleDict:
     """One MeanMetric per stage and name, keyed 'val_elbo'. Each sums values and counts across
-    batches and DDP ranks, so an epoch's mean is exact whatever the shard sizes."""
-    return nn.ModuleDict({f"{s}_{n}": MeanMetric() for s in stages for n in names})
+    batches and DDP ranks, so an epoch's mean is exact whatever the shard sizes (the evaluation
+    shards hold every image once, unpadded: genlab.data). The sums are float64, so the order in
+    which ranks and batches are added moves the mean by far less than 1e-6."""
+    return nn.ModuleDict({f"{s}_{n}": MeanMetric().set_dtype(torch.float64)
+                          for s in stages for n in names})
+
+
+def eval_noise(stage: str, index: Tensor) -> ExampleNoise:
+    """The noise of validation or test images, given their indices in the split (the third
+    element of an evaluation batch): one generator per image, keyed by the run seed, `stage` and
+    the index, so an image draws the same noise in every epoch, after a resume, and in whichever
+    DDP process and batch it lands (genlab.seeding.ExampleNoise). The training stream never moves."""
+    return ExampleNoise(run_seed(), stage, index)
 
 
 def log_eval(module, stage: str, values: dict[str, Tensor]) -> None:

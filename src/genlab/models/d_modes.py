@@ -41,6 +41,7 @@ from genlab.models.adversarial import LOSSES, d_adversarial, g_adversarial
 
 if TYPE_CHECKING:
     from genlab.models.gan import DCGAN
+    from genlab.seeding import ExampleNoise
 
 D_MODES: dict[str, type[DMode]] = {}
 
@@ -70,8 +71,9 @@ class DMode:
     def __init__(self, gan: DCGAN):
         self.gan = gan
 
-    def view(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """What D judges in the real/fake game, images in [0, 1]."""
+    def view(self, x: Tensor, generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
+        """What D judges in the real/fake game, images in [0, 1]; random draws from `generator`
+        when given (evaluations), else the training stream."""
         return x
 
     def realness(self, out: Tensor) -> Tensor:

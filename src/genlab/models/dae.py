@@ -48,6 +48,7 @@ from genlab.corruption import AdaptiveSchedule, Corruption
 from genlab.models.common import (
     GenerativeModule,
     eval_means,
+    eval_noise,
     init_corruption,
     interleave,
     log_eval,
@@ -55,7 +56,7 @@ from genlab.models.common import (
 )
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
-from genlab.seeding import generator_for, run_seed
+from genlab.seeding import ExampleNoise
 
 CHAIN_DRAWS = ("mean", "sample")
 
@@ -117,7 +118,7 @@ class DAE(GenerativeModule):
             return torch.bernoulli(mean)
         return (out + self.log_std.exp() * torch.randn_like(out)).clamp(0, 1)
 
-    def recon_terms(self, x: Tensor, generator: torch.Generator | None = None,
+    def recon_terms(self, x: Tensor, generator: torch.Generator | ExampleNoise | None = None,
                     walkback: int = 0) -> list[Tensor]:
         """log P(x | x~) per image [B] for the corrupted input (first) and each walkback step."""
         x_tilde = self.corruption(x, generator=generator)
@@ -198,17 +199,17 @@ class DAE(GenerativeModule):
         self.log("train/corruption_level", self.corruption.current_level)
         return loss
 
-    def _eval_step(self, stage: str, x: Tensor, batch_idx: int) -> None:
-        # seeded per run, phase, batch and rank: the same corruption every epoch and after a
-        # resume, different on each shard, and the training stream never moves
-        g = generator_for(run_seed(), stage, self.global_rank, batch_idx)
-        log_eval(self, stage, {"recon": self.recon_terms(x, generator=g)[0]})
+    def _eval_step(self, stage: str, batch) -> None:
+        # each image's own seeded corruption (eval_noise): the same every epoch, after a resume
+        # and in any DDP process, and the training stream never moves
+        x, _, index = batch
+        log_eval(self, stage, {"recon": self.recon_terms(x, generator=eval_noise(stage, index))[0]})
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch[0], batch_idx)
+        self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch[0], batch_idx)
+        self._eval_step("test", batch)
 
     def configure_optimizers(self):
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)

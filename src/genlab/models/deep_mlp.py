@@ -75,7 +75,7 @@ class DeepMLP(GenerativeModule):
         return self.net(x)
 
     def _terms(self, batch) -> dict[str, Tensor]:
-        x, y = batch
+        x, y = batch[:2]  # evaluation batches also carry indices
         logits = self(x)
         return {"loss": F.cross_entropy(logits, y, reduction="none"),
                 "acc": (logits.argmax(1) == y).float()}

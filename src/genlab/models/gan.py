@@ -34,18 +34,11 @@ from genlab.models.adversarial import (
     to_image,
     to_signed,
 )
-from genlab.models.common import eval_means, init_corruption, log_eval, triplets
+from genlab.models.common import eval_means, eval_noise, init_corruption, log_eval, triplets
 from genlab.models.d_modes import D_MODES
 from genlab.nets import ConvDecoder
 from genlab.nets.gan import Discriminator, UNet
-from genlab.seeding import generator_for, run_seed
-
-
-def eval_generator(module, stage: str, batch_idx: int) -> torch.Generator:
-    """A CPU generator seeded by run, phase, rank and batch: the same draws every epoch and after a
-    resume, different on each DDP shard, and the training stream never moves."""
-    return generator_for(run_seed(), stage, module.global_rank, batch_idx)
-
+from genlab.seeding import draw
 
 # --- DCGAN --------------------------------------------------------------------------------------
 
@@ -151,9 +144,10 @@ class DCGAN(AdversarialModule):
         d_loss, logs = self.discriminator_loss(real, fake.detach())
         return self.adversarial_step(d_loss, logs, lambda: self.generator_loss(fake), batch_idx, n)
 
-    def _eval_step(self, stage: str, real: Tensor, batch_idx: int) -> None:
-        g = eval_generator(self, stage, batch_idx)
-        z = torch.randn(len(real), self.hparams.latent_dim, generator=g).to(self.device)
+    def _eval_step(self, stage: str, batch) -> None:
+        real, _, index = batch
+        g = eval_noise(stage, index)  # each image's own draws, in any process (eval_noise)
+        z = draw((len(real), self.hparams.latent_dim), g, normal=True, device=self.device)
         fake = self.generate(len(real), z)
         for name, x in (("real", real), ("fake", fake)):
             m = moments(torch.from_numpy(image_statistics(x.float().cpu())))
@@ -175,7 +169,7 @@ class DCGAN(AdversarialModule):
         self._moments = {}
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch[0], batch_idx)
+        self._eval_step("val", batch)
 
     def on_validation_epoch_end(self):
         self._log_stat_fd("val")
@@ -184,7 +178,7 @@ class DCGAN(AdversarialModule):
         self._moments = {}
 
     def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch[0], batch_idx)
+        self._eval_step("test", batch)
 
     def on_test_epoch_end(self):
         self._log_stat_fd("test")
@@ -340,8 +334,9 @@ class RestorationGAN(AdversarialModule):
                                      lambda: self.generator_loss(restored, degraded, levels),
                                      batch_idx, real.shape[0])
 
-    def _eval_step(self, stage: str, real: Tensor, batch_idx: int) -> None:
-        degraded = self.corruption(real, generator=eval_generator(self, stage, batch_idx))
+    def _eval_step(self, stage: str, batch) -> None:
+        real, _, index = batch
+        degraded = self.corruption(real, generator=eval_noise(stage, index))
         restored = self.restore(degraded)
         s_real = self.discriminator(to_signed(real))[:, 0]
         log_eval(self, stage, {"psnr": psnr(restored, real), "psnr_input": psnr(degraded, real),
@@ -349,7 +344,7 @@ class RestorationGAN(AdversarialModule):
                                "d_real_acc": (s_real > 0).float().mean(1)})
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch[0], batch_idx)
+        self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch[0], batch_idx)
+        self._eval_step("test", batch)

@@ -55,8 +55,8 @@ from genlab.config import (
     require_nonnegative,
     require_positive,
 )
-from genlab.models.common import GenerativeModule, eval_means, log_eval, log_this_step
-from genlab.seeding import generator_for, run_seed
+from genlab.models.common import GenerativeModule, eval_means, eval_noise, log_eval, log_this_step
+from genlab.seeding import ExampleNoise, draw, generator_for, run_seed
 
 SAMPLE_STARTS = ("random", "persistent")
 OPTIMIZERS = ("sgd", "adam")
@@ -231,11 +231,13 @@ class RBM(GenerativeModule):
         """Mean-field reconstruction E[v | h = E[h | v]], [B, V]."""
         return self.p_v_given_h(self.p_h_given_v(v))
 
-    def pseudo_loglik(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def pseudo_loglik(self, v: Tensor, generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
         """V log p(v_i | v_-i) for one random pixel i per image: p(v_i | v_-i) =
         sigmoid(F(v with v_i flipped) - F(v)). Unbiased for the log pseudo-likelihood, [B]."""
         v = v.flatten(1)
-        i = torch.randint(v.shape[1], (len(v),), generator=generator, device=v.device)
+        pixels = v.shape[1]  # i uniform on the pixels, from a uniform draw (genlab.seeding.draw)
+        u = draw((len(v),), generator, device=v.device)
+        i = (u * pixels).long().clamp_max(pixels - 1)
         flipped = v.clone()
         rows = torch.arange(len(v), device=v.device)
         flipped[rows, i] = 1 - flipped[rows, i]
@@ -330,11 +332,11 @@ class RBM(GenerativeModule):
             self.log("train/recon_error", err)
         return gap
 
-    def _eval_values(self, v: Tensor, batch_idx: int) -> dict[str, Tensor]:
+    def _eval_values(self, stage: str, batch) -> dict[str, Tensor]:
+        v, _, index = batch
         v = v.flatten(1)
-        # seeded per batch and rank: the same pixels every epoch, different on each shard
-        g = generator_for(run_seed(), "rbm_pseudo_loglik", self.global_rank, batch_idx,
-                          device=v.device)
+        # each image's own pixel (eval_noise): the same every epoch and in any DDP process
+        g = eval_noise(f"{stage}/pseudo_loglik", index)
         fe = self.free_energy(v)
         return {"pseudo_loglik": self.pseudo_loglik(v, g), "free_energy": fe,
                 "recon_error": (v - self.reconstruct(v)).pow(2).sum(1)}
@@ -347,7 +349,7 @@ class RBM(GenerativeModule):
         self._train_free_energy = self.free_energy(x).mean()
 
     def validation_step(self, batch, batch_idx):
-        values = self._eval_values(batch[0], batch_idx)
+        values = self._eval_values("val", batch)
         values["free_energy_gap"] = values["free_energy"] - self._train_free_energy
         log_eval(self, "val", values)
 
@@ -355,7 +357,7 @@ class RBM(GenerativeModule):
         self._log_z = self.log_partition() if self.hparams.ais_betas else None
 
     def test_step(self, batch, batch_idx):
-        values = self._eval_values(batch[0], batch_idx)
+        values = self._eval_values("test", batch)
         if self._log_z is not None:
             log_z, stderr = self._log_z
             values["loglik"] = -values["free_energy"] - log_z

@@ -21,10 +21,17 @@ from torch import Tensor, nn
 
 from genlab.capabilities import Encoder
 from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.models.common import GenerativeModule, eval_means, interleave, log_eval, log_this_step
+from genlab.models.common import (
+    GenerativeModule,
+    eval_means,
+    eval_noise,
+    interleave,
+    log_eval,
+    log_this_step,
+)
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
 from genlab.nets import ConvDecoder, ConvEncoder
-from genlab.seeding import generator_for, run_seed
+from genlab.seeding import ExampleNoise, draw
 
 EPS = ("gaussian", "uniform")
 SQRT3 = math.sqrt(3.0)
@@ -82,17 +89,21 @@ class VAE(GenerativeModule, Encoder):
         """The posterior mean: what disentanglement scores read."""
         return self.posterior(x)[0]
 
-    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised z = mu + std * eps, shape [B, D] or [k, B, D]; eps has unit variance.
-        Drawn from `generator` when given (evaluations), else from the training stream."""
+    def unit_noise(self, mu: Tensor, k: int | None = None,
+                   generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
+        """The reparameterisation noise eps with unit variance, shape [B, D] or [k, B, D] (the
+        k draws of an image in one call). Drawn from `generator` when given (evaluations: a
+        torch.Generator, or ExampleNoise, one per image), else from the training stream."""
         shape = mu.shape if k is None else (k, *mu.shape)
-        draw = dict(device=mu.device, dtype=mu.dtype, generator=generator)
+        kw = dict(batch_dim=0 if k is None else 1, dtype=mu.dtype, device=mu.device)
         if self.hparams.eps == "gaussian":
-            e = torch.randn(shape, **draw)
-        else:
-            e = (torch.rand(shape, **draw) * 2 - 1) * SQRT3
-        return mu + std * e
+            return draw(shape, generator, normal=True, **kw)
+        return (draw(shape, generator, **kw) * 2 - 1) * SQRT3
+
+    def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
+                 generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
+        """Reparameterised z = mu + std * eps, shape [B, D] or [k, B, D] (eps: unit_noise)."""
+        return mu + std * self.unit_noise(mu, k, generator)
 
     def log_q(self, z: Tensor, mu: Tensor, std: Tensor) -> Tensor:
         """log q(z | x) summed over latent dimensions."""
@@ -112,7 +123,8 @@ class VAE(GenerativeModule, Encoder):
     def recon_log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         return log_likelihood(x, out, self.hparams.likelihood, self.log_std)
 
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def elbo_terms(self, x: Tensor,
+                   generator: torch.Generator | ExampleNoise | None = None) -> dict[str, Tensor]:
         """Single-sample ELBO terms per image: recon = log p(x|z), kl = KL(q(z|x) || p(z))."""
         mu, std = self.posterior(x)
         z = self.sample_z(mu, std, generator=generator)
@@ -123,10 +135,12 @@ class VAE(GenerativeModule, Encoder):
             kl = self.log_q(z, mu, std) - self.log_prior(z)
         return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i: [k, B]."""
-        mu, std = self.posterior(x)
-        z = self.sample_z(mu, std, k, generator=generator)
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | ExampleNoise | None = None,
+                    posterior: tuple[Tensor, Tensor] | None = None, eps: Tensor | None = None) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i: [k, B]. The posterior
+        (mu, std) and the noise eps [k, B, D] are computed and drawn here unless given."""
+        mu, std = self.posterior(x) if posterior is None else posterior
+        z = mu + std * (self.unit_noise(mu, k, generator) if eps is None else eps)
         out = self.decode(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
         recon = self.recon_log_likelihood(x.expand(k, *x.shape).flatten(0, 1),
                                           out.flatten(0, 1)).view(k, -1)
@@ -137,12 +151,16 @@ class VAE(GenerativeModule, Encoder):
         return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
 
     @torch.no_grad()
-    def log_likelihood_estimate(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """Importance-sampled log p(x) with k samples from q(z|x), in chunks that fit memory.
+    def log_likelihood_estimate(self, x: Tensor, k: int,
+                                generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
+        """Importance-sampled log p(x) with k samples from q(z|x), decoded in chunks that fit
+        memory. The k draws of each image are made at once, so the chunks do not change them.
         A stochastic lower bound that tightens as k grows; always >= the ELBO in expectation."""
         per_chunk = max(1, self.hparams.loglik_chunk // x.shape[0])
-        chunks = [self.log_weights(x, min(per_chunk, k - i), generator)
-                  for i in range(0, k, per_chunk)]
+        mu, std = self.posterior(x)
+        eps = self.unit_noise(mu, k, generator)
+        chunks = [self.log_weights(x, len(e), posterior=(mu, std), eps=e)
+                  for e in eps.split(per_chunk)]
         return torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(k)
 
     @torch.no_grad()
@@ -198,29 +216,22 @@ class VAE(GenerativeModule, Encoder):
                 self.log("train/elbo", elbo.detach())
         return loss
 
-    def _eval_generator(self, phase: str, batch_idx: int, device) -> torch.Generator:
-        """Evaluation noise of its own, per phase, rank and batch: the same draws at every epoch
-        and after a resume, and the training stream never moves (genlab.seeding)."""
-        return generator_for(run_seed(), phase, self.global_rank, batch_idx, device=device)
-
+    # evaluation noise: one generator per image, keyed by its index in the split (eval_noise)
     def validation_step(self, batch, batch_idx):
-        x = batch[0]
-        log_eval(self, "val", self.elbo_terms(x, self._eval_generator("val", batch_idx, x.device)))
-
-    def on_test_epoch_start(self):
-        self._loglik_left = self.hparams.loglik_images or math.inf
+        x, _, index = batch
+        log_eval(self, "val", self.elbo_terms(x, eval_noise("val", index)))
 
     def test_step(self, batch, batch_idx):
-        x = batch[0]
-        values = self.elbo_terms(x, self._eval_generator("test", batch_idx, x.device))
+        x, _, index = batch
+        values = self.elbo_terms(x, eval_noise("test", index))
         # the importance-sampled estimate costs loglik_samples decoder passes per image, so it
-        # covers the first loglik_images test images of each process (all when null)
-        if self.hparams.loglik_samples and self._loglik_left > 0:
-            part = x[: int(min(len(x), self._loglik_left))]
-            self._loglik_left -= len(part)
-            g = self._eval_generator("test/loglik", batch_idx, x.device)
-            values["loglik"] = self.log_likelihood_estimate(part, self.hparams.loglik_samples, g)
-            values["loglik_elbo"] = values["elbo"][: len(part)]
+        # covers the test images of index < loglik_images (all when null), however many processes
+        n = self.hparams.loglik_images
+        keep = index < n if n is not None else torch.ones_like(index, dtype=torch.bool)
+        if self.hparams.loglik_samples and keep.any():
+            noise = eval_noise("test/loglik", index[keep])
+            values["loglik"] = self.log_likelihood_estimate(x[keep], self.hparams.loglik_samples, noise)
+            values["loglik_elbo"] = values["elbo"][keep]
         log_eval(self, "test", values)
 
     def configure_optimizers(self):
