@@ -43,6 +43,7 @@ from genlab.config import require, require_choice
 from genlab.metrics.extractors import (
     DOMAIN,
     INCEPTION,
+    extractor_image_shape,
     inception_weights_path,
     known_extractors,
     weights_hash,
@@ -140,7 +141,7 @@ def sample_metrics(
         real_images = to_uint8(real) if real.dtype != torch.uint8 else real
         real, cache_dir = RealReference("tensor", "given", len(real_images), real_images.cpu()), None
     if extractor in DOMAIN:  # a domain CNN only reads its own dataset's image size
-        shape = DOMAIN[extractor]["image_shape"]
+        shape = extractor_image_shape(extractor)
         require(tuple(fake.shape[1:]) == shape, "metrics.extractor",
                 f"an extractor for images of shape {shape} (got images {tuple(fake.shape[1:])})",
                 extractor)
