@@ -51,7 +51,7 @@ from genlab.metrics.extractors import (
 
 log = logging.getLogger("genlab")
 
-# names accepted in `metrics` (config: metrics.which) -> the torch-fidelity switch they turn on
+# names accepted in `metrics` (config: metrics.sample_quality.which) -> the torch-fidelity switch
 METRIC_SWITCH = {"fid": "fid", "kid": "kid", "is": "isc", "prc": "prc", "precision": "prc",
                  "recall": "prc"}
 
@@ -134,8 +134,8 @@ def sample_metrics(
     """
     require_choice(extractor, "metrics.extractor", known_extractors())
     for m in metrics:
-        require_choice(m, "metrics.which", tuple(METRIC_SWITCH))
-    require(len(metrics) > 0, "metrics.which", "a non-empty list", list(metrics))
+        require_choice(m, "metrics.sample_quality.which", tuple(METRIC_SWITCH))
+    require(len(metrics) > 0, "metrics.sample_quality.which", "a non-empty list", list(metrics))
     require(fake.dim() == 4 and len(fake) > 1, "fake", "float images [N>1, C, H, W]", tuple(fake.shape))
     if isinstance(real, Tensor):
         real_images = to_uint8(real) if real.dtype != torch.uint8 else real
