@@ -6,6 +6,7 @@ from pathlib import Path
 import hydra.utils
 import pytest
 import torch
+from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from genlab.config import ConfigError
@@ -19,7 +20,10 @@ from genlab.corruption import (
     gaussian_kernel,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "corruption"
+
+def corruption_config(kind: str, *overrides: str):
+    """conf/corruption/<kind>.yaml as genlab-train composes it (with the shared schedule node)."""
+    return make_cfg(Path("unused"), f"corruption={kind}", *overrides).corruption
 
 
 def gen(seed=0):
@@ -270,7 +274,7 @@ def test_bad_values_raise_config_error_naming_the_key(kwargs, key):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hydra_config_instantiates(kind):
-    cfg = OmegaConf.load(CONF / f"{kind}.yaml")
+    cfg = corruption_config(kind)
     c = hydra.utils.instantiate(cfg)
     assert isinstance(c, Corruption) and c.kind == kind
     out = c(images(2), generator=gen())
@@ -278,17 +282,27 @@ def test_hydra_config_instantiates(kind):
 
 
 def test_hydra_config_schedule_override():
-    cfg = OmegaConf.load(CONF / "blur.yaml")
-    cfg.level, cfg.schedule.kind = 2.0, "linear"
+    cfg = corruption_config("blur", "corruption.level=2.0", "corruption.schedule.kind=linear")
     c = hydra.utils.instantiate(cfg)
     c.step(cfg.schedule.images // 2)
     assert math.isclose(c.current_level, 1.0)
 
 
 def test_hydra_config_defaults_for_28x28():
-    levels = {k: OmegaConf.load(CONF / f"{k}.yaml").level for k in KINDS if k != "none"}
+    levels = {k: corruption_config(k).level for k in KINDS if k != "none"}
     assert levels == {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0}
-    assert OmegaConf.load(CONF / "rotate_crop.yaml").radius == 0.3
+    assert corruption_config("rotate_crop").radius == 0.3
+
+
+def test_every_corruption_shares_one_schedule_node():
+    """conf/corruption/schedule/default.yaml, the block each corruption file once repeated."""
+    for kind in KINDS:
+        cfg = corruption_config(kind)
+        assert OmegaConf.to_container(cfg.schedule) == {"kind": "constant", "images": 100000,
+                                                         "target": 0.6, "step": None}, kind
+        c = hydra.utils.instantiate(cfg)
+        assert isinstance(c.schedule, ConstantSchedule)
+        assert c.current_level == (0.0 if kind == "none" else cfg.level)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
