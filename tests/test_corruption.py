@@ -90,9 +90,23 @@ def test_blur_sigma_zero_is_exact_identity():
     x = images()
     assert torch.equal(Corruption("blur", 0.0)(x), x)
     # per image too: an image given sigma 0 in a batch with others blurred stays bit-identical
-    out = Corruption("blur", 1.0)(x, level=torch.tensor([0.0, 2.0] * 8))
+    out = Corruption("blur", 2.0)(x, level=torch.tensor([0.0, 2.0] * 8))
     assert torch.equal(out[0::2], x[0::2])
     assert not torch.equal(out[1::2], x[1::2])
+
+
+def test_blur_of_a_batch_is_each_image_blurred_alone():
+    """Per-image sigmas drawn from level_range: the kernel size comes from the range's top (a
+    number on the host, so no device sync), and each image comes out as if blurred on its own:
+    exactly at the same kernel size, and up to the kernels' 3-sigma cut at its own."""
+    x = images()
+    c = Corruption("blur", 1.0, level_range=[0.3, 1.5])
+    out, levels = c(x, generator=gen(), return_levels=True)
+    assert c.level_bound() == 1.5 and levels.max() <= 1.5
+    same_size = torch.cat([c(x[i : i + 1], level=levels[i : i + 1]) for i in range(len(x))])
+    assert torch.equal(out, same_size)
+    own_size = torch.cat([Corruption("blur", float(s))(x[i : i + 1]) for i, s in enumerate(levels)])
+    assert torch.allclose(out, own_size, atol=1e-3)
 
 
 def test_blur_kernel_sums_to_one():
@@ -303,6 +317,25 @@ def test_every_corruption_shares_one_schedule_node():
         c = hydra.utils.instantiate(cfg)
         assert isinstance(c.schedule, ConstantSchedule)
         assert c.current_level == (0.0 if kind == "none" else cfg.level)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("level_range", [None, [0.5, 2.0]])
+def test_blur_never_waits_for_the_device(level_range):
+    """A training step's blur (drawn or scheduled levels, or levels passed back as a tensor)
+    queues its kernels without a host sync."""
+    x = images(8).cuda()
+    c = Corruption("blur", 1.0, level_range=level_range, schedule=None if level_range else
+                   {"kind": "linear", "images": 1000})
+    c.step(100)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, levels = c(x, return_levels=True)
+        again = c(out, level=levels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert again.shape == x.shape
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
