@@ -31,7 +31,7 @@ from genlab.metrics.fid import RealReference, sample_metrics
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXTRACTOR = "genlab-fmnist-cnn"
-DEFAULT_SET = ["fid", "kid", "precision", "recall"]  # conf/metrics/fashion_mnist.yaml `which`
+DEFAULT_SET = ["fid", "kid", "precision", "recall"]  # conf/metrics/fashion_mnist.yaml sample_quality.which
 
 
 def quickstart_vae(image_shape):

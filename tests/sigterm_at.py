@@ -44,16 +44,16 @@ class SigtermAt(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         if self.phase != "evaluation" or stage != "fit":
             return
-        from genlab.callbacks.evaluation import SampleQuality
+        from genlab.callbacks.evaluation import Evaluation
 
-        (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, SampleQuality)]
-        score = evaluation._quality
+        (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, Evaluation)]
+        score = evaluation.score
 
         def interrupted_score(*args, **kwargs):
             self._fire("evaluation", trainer.current_epoch == self.epoch)
             return score(*args, **kwargs)
 
-        evaluation._quality = interrupted_score
+        evaluation.score = interrupted_score
 
     def on_train_batch_end(self, trainer, *_):
         self._fire("train_step", trainer.global_step == self.step)

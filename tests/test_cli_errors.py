@@ -41,6 +41,7 @@ TRAIN = {
     "validation split too large": (["data.val_size=100000"], "data.val_size"),
     "unknown accelerator": (["trainer.accelerator=nope"], "accelerator"),
     "unknown FID extractor": (["metrics.extractor=nope"], "metrics.extractor"),
+    "unknown evaluator": (["+metrics.nope=true"], "metrics.nope"),
     "Inception weights missing offline": (["metrics=inception", "metrics.inception_weights={tmp}/none.pth"],
                                           "metrics.inception_weights"),
     "unknown d_mode": (["model=dcgan", "model.d_mode=nope"], "model.d_mode"),

@@ -6,6 +6,7 @@ from pathlib import Path
 import hydra.utils
 import pytest
 import torch
+from conftest import make_cfg
 from omegaconf import OmegaConf
 
 from genlab.config import ConfigError
@@ -19,7 +20,10 @@ from genlab.corruption import (
     gaussian_kernel,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "corruption"
+
+def corruption_config(kind: str, *overrides: str):
+    """conf/corruption/<kind>.yaml as genlab-train composes it (with the shared schedule node)."""
+    return make_cfg(Path("unused"), f"corruption={kind}", *overrides).corruption
 
 
 def gen(seed=0):
@@ -86,9 +90,23 @@ def test_blur_sigma_zero_is_exact_identity():
     x = images()
     assert torch.equal(Corruption("blur", 0.0)(x), x)
     # per image too: an image given sigma 0 in a batch with others blurred stays bit-identical
-    out = Corruption("blur", 1.0)(x, level=torch.tensor([0.0, 2.0] * 8))
+    out = Corruption("blur", 2.0)(x, level=torch.tensor([0.0, 2.0] * 8))
     assert torch.equal(out[0::2], x[0::2])
     assert not torch.equal(out[1::2], x[1::2])
+
+
+def test_blur_of_a_batch_is_each_image_blurred_alone():
+    """Per-image sigmas drawn from level_range: the kernel size comes from the range's top (a
+    number on the host, so no device sync), and each image comes out as if blurred on its own:
+    exactly at the same kernel size, and up to the kernels' 3-sigma cut at its own."""
+    x = images()
+    c = Corruption("blur", 1.0, level_range=[0.3, 1.5])
+    out, levels = c(x, generator=gen(), return_levels=True)
+    assert c.level_bound() == 1.5 and levels.max() <= 1.5
+    same_size = torch.cat([c(x[i : i + 1], level=levels[i : i + 1]) for i in range(len(x))])
+    assert torch.equal(out, same_size)
+    own_size = torch.cat([Corruption("blur", float(s))(x[i : i + 1]) for i, s in enumerate(levels)])
+    assert torch.allclose(out, own_size, atol=1e-3)
 
 
 def test_blur_kernel_sums_to_one():
@@ -270,7 +288,7 @@ def test_bad_values_raise_config_error_naming_the_key(kwargs, key):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hydra_config_instantiates(kind):
-    cfg = OmegaConf.load(CONF / f"{kind}.yaml")
+    cfg = corruption_config(kind)
     c = hydra.utils.instantiate(cfg)
     assert isinstance(c, Corruption) and c.kind == kind
     out = c(images(2), generator=gen())
@@ -278,17 +296,46 @@ def test_hydra_config_instantiates(kind):
 
 
 def test_hydra_config_schedule_override():
-    cfg = OmegaConf.load(CONF / "blur.yaml")
-    cfg.level, cfg.schedule.kind = 2.0, "linear"
+    cfg = corruption_config("blur", "corruption.level=2.0", "corruption.schedule.kind=linear")
     c = hydra.utils.instantiate(cfg)
     c.step(cfg.schedule.images // 2)
     assert math.isclose(c.current_level, 1.0)
 
 
 def test_hydra_config_defaults_for_28x28():
-    levels = {k: OmegaConf.load(CONF / f"{k}.yaml").level for k in KINDS if k != "none"}
+    levels = {k: corruption_config(k).level for k in KINDS if k != "none"}
     assert levels == {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0}
-    assert OmegaConf.load(CONF / "rotate_crop.yaml").radius == 0.3
+    assert corruption_config("rotate_crop").radius == 0.3
+
+
+def test_every_corruption_shares_one_schedule_node():
+    """conf/corruption/schedule/default.yaml, the block each corruption file once repeated."""
+    for kind in KINDS:
+        cfg = corruption_config(kind)
+        assert OmegaConf.to_container(cfg.schedule) == {"kind": "constant", "images": 100000,
+                                                         "target": 0.6, "step": None}, kind
+        c = hydra.utils.instantiate(cfg)
+        assert isinstance(c.schedule, ConstantSchedule)
+        assert c.current_level == (0.0 if kind == "none" else cfg.level)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("level_range", [None, [0.5, 2.0]])
+def test_blur_never_waits_for_the_device(level_range):
+    """A training step's blur (drawn or scheduled levels, or levels passed back as a tensor)
+    queues its kernels without a host sync."""
+    x = images(8).cuda()
+    c = Corruption("blur", 1.0, level_range=level_range, schedule=None if level_range else
+                   {"kind": "linear", "images": 1000})
+    c.step(100)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, levels = c(x, return_levels=True)
+        again = c(out, level=levels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert again.shape == x.shape
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

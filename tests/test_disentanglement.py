@@ -5,7 +5,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from genlab.callbacks.evaluation import SampleQuality
+from genlab.callbacks.evaluation import Evaluation
+from genlab.callbacks.evaluators import Disentanglement, SampleQuality
 from genlab.capabilities import Encoder, KnownFactors
 from genlab.config import ConfigError
 from genlab.data import DigitsDataModule, InMemoryDataModule, dsprites
@@ -146,10 +147,11 @@ class Squares(InMemoryDataModule, KnownFactors):
         return {"train": (self.render(train), train), "test": (self.render(grid), grid)}
 
 
-def _evaluation(**kwargs) -> SampleQuality:
-    return SampleQuality("genlab-digits-cnn", n_samples=100, every_n_epochs=0, which=["fid"],
-                         latent=False, kid_subset_size=50, disentanglement_points=200,
-                         factor_vae_votes=20, **kwargs)
+def _evaluation() -> Evaluation:
+    """FID and disentanglement only; Squares is not in genlab.data.DATASETS, so the extractor is
+    named (digits' fits its 8x8 images)."""
+    return Evaluation([SampleQuality(which=["fid"]), Disentanglement(points=200, factor_vae_votes=20)],
+                      extractor="genlab-digits-cnn", n_samples=100, every_n_epochs=0)
 
 
 def _trainer(tmp_path, cb) -> pl.Trainer:
@@ -169,7 +171,7 @@ def test_data_that_declares_known_factors_gets_disentanglement_scores(tmp_path):
     """Squares is not dSprites and not named anywhere in genlab: declaring KnownFactors is all
     the evaluation needs. The scores are computed at the final validation, in [0, 1]."""
     pl.seed_everything(0, verbose=False)
-    cb = _evaluation(disentanglement=True)
+    cb = _evaluation()
     model = VAE(image_shape=(1, 8, 8), latent_dim=4, loglik_samples=0)
     trainer = _trainer(tmp_path, cb)
     dm = Squares(batch_size=32, val_size=49)
@@ -183,7 +185,8 @@ def test_data_that_declares_known_factors_gets_disentanglement_scores(tmp_path):
 
 def test_disentanglement_without_known_factors_fails_before_training(tmp_path):
     model = VAE(image_shape=(1, 8, 8), latent_dim=4, loglik_samples=0)
-    trainer = _trainer(tmp_path, _evaluation(disentanglement=True))
-    with pytest.raises(ConfigError, match="metrics.disentanglement=True is invalid.*known factors"):
+    trainer = _trainer(tmp_path, _evaluation())
+    with pytest.raises(ConfigError, match="metrics.disentanglement is on, but data 'digits' does not "
+                                          "declare KnownFactors; allowed: metrics.disentanglement=null"):
         trainer.fit(model, datamodule=DigitsDataModule(val_size=150))
     assert trainer.global_step == 0

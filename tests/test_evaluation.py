@@ -1,10 +1,12 @@
-"""The evaluation callback (genlab.callbacks.evaluation.SampleQuality) inside real smoke runs:
-what it logs, that its numbers mean something, early failures, and DDP agreement."""
+"""The evaluation callback (genlab.callbacks.evaluation.Evaluation) and its evaluators inside real
+smoke runs: what they log, that the numbers mean something, switching evaluators off, early
+failures, and DDP agreement."""
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ from conftest import make_cfg, run_cli
 from omegaconf import OmegaConf
 
 from genlab import runs
+from genlab.callbacks.evaluation import Evaluation
 from genlab.config import ConfigError
-from genlab.data import build_datamodule
+from genlab.data import DATASETS, build_datamodule
 from genlab.metrics import extractors
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.metrics.fid import RealReference, sample_metrics, to_uint8
@@ -50,7 +53,7 @@ def test_metrics_reach_the_summary_and_metrics_csv(digits_run):
         assert math.isfinite(s[key]), key
     assert 0 <= s["val/precision"] <= 1 and 0 <= s["val/recall"] <= 1
     assert 0 <= s["val/active_units"] <= 16
-    assert "val/is" not in s  # not in metrics.which for digits
+    assert "val/is" not in s  # not in metrics.sample_quality.which for digits
 
     with open(digits_run / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/fid")]
@@ -60,10 +63,51 @@ def test_metrics_reach_the_summary_and_metrics_csv(digits_run):
     assert float(rows[-1]["val/fid"]) == pytest.approx(s["val/fid"], rel=1e-6)
 
 
+def test_an_evaluator_switched_off_leaves_the_others_as_they_were(digits_run, smoke, tmp_path):
+    """metrics.sample_quality=null: no sample-quality metric at all, and the latent diagnostics
+    (which generate their own images) are exactly those of the run with every evaluator on."""
+    on, _ = digits_run
+    off = smoke(tmp_path / "off", "data=digits", "metrics.sample_quality=null")
+    s, ref = runs.read_summary(off), runs.read_summary(on)
+    assert s["status"] == "ok" and not any(k in s for k in QUALITY)
+    for key in LATENT + ("val/elbo", "test/elbo"):
+        assert s[key] == ref[key], key
+    assert s["fid_extractor"] == ref["fid_extractor"]
+
+
+def test_each_evaluator_is_switched_by_its_own_node():
+    ev = Evaluation.from_config({"sample_quality": {"which": ["fid"]}, "latent": None,
+                                 "disentanglement": False, "save_samples": True})
+    assert [e.name for e in ev.evaluators] == ["sample_quality", "save_samples"]
+    assert ev.evaluators[0].metrics == ("val/fid",)
+    # a class kept outside genlab is named by its node's _target_
+    (latent,) = Evaluation.from_config({"latent": {
+        "_target_": "genlab.callbacks.evaluators.LatentDiagnostics", "subset": 5}}).evaluators
+    assert latent.subset == 5
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"nope": {}}, "metrics.nope is neither a setting nor an evaluator; allowed: every_n_epochs"),
+    ({"latent": {"nope": 1}}, "metrics.latent.nope is not an option of evaluator latent; allowed: "
+                              "subset, expost_components, expost_reg_covar"),
+    ({"latent": 3}, "metrics.latent=3 is invalid; allowed: a mapping of its settings"),
+    ({"latent": {"subset": 0}}, "metrics.latent.subset=0 is invalid"),
+    ({"sample_quality": {"which": ["lpips"]}}, "metrics.sample_quality.which='lpips' is invalid"),
+    ({"every_n_epochs": -1}, "metrics.every_n_epochs=-1 is invalid"),
+    ({"latent": {"_target_": "genlab.callbacks.evaluators.SampleQuality"}},
+     "metrics.latent._target_='genlab.callbacks.evaluators.SampleQuality' is invalid; allowed: an "
+     "Evaluator subclass whose name is 'latent'"),
+])
+def test_a_bad_metrics_node_names_its_key(node, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Evaluation.from_config(node)
+
+
 def test_extractor_is_named_in_the_summary(digits_run):
     digits_run, cfg = digits_run
-    assert cfg.callbacks.evaluation.extractor == cfg.metrics.extractor == "genlab-digits-cnn"
-    assert runs.read_summary(digits_run)["fid_extractor"] == "genlab-digits-cnn"
+    # metrics.extractor=null: the data's own, from genlab.data.DATASETS
+    assert cfg.metrics.extractor is None
+    assert runs.read_summary(digits_run)["fid_extractor"] == DATASETS["digits"].extractor
 
 
 def test_model_fid_is_far_above_the_real_data_floor(digits_run):
@@ -74,7 +118,7 @@ def test_model_fid_is_far_above_the_real_data_floor(digits_run):
     n = cfg.metrics.n_samples
     ref = RealReference.from_datamodule(dm, cfg.metrics.real_split, n)
     held_out = dm.images("test", n)
-    floor = sample_metrics(held_out, ref, cfg.metrics.extractor, ["fid"],
+    floor = sample_metrics(held_out, ref, DATASETS["digits"].extractor, ["fid"],
                            cache_dir=cfg.metrics.cache_dir)["fid"]
     model_fid = runs.read_summary(digits_run)["val/fid"]
     assert 0 < floor < model_fid / 10, (floor, model_fid)
@@ -109,7 +153,7 @@ def test_ddp_fid_equals_a_single_process_recomputation(tmp_path):
     validation equals sample_metrics on the gathered samples in this one process."""
     # one epoch (an evaluation inside fit, then the final one); few KID subsets: KID is not checked
     run_cli("debug=smoke", "data=digits", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1",
-            "metrics.save_samples=true", "metrics.kid_subsets=10", f"paths.log_dir={tmp_path}",
+            "metrics.save_samples=true", "metrics.sample_quality.kid_subsets=10", f"paths.log_dir={tmp_path}",
             cwd=tmp_path)
     (run,) = runs.find_runs(tmp_path)
     s = runs.read_summary(run)
@@ -129,10 +173,10 @@ def test_ddp_fid_equals_a_single_process_recomputation(tmp_path):
     assert not torch.equal(fake[:half], fake[half:])
     ref = RealReference.from_datamodule(dm, cfg.metrics.real_split, cfg.metrics.n_samples)
     # no cache: the reference statistics are recomputed here, independently of the run
-    fid = sample_metrics(fake.float() / 255, ref, cfg.metrics.extractor, ["fid"])["fid"]
+    fid = sample_metrics(fake.float() / 255, ref, saved["extractor"], ["fid"])["fid"]
     assert s["val/fid"] == pytest.approx(fid, rel=1e-6)
     assert math.isfinite(s["val/fid_expost"]) and math.isfinite(s["val/active_units"])
-    assert saved["metrics"]["fid"] == pytest.approx(fid, rel=1e-6)
+    assert saved["metrics"]["val/fid"] == pytest.approx(fid, rel=1e-6)
 
 
 def test_fid_as_checkpoint_monitor_needs_it_at_every_save(smoke, tmp_path):

@@ -11,17 +11,16 @@ import math
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import NO_EVAL, make_cfg
+from conftest import make_cfg
 from torch import Tensor, nn
 
+from genlab.callbacks.evaluators import EvalContext, Evaluator
 from genlab.data import DATASETS, Dataset, InMemoryDataModule, build_datamodule
 from genlab.data.digits import load_digits_tensors
 from genlab.models import FAMILIES, family_name, load_model, read_genlab_checkpoint
 from genlab.models.common import GenerativeModule, eval_means, log_eval
 from genlab.runs import RunReadError, read_summary
-from genlab.seeding import mix_seed
 
 
 def user_conf(root: Path, files: dict[str, str]) -> str:
@@ -147,43 +146,37 @@ def test_add_a_model_family(tmp_path, monkeypatch):
         read_genlab_checkpoint(summary["best_checkpoint"])
 
 
-# --- add an evaluator: a Lightning callback under callbacks.<name>, logging val/* ----------------
+# --- add an evaluator: one Evaluator subclass, its node metrics.<name> ----------------------------
 
 
-class BrightnessGap(pl.Callback):
-    """|mean brightness of n generated images - that of the validation images|, in [0, 1]."""
+class BrightnessGap(Evaluator):
+    """|mean brightness of n generated images - that of the first n validation images|, in [0, 1]."""
 
-    def __init__(self, n: int = 256, seed: int = 0):
-        self.n, self.seed = n, seed
-        self._sum, self._count = 0.0, 0
+    name = "brightness_gap"  # its config node, metrics.brightness_gap; registers it
+    metrics = ("val/brightness_gap",)
 
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self._sum, self._count = torch.zeros((), device=pl_module.device), 0
+    def __init__(self, n: int = 256):
+        self.n = n
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._sum = self._sum + batch[0].sum()
-        self._count += batch[0].numel()
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        # evaluation noise of its own (genlab.seeding), leaving the training stream untouched
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(mix_seed(self.seed, "brightness_gap"))
-            fake = pl_module.generate(self.n)
-        gap = (fake.mean() - self._sum / self._count).abs()
-        pl_module.log("val/brightness_gap", gap, on_step=False, on_epoch=True)
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        # uint8 images, each rank's share seeded from the run seed, gathered across ranks
+        fake = ctx.generate(self.n).float() / 255
+        real = ctx.data.images("val", self.n)
+        return {"val/brightness_gap": abs(fake.mean() - real.mean()).item()}
 
 
 def test_add_an_evaluator(tmp_path):
     run = tmp_path / "run"
-    evaluator = f"+callbacks.brightness_gap={{_target_: {__name__}.BrightnessGap, n: 128, seed: 0}}"
-    # the new metric is the objective: the best checkpoint is chosen by it
-    summary = train_run(run, "data=digits", "model.latent_dim=4", evaluator,
-                        "objective.metric=val/brightness_gap", "objective.mode=min", *NO_EVAL)
+    # the new metric is the objective (the best checkpoint is chosen by it); the built-in
+    # evaluators are switched off, each by its own node
+    summary = train_run(run, "data=digits", "model.latent_dim=4", "+metrics.brightness_gap={n: 128}",
+                        "metrics.sample_quality=null", "metrics.latent=null",
+                        "objective.metric=val/brightness_gap", "objective.mode=min")
     fit, final = val_curve(run, "val/brightness_gap")
     assert len(fit) == 2 and all(0 <= v <= 1 for v in fit), fit
-    # the final validation of the best checkpoint, with the evaluator's own seeded noise
+    # the final validation of the best checkpoint draws the same images as fit's evaluation did
     assert math.isclose(final, min(fit), rel_tol=1e-5)
     assert summary["val/brightness_gap"] == pytest.approx(final)
     assert Path(summary["best_checkpoint"]).name.startswith("best-epoch")
+    assert "val/fid" not in summary and "val/active_units" not in summary
+    assert summary["metric_errors"] == {}

@@ -17,6 +17,7 @@ from genlab.metrics.extractors import (
     INCEPTION_URL,
     ExtractorUnavailable,
     domain_weights_path,
+    extractor_image_shape,
     load_domain_cnn,
 )
 from genlab.metrics.fid import RealReference, cache_key, extract_features, sample_metrics
@@ -39,7 +40,7 @@ def test_shipped_weights_are_small_safe_and_registered(name):
     assert len(blob["test_accuracy"]) == len(DOMAIN[name]["heads"])
     assert issubclass(FEATURE_EXTRACTORS_REGISTRY[name], FeatureExtractorBase)
     fx = FEATURE_EXTRACTORS_REGISTRY[name](name, ["features", "logits"])
-    x = torch.randint(0, 256, (3, *DOMAIN[name]["image_shape"]), dtype=torch.uint8)
+    x = torch.randint(0, 256, (3, *extractor_image_shape(name)), dtype=torch.uint8)
     features, logits = fx(x)
     assert features.shape == (3, 128) and logits.shape == (3, DOMAIN[name]["heads"][0])
     with pytest.raises(ValueError, match="uint8"):

@@ -62,8 +62,8 @@ def test_a_failed_mixture_fit_is_nan_with_its_reason_and_the_run_goes_on(smoke, 
     """Without covariance regularisation, a mixture with as many components as codes has
     singular covariances: scikit-learn's fit fails on the run's real codes. val/fid_expost is NaN,
     summary.json says why, every other metric is computed and the run ends ok."""
-    run = smoke(tmp_path / "run", "data=digits", "metrics.expost_reg_covar=0",
-                "metrics.expost_components=200", "metrics.latent_subset=100")
+    run = smoke(tmp_path / "run", "data=digits", "metrics.latent.expost_reg_covar=0",
+                "metrics.latent.expost_components=200", "metrics.latent.subset=100")
     s = runs.read_summary(run)
     assert s["status"] == "ok"
     assert s["val/fid_expost"] == "nan"  # JSON has no NaN: runs.write_summary spells it

@@ -140,7 +140,7 @@ def test_all_metrics_keys_ranges_and_checks(digits):
     # real images given as a tensor: the same numbers as through a RealReference
     as_tensor = sample_metrics(fake, real.load().float() / 255, "genlab-digits-cnn", metrics=("fid",))
     assert as_tensor["fid"] == pytest.approx(out["fid"], rel=1e-9)
-    with pytest.raises(ConfigError, match="metrics.which"):
+    with pytest.raises(ConfigError, match="metrics.sample_quality.which"):
         sample_metrics(fake, real, "genlab-digits-cnn", metrics=("fid", "lpips"))
     with pytest.raises(ConfigError, match="metrics.extractor"):
         sample_metrics(fake, real, "genlab-fmnist-cnn")  # 8x8 images, a 28x28 extractor

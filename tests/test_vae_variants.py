@@ -108,7 +108,28 @@ def test_training_on_the_iwae_bound(smoke, tmp_path):
 
 
 def test_loglik_is_above_the_elbo_on_the_same_images(smoke, tmp_path):
-    run = smoke(tmp_path, "data=digits", "metrics.loglik_samples=50", "callbacks.evaluation=null")
+    run = smoke(tmp_path, "data=digits", "model.loglik_samples=50", "callbacks.evaluation=null")
     s = runs.read_summary(run)
     assert s["status"] == "ok"
     assert s["test/loglik"] >= s["test/loglik_elbo"], (s["test/loglik"], s["test/loglik_elbo"])
+
+
+@pytest.mark.parametrize("family", ["vae", "dcgan", "dae", "rbm", "restoration_gan", "deep_mlp"])
+def test_the_loglik_settings_are_the_vaes_own(tmp_path, family):
+    """model.loglik_* live in conf/model/vae.yaml; debug=smoke shrinks them through
+    debug/model/smoke_vae.yaml, so no other family's constructor ever sees them."""
+    from conftest import make_cfg
+
+    from genlab.train import build
+
+    cfg = make_cfg(tmp_path, "debug=smoke", f"model={family}")
+    shrunk = {k: cfg.model.get(k) for k in ("loglik_samples", "loglik_images")}
+    assert shrunk == ({"loglik_samples": 8, "loglik_images": 32} if family == "vae"
+                      else {"loglik_samples": None, "loglik_images": None})
+    build(cfg.model, image_shape=[1, 28, 28], _convert_="all")  # every key is a constructor argument
+    if family == "vae":
+        full = make_cfg(tmp_path, "model=vae").model
+        assert (full.loglik_samples, full.loglik_images) == (1000, 1000)
+        # a preset's sizes, and smoke's on top of them
+        assert make_cfg(tmp_path, "experiment=iwae_table").model.loglik_samples == 5000
+        assert make_cfg(tmp_path, "experiment=iwae_table", "debug=smoke").model.loglik_samples == 8

@@ -244,20 +244,21 @@ def gaussian_kernel(sigma: Tensor, radius: int) -> Tensor:
     return k / k.sum(dim=1, keepdim=True)
 
 
-def _blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Separable Gaussian blur with reflect padding; per-image sigma [B] in pixels.
+def _blur(x: Tensor, sigma: Tensor, bound: float) -> Tensor:
+    """Separable Gaussian blur with reflect padding; per-image sigma [B] in pixels, at most `bound`.
 
+    `bound` is a number the caller knows on the host (Corruption.forward: the level given, the top
+    of level_range or the scheduled level), so the kernel size never waits for the device.
     Written as a weighted sum of shifted copies rather than a convolution: kernels differ per
     image, the kernels are short, and elementwise arithmetic is exact where a zero weight is
     involved (cuDNN may use TF32), so sigma = 0 is exactly the identity on every device.
     """
     b, c, h, w = x.shape
-    smax = float(sigma.max())
-    if smax == 0.0:
+    if bound == 0.0:
         return x.clone()
     # ~3 sigma covers 99.7% of the mass; reflect padding needs pad < size, so tiny images truncate
-    # the kernel (renormalised by gaussian_kernel to sum 1).
-    radius = min(math.ceil(3 * smax), h - 1, w - 1)
+    # the kernel (renormalised by gaussian_kernel to sum 1), as does a sigma above `bound`.
+    radius = min(math.ceil(3 * bound), h - 1, w - 1)
     if radius == 0:
         return x.clone()
     k = gaussian_kernel(sigma.to(x.dtype), radius)  # [B, K]
@@ -398,6 +399,14 @@ class Corruption(nn.Module):
         """Feedback for the adaptive schedule (ignored by the others)."""
         self.schedule.update(real_sign_accuracy)
 
+    def level_bound(self, level: float | Tensor | None = None) -> float:
+        """The largest per-image level of a call, known on the host (no device sync): the level
+        given as a number, else the top of level_range, else the scheduled level. A per-image
+        level tensor is taken to lie within it, as the levels this corruption draws do."""
+        if level is not None and not isinstance(level, Tensor):
+            return float(level)
+        return self.level_range[1] if self.level_range is not None else self.current_level
+
     def sample_levels(self, batch_size: int, generator: torch.Generator | ExampleNoise | None = None,
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
         """Per-image levels [batch_size]: uniform in level_range, else the current level."""
@@ -446,7 +455,7 @@ class Corruption(nn.Module):
         elif self.kind == "salt_pepper":
             out = _salt_pepper(x, levels, generator)
         elif self.kind == "blur":
-            out = _blur(x, levels)
+            out = _blur(x, levels, self.level_bound(level))
         elif self.kind == "rotate_crop":
             out = _rotate_crop(x, levels, generator, self.radius)
         else:

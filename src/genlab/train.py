@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from genlab.callbacks.evaluation import SampleQuality
+from genlab.callbacks.evaluation import Evaluation
 from genlab.callbacks.guard import DivergedError
 from genlab.callbacks.pruning import RunPruned
 from genlab.config import ConfigError, one_line, require
@@ -179,7 +179,7 @@ def train(cfg: DictConfig) -> float | None:
                "objective": cfg.objective.metric}
     if rank_zero:
         write_summary(run_dir, summary)
-    trainer = None
+    trainer = evaluation = None
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the summary
         if ckpt_path:
@@ -195,11 +195,9 @@ def train(cfg: DictConfig) -> float | None:
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         callbacks = _build_all(cfg, "callbacks")
-        # FIDs of different feature extractors are on different scales: the summary names it
-        for cb in callbacks:
-            if isinstance(cb, SampleQuality):
-                summary["fid_extractor"] = cb.extractor
-                summary["metric_errors"] = cb.metric_errors  # filled as evaluations fail
+        evaluation = next((cb for cb in callbacks if isinstance(cb, Evaluation)), None)
+        if evaluation is not None:
+            summary["metric_errors"] = evaluation.metric_errors  # filled as evaluations fail
         loggers = _build_all(cfg, "logger")
         summary["precision"] = resolve_precision(cfg.trainer)
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -242,6 +240,9 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         if trainer is not None:
             summary.update(epochs=trainer.current_epoch, global_step=trainer.global_step)
+        if evaluation is not None and evaluation.fid_extractor:
+            # FIDs of different feature extractors are on different scales: the summary names it
+            summary["fid_extractor"] = evaluation.fid_extractor
         if rank_zero:
             write_summary(run_dir, summary)
         _finish_wandb(summary)

@@ -1,1 +1,2 @@
-"""Lightning callbacks: sample grids, divergence guard, gradient noise, periodic evaluation."""
+"""Lightning callbacks: sample grids, divergence guard, gradient noise, and the periodic evaluation
+with its evaluators."""

@@ -46,27 +46,34 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from genlab.data import DATASETS
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 INCEPTION = "inception-v3-compat"
 INCEPTION_URL = URL_INCEPTION_V3
 FEATURE_DIM = 128
 
-# Each domain extractor: the data module it belongs to (`name` attribute), the image shape it takes,
-# the number of classes per head, which label columns are the heads' targets (None: the label
-# itself), and how the trunk downsamples. dSprites orientation is left out as a target: symmetric
+# Each domain extractor: the dataset it belongs to (its genlab.data.DATASETS name, which also gives
+# the image shape it takes), the number of classes per head, which label columns are the heads'
+# targets (None: the label itself), and how the trunk downsamples. dSprites orientation is left out as a target: symmetric
 # shapes make it ambiguous.
 # Downsampling: conv + max-pool made the Fashion-MNIST features order the sanity FIDs as expected
 # (floor << noised < blurred; strided convs and average pooling put blur below noise, measured on
 # one GPU run each); dSprites keeps strided convs because full-resolution convs on 64x64 images
 # cost ~8x more per evaluation.
 DOMAIN = {
-    "genlab-fmnist-cnn": {"data": "fashion_mnist", "image_shape": (1, 28, 28), "heads": (10,),
+    "genlab-fmnist-cnn": {"data": "fashion_mnist", "heads": (10,),
                           "label_columns": None, "downsample": "maxpool"},
-    "genlab-digits-cnn": {"data": "digits", "image_shape": (1, 8, 8), "heads": (10,),
+    "genlab-digits-cnn": {"data": "digits", "heads": (10,),
                           "label_columns": None, "downsample": "maxpool"},
-    "genlab-dsprites-cnn": {"data": "dsprites", "image_shape": (1, 64, 64), "heads": (3, 6, 32, 32),
+    "genlab-dsprites-cnn": {"data": "dsprites", "heads": (3, 6, 32, 32),
                             "label_columns": (0, 1, 3, 4), "downsample": "stride"},
 }
+
+
+def extractor_image_shape(name: str) -> tuple[int, int, int]:
+    """The image shape [C, H, W] a domain extractor takes: that of its dataset in genlab.data."""
+    return tuple(DATASETS[DOMAIN[name]["data"]].image_shape)
 
 
 class ExtractorUnavailable(FileNotFoundError):
@@ -121,7 +128,7 @@ def load_domain_cnn(name: str, path: str | Path | None = None) -> DomainCNN:
             f"  python -m genlab.metrics.train_extractor --data {DOMAIN[name]['data']}")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     spec = DOMAIN[name]
-    net = DomainCNN(spec["image_shape"], spec["heads"], downsample=spec["downsample"])
+    net = DomainCNN(extractor_image_shape(name), spec["heads"], downsample=spec["downsample"])
     net.load_state_dict(blob["state_dict"])
     return net.eval().requires_grad_(False)
 
@@ -131,7 +138,7 @@ class DomainFeatureExtractor(FeatureExtractorBase):
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        self.image_shape = DOMAIN[name]["image_shape"]
+        self.image_shape = extractor_image_shape(name)
         self.net = load_domain_cnn(name, feature_extractor_weights_path)
 
     @staticmethod

@@ -43,6 +43,7 @@ from genlab.config import require, require_choice
 from genlab.metrics.extractors import (
     DOMAIN,
     INCEPTION,
+    extractor_image_shape,
     inception_weights_path,
     known_extractors,
     weights_hash,
@@ -50,7 +51,7 @@ from genlab.metrics.extractors import (
 
 log = logging.getLogger("genlab")
 
-# names accepted in `metrics` (config: metrics.which) -> the torch-fidelity switch they turn on
+# names accepted in `metrics` (config: metrics.sample_quality.which) -> the torch-fidelity switch
 METRIC_SWITCH = {"fid": "fid", "kid": "kid", "is": "isc", "prc": "prc", "precision": "prc",
                  "recall": "prc"}
 
@@ -133,14 +134,14 @@ def sample_metrics(
     """
     require_choice(extractor, "metrics.extractor", known_extractors())
     for m in metrics:
-        require_choice(m, "metrics.which", tuple(METRIC_SWITCH))
-    require(len(metrics) > 0, "metrics.which", "a non-empty list", list(metrics))
+        require_choice(m, "metrics.sample_quality.which", tuple(METRIC_SWITCH))
+    require(len(metrics) > 0, "metrics.sample_quality.which", "a non-empty list", list(metrics))
     require(fake.dim() == 4 and len(fake) > 1, "fake", "float images [N>1, C, H, W]", tuple(fake.shape))
     if isinstance(real, Tensor):
         real_images = to_uint8(real) if real.dtype != torch.uint8 else real
         real, cache_dir = RealReference("tensor", "given", len(real_images), real_images.cpu()), None
     if extractor in DOMAIN:  # a domain CNN only reads its own dataset's image size
-        shape = DOMAIN[extractor]["image_shape"]
+        shape = extractor_image_shape(extractor)
         require(tuple(fake.shape[1:]) == shape, "metrics.extractor",
                 f"an extractor for images of shape {shape} (got images {tuple(fake.shape[1:])})",
                 extractor)

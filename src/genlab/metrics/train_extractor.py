@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.data import DATASETS
-from genlab.metrics.extractors import DOMAIN, DomainCNN, domain_weights_path
+from genlab.metrics.extractors import DOMAIN, DomainCNN, domain_weights_path, extractor_image_shape
 
 # steps and batch size per dataset: a few epochs of Fashion-MNIST, many passes over the small
 # digits set, and ~0.5 "epoch" of the 737k dSprites grid (neighbouring images are near-identical)
@@ -67,7 +67,7 @@ def train(name: str, dm, steps: int, batch_size: int, lr: float = 2e-3, seed: in
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     spec = DOMAIN[name]
-    net = DomainCNN(spec["image_shape"], spec["heads"], downsample=spec["downsample"]).to(device)
+    net = DomainCNN(extractor_image_shape(name), spec["heads"], downsample=spec["downsample"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     fetch, n = dm.fetcher("train")

@@ -1,0 +1,335 @@
+"""Evaluators: the parts of genlab's periodic evaluation, one class per family of metrics.
+
+The evaluation callback (genlab.callbacks.evaluation.Evaluation) decides when to evaluate, builds
+one `EvalContext` per evaluation and runs every configured evaluator in it. An evaluator is one
+subclass of `Evaluator`, configured by its own node `metrics.<name>` (its keyword arguments):
+
+    name        its config node; setting it registers the class in EVALUATORS
+    needs       capabilities (genlab.capabilities) the model must declare; a model without one is
+                skipped, so one metrics config serves every family (a DCGAN gets no latent
+                diagnostics)
+    data_needs  capabilities the data module must declare; without one the run stops before
+                training, since the user asked for scores this data cannot give
+    final_only  computed only at the final validation of the best checkpoint (costly scores)
+    metrics     the val/* names it logs (an instance attribute when they depend on its settings);
+                if evaluate raises, each is logged as NaN with the reason in metric_errors
+    evaluate(ctx) -> {val/name: value}
+                runs on every rank (ctx.samples and ctx.generate gather across ranks), under
+                torch.no_grad, with the model in eval mode, on a fork of the random state
+
+Built in: sample_quality (FID, KID, precision/recall, IS), latent (active units, MMD to the prior,
+aggregate KL, FID of an ex-post mixture), disentanglement (MIG, FactorVAE, DCI) and save_samples.
+Units and signs: genlab.metrics.fid, genlab.metrics.prior, genlab.metrics.disentanglement.
+
+Randomness: every draw is seeded from the run seed and a phase name of its own
+(genlab.seeding.mix_seed), so an evaluator's numbers do not depend on which others ran before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from genlab.capabilities import Encoder, KnownFactors
+from genlab.config import ConfigError, require, require_choice, require_positive
+from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
+from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
+from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.seeding import generator_for, mix_seed
+
+log = logging.getLogger("genlab")
+
+EVALUATORS: dict[str, type[Evaluator]] = {}
+SAMPLES_FILE = "eval_samples.pt"
+# what a metric that cannot be computed raises: numpy/scipy/scikit-learn's ValueError and
+# LinAlgError (a failed mixture fit, sqrtm or eigvals on non-finite input), torch's RuntimeError,
+# torch-fidelity's asserts and ValueError (too few samples). A ConfigError (a ValueError too) is the
+# user's, and still stops the run.
+METRIC_FAILURES = (ValueError, ArithmeticError, AssertionError, RuntimeError, np.linalg.LinAlgError)
+
+
+class EvalContext:
+    """One evaluation, shared by the evaluators that run in it.
+
+    trainer, model, data, final (the final validation, else an evaluation during fit), where (for
+    messages), rank, world, seed (the run seed), n_samples (metrics.n_samples: the images an
+    evaluator generates and compares), extractor and real (the feature extractor and the
+    RealReference of every FID-type score), logged (the values of the evaluators that ran before).
+    `score(fake_u8, which, **kwargs)` is genlab.metrics.fid.sample_metrics of uint8 images against
+    `real` with `extractor`, so every FID of a run is on one scale.
+    """
+
+    def __init__(self, trainer: pl.Trainer, model: pl.LightningModule, final: bool, seed: int,
+                 n_samples: int, generate_batch_size: int, extractor: str, real: RealReference,
+                 score: Callable[..., dict]):
+        self.trainer, self.model, self.data, self.final = trainer, model, trainer.datamodule, final
+        self.where = "final validation" if final else f"epoch {trainer.current_epoch}"
+        self.rank, self.world = trainer.global_rank, trainer.world_size
+        self.seed, self.n_samples, self.generate_batch_size = seed, n_samples, generate_batch_size
+        self.extractor, self.real, self.score = extractor, real, score
+        self.logged: dict[str, float] = {}
+        self.reasons: dict[str, str] = {}  # metric -> why it is NaN in this evaluation
+        self._samples: Tensor | None = None
+
+    def generate(self, n: int, z: Tensor | None = None) -> Tensor:
+        """n images from the model, as uint8 [n, C, H, W] on the CPU, the same on every rank:
+        each rank generates its contiguous share (decoded from its share of z, when z [n, D] is
+        given) with the seed mix_seed(seed, "generate", rank), the same at every evaluation, and
+        the shares are gathered in rank order."""
+        per_rank = math.ceil(n / self.world)
+        b, m = self.generate_batch_size, self.model
+        with _seeded(mix_seed(self.seed, "generate", self.rank), m.device):
+            if z is None:
+                local = torch.cat([m.generate(min(b, per_rank - i)) for i in range(0, per_rank, b)])
+            else:
+                mine = z[self.rank * per_rank : (self.rank + 1) * per_rank].to(m.device)
+                local = torch.cat([m.generate(len(zb), z=zb) for zb in mine.split(b)])
+        # uint8 is what the extractors read anyway, and a quarter of the bytes to gather
+        return gather_samples(to_uint8(local))[:n].cpu()
+
+    def samples(self) -> Tensor:
+        """The n_samples prior samples of this evaluation (generated once, shared)."""
+        if self._samples is None:
+            self._samples = self.generate(self.n_samples)
+        return self._samples
+
+    def attempt(self, names, compute: Callable[[], dict]) -> dict:
+        """compute() -> {name: value}; when it fails (METRIC_FAILURES), every one of `names` is NaN
+        and the one-line reason is kept for metric_errors."""
+        try:
+            return compute()
+        except ConfigError:
+            raise
+        except METRIC_FAILURES as e:
+            reason = f"{self.where}: {_one_line(e)}"
+            log.warning("%s cannot be computed (%s); logged as NaN", ", ".join(names), reason)
+            self.reasons.update(dict.fromkeys(names, reason))
+            return dict.fromkeys(names, math.nan)
+
+
+class Evaluator:
+    """One family of metrics; see the module docstring. Subclasses set `name` and implement
+    `evaluate`; `check` runs before training (raise ConfigError for what cannot work)."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[type, ...]] = ()
+    data_needs: ClassVar[tuple[type, ...]] = ()
+    final_only: ClassVar[bool] = False
+    metrics: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            EVALUATORS[cls.name] = cls
+
+    @property
+    def key(self) -> str:
+        """The config node, for error messages."""
+        return f"metrics.{self.name}"
+
+    def applies_to(self, model: pl.LightningModule) -> bool:
+        return all(isinstance(model, need) for need in self.needs)
+
+    def check(self, trainer: pl.Trainer, model: pl.LightningModule) -> None:
+        """Before the first step: the data must declare data_needs."""
+        dm = trainer.datamodule
+        for need in self.data_needs:
+            if not isinstance(dm, need):
+                raise ConfigError(f"{self.key} is on, but data {getattr(dm, 'name', type(dm).__name__)!r} "
+                                  f"does not declare {need.__name__}; allowed: {self.key}=null, or "
+                                  f"data that declares it (data=dsprites)")
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
+# -- the built-in evaluators ------------------------------------------------------------------------
+# sample_metrics' result keys -> logged names
+QUALITY = {"fid": "val/fid", "kid": "val/kid", "is": "val/is", "precision": "val/precision",
+           "recall": "val/recall"}
+
+
+class SampleQuality(Evaluator):
+    """FID, KID, precision/recall and IS of n_samples prior samples against the first n_samples
+    images of data.<real_split> (genlab.metrics.fid.sample_metrics), as chosen by `which`.
+    kid_subset_size (capped at the image count) and kid_subsets: KID's random subsets."""
+
+    name = "sample_quality"
+
+    def __init__(self, which=("fid", "kid", "precision", "recall"), kid_subset_size: int = 1000,
+                 kid_subsets: int = 100):
+        which = list(which)
+        require(len(which) > 0, f"{self.key}.which", "a non-empty list", which)
+        for m in which:
+            require_choice(m, f"{self.key}.which", tuple(METRIC_SWITCH))
+        require_positive(kid_subset_size, f"{self.key}.kid_subset_size", integer=True)
+        require_positive(kid_subsets, f"{self.key}.kid_subsets", integer=True)
+        self.which, self.kid_subset_size, self.kid_subsets = which, kid_subset_size, kid_subsets
+        chosen = set(which) | ({"precision", "recall"} if "prc" in which else set())
+        self.metrics = tuple(QUALITY[k] for k in sorted(chosen) if k in QUALITY)
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        fake = ctx.samples()
+        values = ctx.score(fake, self.which, kid_subset_size=self.kid_subset_size,
+                           kid_subsets=self.kid_subsets)
+        return {QUALITY[k]: v for k, v in values.items() if k in QUALITY}
+
+
+class LatentDiagnostics(Evaluator):
+    """For models with an encoder, over the codes of the first n_samples training images (the
+    data the prior should match): val/active_units, val/mmd_prior (one posterior draw per image
+    against prior draws), val/kl_aggregate, and val/fid_expost, the FID of samples decoded from a
+    Gaussian mixture fitted to the codes (Ghosh et al. 2020), to put beside val/fid, the prior's.
+    subset: codes used for the MMD and the aggregate KL (their costs grow as its square);
+    expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
+    diagonals (scikit-learn's reg_covar)."""
+
+    name = "latent"
+    needs = (Encoder,)
+    metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost")
+
+    def __init__(self, subset: int = 2000, expost_components: int = 10, expost_reg_covar: float = 1e-6):
+        require_positive(subset, f"{self.key}.subset", integer=True)
+        require_positive(expost_components, f"{self.key}.expost_components", integer=True)
+        require(isinstance(expost_reg_covar, int | float) and not isinstance(expost_reg_covar, bool)
+                and expost_reg_covar >= 0, f"{self.key}.expost_reg_covar", "a number >= 0",
+                expost_reg_covar)
+        self.subset, self.expost_components = subset, expost_components
+        self.expost_reg_covar = float(expost_reg_covar)
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        model: Encoder = ctx.model
+        fetch, total = ctx.data.fetcher("train")
+        n = min(ctx.n_samples, total)
+        per_rank = math.ceil(n / ctx.world)
+        # contiguous shards, so the rank-ordered gather restores the images' order
+        idx = torch.arange(ctx.rank * per_rank, min(n, (ctx.rank + 1) * per_rank))
+        parts = [model.posterior(fetch(part)[0].float().div(255).to(ctx.model.device))
+                 for part in idx.split(ctx.generate_batch_size)]  # an empty shard gives [0, D]
+        mu = gather_samples(torch.cat([m for m, _ in parts])).cpu().double()
+        std = gather_samples(torch.cat([s for _, s in parts])).cpu().double()
+
+        out = ctx.attempt(["val/active_units"], lambda: {"val/active_units": active_units(mu)})
+        sub = torch.randperm(len(mu), generator=generator_for(ctx.seed, "latent_subset"))
+        sub = sub[: self.subset]
+
+        def prior_mmd():
+            g = generator_for(ctx.seed, "latent_draws")
+            # one draw from each point's posterior, in the model's own family (eps=uniform too)
+            z_q = model.sample_z(mu[sub], std[sub], generator=g)
+            return {"val/mmd_prior": mmd(z_q, torch.randn(z_q.shape, generator=g, dtype=z_q.dtype))}
+
+        out.update(ctx.attempt(["val/mmd_prior"], prior_mmd))
+        # a Gaussian mixture over the subset's posteriors (for eps=uniform: the moment-matched
+        # Gaussians); cost subset^2 * D
+        out.update(ctx.attempt(["val/kl_aggregate"], lambda: {
+            "val/kl_aggregate": kl_aggregate_posterior(mu[sub], 2 * std[sub].log(), n_samples=self.subset,
+                                                       seed=mix_seed(ctx.seed, "kl_aggregate"))}))
+
+        def fid_expost():
+            # every rank fits the same mixture to the same codes and draws the same points, then
+            # decodes its own contiguous share
+            gmm = ExPostGMM(n_components=min(self.expost_components, len(mu)),
+                            seed=mix_seed(ctx.seed, "expost"), reg_covar=self.expost_reg_covar)
+            gmm.fit(mu.float())
+            k = math.ceil(ctx.n_samples / ctx.world)
+            fake = ctx.generate(ctx.n_samples, gmm.sample(k * ctx.world))
+            return {"val/fid_expost": ctx.score(fake, ["fid"])["fid"]}
+
+        out.update(ctx.attempt(["val/fid_expost"], fid_expost))
+        return out
+
+
+class Disentanglement(Evaluator):
+    """MIG, FactorVAE score and DCI (forest predictors) of the model's codes against the data's
+    known factors, at the final validation only (minutes on a CPU). points: codes for MIG and DCI
+    training (DCI tests on half as many, FactorVAE normalises with this many; null: n_samples);
+    factor_vae_votes: FactorVAE training votes of 64 images each (evaluation: half as many; null:
+    points // 5). Computed on rank 0 and broadcast: the other ranks hold the same weights."""
+
+    name = "disentanglement"
+    needs = (Encoder,)
+    data_needs = (KnownFactors,)
+    final_only = True
+    metrics = ("val/mig", "val/factor_vae", "val/dci_disentanglement", "val/dci_completeness",
+               "val/dci_informativeness")
+
+    def __init__(self, points: int | None = None, factor_vae_votes: int | None = None):
+        require(points is None or (isinstance(points, int) and not isinstance(points, bool) and points > 0),
+                f"{self.key}.points", "null (metrics.n_samples) or a positive integer", points)
+        require(factor_vae_votes is None or (isinstance(factor_vae_votes, int) and factor_vae_votes > 0),
+                f"{self.key}.factor_vae_votes", "null (points // 5) or a positive integer",
+                factor_vae_votes)
+        self.points, self.factor_vae_votes = points, factor_vae_votes
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        out: dict = {}
+        if ctx.rank == 0:
+            out = ctx.attempt(self.metrics, lambda: self._scores(ctx))
+        return ctx.trainer.strategy.broadcast(out, src=0)
+
+    def _scores(self, ctx: EvalContext) -> dict[str, float]:
+        data: KnownFactors = ctx.data
+        model: Encoder = ctx.model
+        device, factor_sizes = ctx.model.device, tuple(data.factor_sizes)
+        p = self.points or ctx.n_samples
+        votes = self.factor_vae_votes or max(1, p // 5)
+
+        def encode(x: Tensor) -> Tensor:
+            return model.codes(x.float().div(255).to(device))
+
+        def draw(factors: Tensor) -> Tensor:  # rendered where the model is: no copies
+            return data.render(factors.to(device))
+
+        seed = mix_seed(ctx.seed, "disentanglement")
+        codes, factors = sample_codes(encode, factor_sizes, draw, p, seed=seed)
+        codes_test, factors_test = sample_codes(encode, factor_sizes, draw, max(2, p // 2),
+                                                seed=mix_seed(ctx.seed, "disentanglement/test"))
+        dci_scores = dci(codes, factors, codes_test, factors_test, model="forest", seed=seed)
+        fvae = factor_vae_score(encode, factor_sizes, draw, seed=mix_seed(ctx.seed, "factor_vae"),
+                                n_train=votes, n_eval=max(1, votes // 2), n_variance=p)
+        return {"val/mig": mig(codes, factors),
+                "val/factor_vae": fvae["eval_accuracy"],
+                "val/dci_disentanglement": dci_scores["disentanglement"],
+                "val/dci_completeness": dci_scores["completeness"],
+                "val/dci_informativeness": dci_scores["informativeness_test"]}
+
+
+class SaveSamples(Evaluator):
+    """At the final validation, rank 0 writes the prior samples that sample_quality scored to
+    <run>/eval_samples.pt (uint8), with the values logged by the evaluators before it, so the
+    numbers can be recomputed."""
+
+    name = "save_samples"
+    final_only = True
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        fake = ctx.samples()  # on every rank: generating them gathers across ranks
+        if ctx.rank == 0:
+            path = Path(ctx.trainer.default_root_dir) / SAMPLES_FILE
+            torch.save({"samples": fake, "extractor": ctx.extractor, "real_split": ctx.real.split,
+                        "n_real": ctx.real.n, "metrics": dict(ctx.logged)}, path)
+        return {}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Run a block with the global RNGs seeded, and give the random state back after. For
+    generation: families' generate(n) draw from the global generators and take none of their own."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
