@@ -45,3 +45,18 @@ class KnownFactors(Protocol):
     def render(self, factors: Tensor) -> Tensor:
         """Factor level indices LongTensor [B, K] -> uint8 images [B, C, H, W] on their device."""
         ...
+
+
+@runtime_checkable
+class RealImages(Protocol):
+    """A data module that hands out its real images in a fixed order (every genlab data module,
+    through genlab.data.base.InMemoryDataModule): the FID reference and the restoration GAN's
+    fixed real batch need it."""
+
+    def images(self, split: str, n: int | None = None) -> Tensor:
+        """The first n (default all) images of split, float [n, C, H, W] in [0, 1]."""
+        ...
+
+    def fingerprint(self, split: str, n: int) -> str:
+        """A hash identifying exactly those images (keys the FID feature cache)."""
+        ...

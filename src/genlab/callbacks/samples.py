@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -69,7 +70,7 @@ class SampleGrids(pl.Callback):
             paths.append(path)
             grid = make_grid(images, nrow=nrow, padding=2)
             for logger in trainer.loggers:
-                if hasattr(logger, "log_image"):
+                if isinstance(logger, WandbLogger):
                     logger.log_image(key=f"samples/{name}", images=[grid],
                                      caption=[f"{name} {tag}"], step=trainer.global_step)
         return paths

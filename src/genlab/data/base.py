@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from genlab.capabilities import RealImages
 from genlab.compat import batches_completed_this_epoch, lightning_run_seed
 from genlab.config import require, require_choice, require_positive
 from genlab.seeding import generator_for
@@ -133,7 +134,7 @@ class IndexBatches:
         self._skip, self._skip_epoch = state["consumed"], state["epoch"]
 
 
-class InMemoryDataModule(pl.LightningDataModule):
+class InMemoryDataModule(pl.LightningDataModule, RealImages):
     """Base for every genlab source. Subclasses implement `load()` (or override `fetcher`)."""
 
     name = "base"

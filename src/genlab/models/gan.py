@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from genlab.capabilities import RealImages
 from genlab.config import require, require_choice, require_nonnegative, require_positive
 from genlab.corruption import Corruption
 from genlab.metrics.image_stats import image_statistics, moments, stat_fd
@@ -257,7 +258,7 @@ class RestorationGAN(AdversarialModule):
 
     def on_fit_start(self):
         dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "images"):
+        if isinstance(dm, RealImages):
             x = dm.images("train", self.hparams.n_fixed).to(self.fixed_real)
             self.fixed_real.copy_(x[torch.arange(len(self.fixed_real)) % len(x)])
 
