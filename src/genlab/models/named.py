@@ -121,9 +121,9 @@ class NamedFactorVAE(VAE):
     def bind_data(self, data) -> None:
         """Check the named factors against the data's and choose the labelled subset; called by
         `setup` with the trainer's data module (or by hand outside a trainer)."""
-        names = list(self.named)
         require(isinstance(data, NamedFactors), "model.named_factors",
-                "only with data whose factors have names (data=dsprites)", {n: self.named[n][0] for n in names})
+                "only with data whose factors have names (data=dsprites)",
+                {name: kind for name, (kind, _) in self.named.items()})
         for name, (kind, _) in self.named.items():
             require(name in data.factor_names, "model.named_factors", "factors of the data: "
                     + " | ".join(data.factor_names), name)
