@@ -116,11 +116,12 @@ def test_supervised_term_averages_over_the_labelled_images_only():
     f = index_to_factors(torch.arange(0, 737_280, 1234))
     mask = model.labelled(f)
     assert 0 < mask.sum() < len(f)
-    mu = torch.randn(len(f), 6)
-    by_hand = ((mu[mask, :2] - model.targets(f[mask])) ** 2).sum(1).mean()
-    assert model.supervised_term(mu, f) == pytest.approx(float(by_hand), rel=1e-5)
+    mu, std = torch.randn(len(f), 6), torch.rand(len(f), 6) + 0.1
+    t = model.targets(f[mask])
+    by_hand = -torch.distributions.Normal(mu[mask, :2], std[mask, :2]).log_prob(t).sum(1).mean()
+    assert model.supervised_term(mu, std, f) == pytest.approx(float(by_hand), rel=1e-5)
     none = f[~mask][:10]
-    assert model.supervised_term(mu[:10], none) == 0
+    assert model.supervised_term(mu[:10], std[:10], none) == 0
 
 
 def _fit(weight: float) -> float:

@@ -8,10 +8,10 @@ to a kind, and the named units come first in the latent vector, in that order:
     for a heart), so images that look the same get the same target;
   - line: one unit, trained towards the level index standardised over the factor's levels
     (mean 0, variance 1 under the uniform grid: inside +-sqrt 3 whatever the level count).
-The other units are free, as in the plain VAE. The supervised term (docs/objectives.md) is a
-squared error between the posterior means of the named units and their targets, over the
-labelled images of a batch: `labelled_fraction` of the data set, a fixed subset chosen by the
-index of each image in the factor grid (seeded by `labelled_seed`, the same for every run seed).
+The other units are free, as in the plain VAE. The supervised term (docs/objectives.md) is the
+negative log density of the targets under the named units' posterior, over the labelled images
+of a batch: `labelled_fraction` of the data set, a fixed subset chosen by the index of each image
+in the factor grid (seeded by `labelled_seed`, the same for every run seed).
 `supervised_weight=0` is the unsupervised VAE with the same metrics: for each named factor,
 val/test `<name>_err_deg` (circle: mean absolute error of the predicted rotation in degrees of
 the image, modulo the symmetry) or `<name>_mae` (line: mean absolute error in levels).
@@ -29,7 +29,7 @@ from genlab.capabilities import NamedFactors
 from genlab.config import ConfigError, require, require_nonnegative
 from genlab.models.common import eval_means, log_eval, log_this_step
 from genlab.models.likelihood import mean_image
-from genlab.models.vae import VAE
+from genlab.models.vae import LOG_2PI, VAE
 from genlab.seeding import mix_seed
 
 KINDS = {"circle": 2, "line": 1}  # kind -> latent units it takes
@@ -160,12 +160,16 @@ class NamedFactorVAE(VAE):
                 out.append(standardised(factors[:, i], self.factor_data.factor_sizes[i]))
         return torch.stack(out, dim=1)
 
-    def supervised_term(self, mu: Tensor, factors: Tensor) -> Tensor:
-        """Mean over the labelled images of the batch of sum_u (mu_u - target_u)^2 over the named
-        units; 0 when the batch has none."""
+    def supervised_term(self, mu: Tensor, std: Tensor, factors: Tensor) -> Tensor:
+        """-log N(target; mu, std^2) summed over the named units, the posterior's density at the
+        factor's value (log q(t | x) itself for eps=gaussian), averaged over the labelled images
+        of the batch; 0 when the batch has none. It pulls the means to the targets and shrinks
+        those units' std, so that the decoder can read them."""
         mask = self.labelled(factors)
-        err = ((mu[:, : self.n_named] - self.targets(factors)) ** 2).sum(1)
-        return (err * mask).sum() / mask.sum().clamp(min=1)
+        n = self.n_named
+        mu, std = mu[:, :n], std[:, :n]
+        nll = (0.5 * ((self.targets(factors) - mu) / std) ** 2 + std.log() + 0.5 * LOG_2PI).sum(1)
+        return (nll * mask).sum() / mask.sum().clamp(min=1)
 
     def named_errors(self, mu: Tensor, factors: Tensor) -> dict[str, Tensor]:
         """Per image, how far the named units are from each named factor: circle, the absolute
@@ -190,7 +194,7 @@ class NamedFactorVAE(VAE):
         x, factors = batch[0], batch[1]
         mu, std = self.posterior(x)
         t = self.elbo_terms(x, posterior=(mu, std))
-        supervised = self.supervised_term(mu, factors)
+        supervised = self.supervised_term(mu, std, factors)
         loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
         if self.hparams.supervised_weight:
             loss = loss + self.hparams.supervised_weight * supervised
