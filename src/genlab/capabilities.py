@@ -60,3 +60,18 @@ class RealImages(Protocol):
     def fingerprint(self, split: str, n: int) -> str:
         """A hash identifying exactly those images (keys the FID feature cache)."""
         ...
+
+
+@runtime_checkable
+class NamedFactors(KnownFactors, Protocol):
+    """Known factors with names, some of them rotations: a model that ties latent units to
+    named factors (model=named_vae) needs it. Labels of such data are factor level indices
+    [B, K] in the order of `factor_names`."""
+
+    factor_names: tuple[str, ...]  # one per entry of factor_sizes
+    periodic_factors: tuple[str, ...]  # the factors that are rotations: `rotation` gives them
+
+    def rotation(self, factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        """For a periodic factor: each image's rotation in radians and the period in radians
+        after which the image repeats (2 pi for a shape without rotational symmetry), each [B]."""
+        ...
