@@ -11,13 +11,13 @@ import torch
 import wandb_offline
 import yaml
 from conftest import NO_EVAL, make_cfg, run_cli
+from omegaconf import OmegaConf
 
 from genlab import runs
+from genlab import train as genlab_train
 from genlab.config import ConfigError
 from genlab.sample import main as sample_main
-from genlab import train as genlab_train
 from genlab.train import train
-from omegaconf import OmegaConf
 
 
 @pytest.mark.parametrize("data", ["digits", "fashion_mnist", "dsprites"])
