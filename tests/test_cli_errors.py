@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from genlab import probe, report, runs, sample
 from genlab import train as train_module
-from genlab.models import VAE
+from genlab.models import VAE, NamedFactorVAE
 
 # (overrides, a word of the message: the key or the option at fault)
 TRAIN = {
@@ -49,6 +49,15 @@ TRAIN = {
     "unknown d_mode": (["model=dcgan", "model.d_mode=nope"], "model.d_mode"),
     "negative corruption level": (["model=dae", "corruption=gaussian", "corruption.level=-1"],
                                   "corruption.level"),
+    "named factor on data without factors": (["model=named_vae"], "model.named_factors"),
+    "named factor the data lacks": (["model=named_vae", "data=dsprites", "+model.named_factors.angle=circle"],
+                                    "model.named_factors='angle'"),
+    "circle on a factor that is no rotation": (["model=named_vae", "data=dsprites",
+                                                "+model.named_factors.scale=circle"], "model.named_factors.scale"),
+    "labelled fraction 0": (["model=named_vae", "data=dsprites", "model.labelled_fraction=0"],
+                            "model.labelled_fraction"),
+    "labelled fraction above 1": (["model=named_vae", "data=dsprites", "model.labelled_fraction=2"],
+                                  "model.labelled_fraction"),
     "missing ckpt_path": (["ckpt_path={tmp}/missing.ckpt"], "ckpt_path"),
     "corrupt ckpt_path": (["ckpt_path={tmp}/garbage.ckpt"], "ckpt_path"),
     "ckpt_path not written by genlab": (["ckpt_path={tmp}/foreign.ckpt"], "ckpt_path"),
@@ -76,6 +85,11 @@ def bad_files(tmp_path_factory) -> Path:
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "genlab": {"family": "vae", "data": "digits", "data_kwargs": {"val_size": 150}}},
                tmp / "vae.ckpt")
+    named = NamedFactorVAE(image_shape=(1, 64, 64), latent_dim=4, base_channels=4,
+                           named_factors={"orientation": "circle"})
+    torch.save({"state_dict": named.state_dict(), "hyper_parameters": dict(named.hparams),
+                "genlab": {"family": "named_vae", "data": "dsprites", "data_kwargs": {}}},
+               tmp / "named.ckpt")
     return tmp
 
 
@@ -111,6 +125,10 @@ SAMPLE = {  # arguments, a word of the message
     "unknown device": (["ckpt={tmp}/vae.ckpt", "device=nope"], "device="),
     "out not an image": (["ckpt={tmp}/vae.ckpt", "out={tmp}/grid.txt"], "out="),
     "mode of another family": (["ckpt={tmp}/vae.ckpt", "mode=chain"], "mode="),
+    "traversal without a unit": (["ckpt={tmp}/vae.ckpt", "mode=traversal"], "unit="),
+    "traversal of a latent index too large": (["ckpt={tmp}/vae.ckpt", "mode=traversal", "unit=2"], "unit="),
+    "traversal of a factor the model does not name": (["ckpt={tmp}/named.ckpt", "mode=traversal",
+                                                       "unit=scale"], "unit='scale'"),
     "missing checkpoint": (["ckpt={tmp}/missing.ckpt"], "ckpt="),
     "garbage checkpoint": (["ckpt={tmp}/garbage.ckpt"], "ckpt="),
     "empty checkpoint": (["ckpt={tmp}/empty.ckpt"], "ckpt="),

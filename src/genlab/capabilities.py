@@ -71,6 +71,21 @@ class RealImages(Protocol):
 
 
 @runtime_checkable
+class NamedFactors(KnownFactors, Protocol):
+    """Known factors with names, some of them rotations: a model that ties latent units to
+    named factors (model=named_vae) needs it. Labels of such data are factor level indices
+    [B, K] in the order of `factor_names`."""
+
+    factor_names: tuple[str, ...]  # one per entry of factor_sizes
+    periodic_factors: tuple[str, ...]  # the factors that are rotations: `rotation` gives them
+
+    def rotation(self, factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        """For a periodic factor: each image's rotation in radians and the period in radians
+        after which the image repeats (2 pi for a shape without rotational symmetry), each [B]."""
+        ...
+
+
+@runtime_checkable
 class ClassLabels(Protocol):
     """A data module whose images each carry one class label in 0 .. num_classes - 1 (digits,
     Fashion-MNIST; through genlab.data.base.ClassLabelled): the linear probe needs it."""

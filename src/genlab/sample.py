@@ -3,10 +3,14 @@
     genlab-sample ckpt=PATH n=64 out=FILE.png                  # a grid of n samples
     genlab-sample ckpt=PATH mode=interpolate n=8 steps=10 out=FILE.png
     genlab-sample ckpt=PATH mode=reconstruct n=32 out=FILE.png
+    genlab-sample ckpt=PATH mode=traversal unit=orientation n=8 steps=10 out=FILE.png
 
 Every family samples from its prior (`prior`); the others are its own `sample_modes()`: the VAE's
-`interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. Modes that
-start from real test images read the data source from the checkpoint.
+`interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. VAEs also
+have `traversal`: n encoded test images (rows), each with one latent unit swept over `steps`
+values and the others fixed; `unit` is a named factor of model=named_vae or a latent index
+(genlab.models.named.sweep). Modes that start from real test images read the data source from
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from torchvision.utils import save_image
 
 from genlab.config import ConfigError
 from genlab.data import build_datamodule
-from genlab.models import load_model
+from genlab.models import VAE, load_model
+from genlab.models.named import sweep, traverse
 from genlab.runs import RunReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULTS = {"ckpt": None, "n": "64", "out": "samples.png", "mode": "prior", "steps": "10",
-            "seed": "0", "device": "cpu"}
+            "seed": "0", "device": "cpu", "unit": ""}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -70,13 +75,20 @@ def sample(args: dict[str, str]) -> Path:
     n, steps, mode = int(args["n"]), int(args["steps"]), args["mode"]
     modes = {"prior": lambda: model.generate(n),
              **model.sample_modes(n, steps, lambda k: real_images(ckpt, k).to(model.device))}
+    if isinstance(model, VAE):
+        def traversal():
+            units, values = sweep(model, args["unit"], steps)  # a bad unit fails before the data
+            return traverse(model, real_images(ckpt, n).to(model.device), units, values)
+
+        modes["traversal"] = traversal
     if mode not in modes:
         raise ConfigError(f"mode={mode!r} is invalid for {type(model).__name__}; "
                           f"allowed: {' | '.join(modes)}")
     with torch.no_grad():
         images = modes[mode]().float().cpu().clamp(0, 1)
     out = Path(args["out"])
-    nrow = steps if mode == "interpolate" or mode.startswith("chain") else max(1, int(len(images) ** 0.5))
+    rows_of_steps = mode in ("interpolate", "traversal") or mode.startswith("chain")
+    nrow = steps if rows_of_steps else max(1, int(len(images) ** 0.5))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, out, nrow=nrow, padding=2)

@@ -15,11 +15,14 @@ import math
 import torch
 from torch import Tensor
 
-from genlab.capabilities import KnownFactors
+from genlab.capabilities import NamedFactors
 from genlab.data.base import InMemoryDataModule
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
+# the smallest rotation that maps each shape onto itself: a square repeats every 90 degrees, an
+# ellipse every 180, the heart only after a full turn
+SYMMETRY = (math.pi / 2, math.pi, 2 * math.pi)
 N_IMAGES = math.prod(FACTOR_SIZES)  # 737,280
 SIZE = 64
 
@@ -52,14 +55,28 @@ def factors_to_index(factors: Tensor) -> Tensor:
     return idx
 
 
+def angle(level: Tensor) -> Tensor:
+    """Orientation levels -> the rotation drawn, in radians: level 39 is 2 pi, the same angle as
+    level 0, so it is reduced first and both draw the same image."""
+    return (level % 39).float() * (2 * math.pi / 39)
+
+
+def rotation(factors: Tensor) -> tuple[Tensor, Tensor]:
+    """Factor level indices [B, 5] -> (the drawn rotation in radians in [0, 2 pi), the shape's
+    symmetry period in radians), each float [B]. Level 39 is drawn as level 0 (see `render`)."""
+    f = factors.long()
+    theta = angle(f[:, 2])
+    period = torch.tensor(SYMMETRY, device=f.device)[f[:, 0]]
+    return theta, period
+
+
 def render(factors: Tensor) -> Tensor:
     """Factor level indices [B, 5] -> uint8 images [B, 1, 64, 64] with values 0 or 255."""
     f = factors.long()
     device = f.device
     shape = f[:, 0]
     half = 10.0 * (0.5 + 0.1 * f[:, 1].float())  # half-size in pixels: 5..10
-    # orientation level 39 is 2*pi, the same angle as level 0: reduce before cos/sin so they match
-    theta = (f[:, 2] % 39).float() * (2 * math.pi / 39)
+    theta = angle(f[:, 2])
     cx = 14.0 + 36.0 * f[:, 3].float() / 31.0
     cy = 14.0 + 36.0 * f[:, 4].float() / 31.0
     grid = torch.arange(SIZE, dtype=torch.float32, device=device) + 0.5
@@ -77,11 +94,13 @@ def render(factors: Tensor) -> Tensor:
     return (inside.to(torch.uint8) * 255).unsqueeze(1)
 
 
-class DSpritesDataModule(InMemoryDataModule, KnownFactors):
+class DSpritesDataModule(InMemoryDataModule, NamedFactors):
     """dSprites batches: images rendered from grid indices; labels are factor level indices."""
 
     name = "dsprites"
     factor_sizes = FACTOR_SIZES  # KnownFactors: the grid is uniform over these levels
+    factor_names = FACTOR_NAMES  # NamedFactors
+    periodic_factors = ("orientation",)
     image_shape = (1, SIZE, SIZE)
     binary = True
 
@@ -98,6 +117,12 @@ class DSpritesDataModule(InMemoryDataModule, KnownFactors):
     @staticmethod
     def render(factors: Tensor) -> Tensor:
         return render(factors)
+
+    @staticmethod
+    def rotation(factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        if name != "orientation":
+            raise ValueError(f"{name!r} is not a periodic factor of dSprites")
+        return rotation(factors)
 
     def fetcher(self, split: str):
         grid_idx, _ = self.splits[split]

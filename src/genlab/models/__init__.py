@@ -19,11 +19,13 @@ from genlab.models.common import GenerativeModule
 from genlab.models.dae import DAE
 from genlab.models.deep_mlp import DeepMLP
 from genlab.models.gan import DCGAN, RestorationGAN
+from genlab.models.named import NamedFactorVAE
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
 
 FAMILIES: dict[str, type[GenerativeModule]] = {
     "vae": VAE,
+    "named_vae": NamedFactorVAE,
     "dae": DAE,
     "dcgan": DCGAN,
     "restoration_gan": RestorationGAN,
@@ -152,5 +154,5 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
     return model.to(device).eval(), ckpt
 
 
-__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint",
+__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint", "NamedFactorVAE",
            "RestorationGAN", "family_name", "load_model", "read_genlab_checkpoint"]

@@ -123,10 +123,11 @@ class VAE(GenerativeModule, Encoder):
     def recon_log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         return log_likelihood(x, out, self.hparams.likelihood, self.log_std)
 
-    def elbo_terms(self, x: Tensor,
-                   generator: torch.Generator | ExampleNoise | None = None) -> dict[str, Tensor]:
-        """Single-sample ELBO terms per image: recon = log p(x|z), kl = KL(q(z|x) || p(z))."""
-        mu, std = self.posterior(x)
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | ExampleNoise | None = None,
+                   posterior: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Single-sample ELBO terms per image: recon = log p(x|z), kl = KL(q(z|x) || p(z)).
+        `posterior`: q(z|x)'s (mean, std) when the caller has computed them already."""
+        mu, std = self.posterior(x) if posterior is None else posterior
         z = self.sample_z(mu, std, generator=generator)
         recon = self.recon_log_likelihood(x, self.decode(z))
         if self.hparams.eps == "gaussian":

@@ -1,0 +1,254 @@
+"""A VAE whose first latent units are tied to named factors of the data (`model=named_vae`).
+
+`named_factors` maps factor names of the data (genlab.capabilities.NamedFactors, e.g. dSprites)
+to a kind, and the named units come first in the latent vector, in that order:
+  - circle: two units, trained towards (cos phi, sin phi), phi the factor's rotation as a
+    fraction of its symmetry period times 2 pi: one turn of the circle is the smallest rotation
+    that maps the image onto itself (dSprites: 90 degrees for a square, 180 for an ellipse, 360
+    for a heart), so images that look the same get the same target;
+  - line: one unit, trained towards the level index standardised over the factor's levels
+    (mean 0, variance 1 under the uniform grid: inside +-sqrt 3 whatever the level count).
+The other units are free, as in the plain VAE. The supervised term (docs/objectives.md) is the
+negative log density of the targets under the named units' posterior, over the labelled images
+of a batch: `labelled_fraction` of the data set, a fixed subset chosen by the index of each image
+in the factor grid (seeded by `labelled_seed`, the same for every run seed).
+`supervised_weight=0` is the unsupervised VAE with the same metrics: for each named factor,
+val/test `<name>_err_deg` (circle: mean absolute error of the predicted rotation in degrees of
+the image, modulo the symmetry) or `<name>_mae` (line: mean absolute error in levels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from genlab.capabilities import NamedFactors
+from genlab.config import ConfigError, require, require_nonnegative
+from genlab.models.common import eval_means, log_eval, log_this_step
+from genlab.models.likelihood import mean_image
+from genlab.models.vae import LOG_2PI, VAE
+from genlab.seeding import mix_seed
+
+KINDS = {"circle": 2, "line": 1}  # kind -> latent units it takes
+SQRT3 = math.sqrt(3.0)
+SWEEP = 2.0  # a free unit is swept over +-2 prior standard deviations
+
+
+def grid_index(factors: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """Factor level indices [B, K] -> each image's index in the full factor grid (the first
+    factor slowest, as dSprites orders it)."""
+    idx = torch.zeros(factors.shape[0], dtype=torch.long, device=factors.device)
+    for i, size in enumerate(sizes):
+        idx = idx * size + factors[:, i].long()
+    return idx
+
+
+def labelled_mask(n: int, fraction: float, seed: int) -> Tensor:
+    """Bool [n]: a seeded random subset of exactly max(1, round(fraction * n)) of n indices."""
+    g = torch.Generator().manual_seed(mix_seed(seed, "labelled"))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[: max(1, round(fraction * n))]] = True
+    return mask
+
+
+def standardised(level: Tensor, size: int) -> Tensor:
+    """Level indices 0..size-1 -> mean 0, variance 1 over the uniform levels."""
+    return (level.float() - (size - 1) / 2) / math.sqrt(max(size**2 - 1, 1) / 12)
+
+
+def wrapped(a: Tensor) -> Tensor:
+    """Angles in radians -> the same angles in [-pi, pi)."""
+    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+class NamedFactorVAE(VAE):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int = 10,
+        beta: float = 1.0,
+        likelihood: str = "bernoulli",
+        std: float = 0.1,
+        learn_std: bool = False,
+        eps: str = "gaussian",
+        iwae_k: int = 1,
+        loglik_samples: int = 1000,
+        loglik_images: int | None = 1000,
+        loglik_chunk: int = 8192,
+        lr: float = 1e-3,
+        base_channels: int = 32,
+        n_grid: int = 64,
+        named_factors: Mapping | None = None,
+        labelled_fraction: float = 1.0,
+        supervised_weight: float = 100.0,
+        labelled_seed: int = 0,
+    ):
+        allowed = "a mapping of the data's factor names to circle | line, e.g. {orientation: circle}"
+        require(isinstance(named_factors, Mapping) and any(v is not None for v in named_factors.values()),
+                "model.named_factors", allowed, named_factors)
+        named = {k: v for k, v in named_factors.items() if v is not None}  # null: not named
+        for name, kind in named.items():
+            require(kind in KINDS, f"model.named_factors.{name}", " | ".join(KINDS), kind)
+        ok = isinstance(labelled_fraction, int | float) and not isinstance(labelled_fraction, bool)
+        require(ok and 0 < labelled_fraction <= 1, "model.labelled_fraction",
+                "a number in (0, 1]: the fraction of training images whose factors are given",
+                labelled_fraction)
+        require_nonnegative(supervised_weight, "model.supervised_weight")
+        require(isinstance(labelled_seed, int) and not isinstance(labelled_seed, bool)
+                and labelled_seed >= 0, "model.labelled_seed", "an integer >= 0", labelled_seed)
+        require(iwae_k == 1, "model.iwae_k", "1 for model=named_vae (it trains on the ELBO)", iwae_k)
+        n_named = sum(KINDS[k] for k in named.values())
+        require(isinstance(latent_dim, int) and latent_dim >= n_named, "model.latent_dim",
+                f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
+        super().__init__(image_shape, latent_dim, beta, likelihood, std, learn_std, eps, iwae_k,
+                         loglik_samples, loglik_images, loglik_chunk, lr, base_channels, n_grid)
+        # name -> (kind, first unit); the named units come first, in the config's order
+        self.named: dict[str, tuple[str, int]] = {}
+        for name, kind in named.items():
+            self.named[name] = (kind, sum(KINDS[k] for k, _ in self.named.values()))
+        self.n_named = n_named
+        self.means.update(eval_means([self._metric(n) for n in self.named]))
+        self.factor_data: NamedFactors | None = None
+        self._labelled: Tensor | None = None
+
+    def _metric(self, name: str) -> str:
+        return f"{name}_err_deg" if self.named[name][0] == "circle" else f"{name}_mae"
+
+    # -- the data's factors -------------------------------------------------------------------
+    def bind_data(self, data) -> None:
+        """Check the named factors against the data's and choose the labelled subset; called by
+        `setup` with the trainer's data module (or by hand outside a trainer)."""
+        require(isinstance(data, NamedFactors), "model.named_factors",
+                "only with data whose factors have names (data=dsprites)",
+                {name: kind for name, (kind, _) in self.named.items()})
+        for name, (kind, _) in self.named.items():
+            require(name in data.factor_names, "model.named_factors", "factors of the data: "
+                    + " | ".join(data.factor_names), name)
+            if kind == "circle":
+                require(name in data.periodic_factors, f"model.named_factors.{name}",
+                        "line (circle needs a periodic factor: "
+                        + (" | ".join(data.periodic_factors) or "this data has none") + ")", kind)
+        self.factor_data = data
+        self._labelled = labelled_mask(math.prod(data.factor_sizes), self.hparams.labelled_fraction,
+                                       self.hparams.labelled_seed)
+
+    def setup(self, stage: str) -> None:
+        self.bind_data(self.trainer.datamodule)
+
+    def labelled(self, factors: Tensor) -> Tensor:
+        """Bool [B]: which images of a batch (given their factor levels) carry labels."""
+        if self._labelled.device != factors.device:
+            self._labelled = self._labelled.to(factors.device)
+        return self._labelled[grid_index(factors, tuple(self.factor_data.factor_sizes))]
+
+    def _column(self, name: str) -> int:
+        return list(self.factor_data.factor_names).index(name)
+
+    def targets(self, factors: Tensor) -> Tensor:
+        """What the named units are trained towards, [B, n_named] (see the module's docstring)."""
+        out = []
+        for name, (kind, _) in self.named.items():
+            if kind == "circle":
+                theta, period = self.factor_data.rotation(factors, name)
+                phi = 2 * math.pi * torch.remainder(theta, period) / period
+                out += [torch.cos(phi), torch.sin(phi)]
+            else:
+                i = self._column(name)
+                out.append(standardised(factors[:, i], self.factor_data.factor_sizes[i]))
+        return torch.stack(out, dim=1)
+
+    def supervised_term(self, mu: Tensor, std: Tensor, factors: Tensor) -> Tensor:
+        """-log N(target; mu, std^2) summed over the named units, the posterior's density at the
+        factor's value (log q(t | x) itself for eps=gaussian), averaged over the labelled images
+        of the batch; 0 when the batch has none. It pulls the means to the targets and shrinks
+        those units' std, so that the decoder can read them."""
+        mask = self.labelled(factors)
+        n = self.n_named
+        mu, std = mu[:, :n], std[:, :n]
+        nll = (0.5 * ((self.targets(factors) - mu) / std) ** 2 + std.log() + 0.5 * LOG_2PI).sum(1)
+        return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+    def named_errors(self, mu: Tensor, factors: Tensor) -> dict[str, Tensor]:
+        """Per image, how far the named units are from each named factor: circle, the absolute
+        error of the predicted rotation in degrees of the image (the circle's angle error scaled
+        by the symmetry period); line, the absolute error in levels."""
+        out = {}
+        for name, (kind, u) in self.named.items():
+            if kind == "circle":
+                theta, period = self.factor_data.rotation(factors, name)
+                phi = 2 * math.pi * torch.remainder(theta, period) / period
+                err = wrapped(torch.atan2(mu[:, u + 1], mu[:, u]) - phi).abs()
+                out[self._metric(name)] = torch.rad2deg(err * period / (2 * math.pi))
+            else:
+                i = self._column(name)
+                size = self.factor_data.factor_sizes[i]
+                level = mu[:, u] * math.sqrt(max(size**2 - 1, 1) / 12) + (size - 1) / 2
+                out[self._metric(name)] = (level - factors[:, i].float()).abs()
+        return out
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, factors = batch[0], batch[1]
+        mu, std = self.posterior(x)
+        t = self.elbo_terms(x, posterior=(mu, std))
+        supervised = self.supervised_term(mu, std, factors)
+        loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
+        if self.hparams.supervised_weight:
+            loss = loss + self.hparams.supervised_weight * supervised
+        if log_this_step(self):
+            self.log("train/loss", loss.detach(), prog_bar=True)
+            self.log("train/elbo", t["elbo"].mean().detach())
+            self.log("train/supervised", supervised.detach())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        log_eval(self, "val", self.named_errors(self.codes(batch[0]), batch[1]))
+
+    def test_step(self, batch, batch_idx):
+        super().test_step(batch, batch_idx)
+        log_eval(self, "test", self.named_errors(self.codes(batch[0]), batch[1]))
+
+    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
+        """Beside the reconstructions, one traversal per named factor: 8 validation images
+        (rows), each with that factor's units swept over 8 values (columns)."""
+        grids = super().sample_grids(real)
+        for name in self.named:
+            grids[f"traversal_{name}"] = traverse(self, real[:8], *sweep(self, name, 8))
+        return grids
+
+
+def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
+    """The latent units `unit` names and the `steps` values a traversal sets them to,
+    [steps, units]: a circle factor goes once round the unit circle (one symmetry period), a line
+    factor over +-sqrt 3 (its standardised levels), a latent index (a string of digits) over
+    +-2 prior standard deviations."""
+    named = model.named if isinstance(model, NamedFactorVAE) else {}
+    dim = model.hparams.latent_dim
+    if unit in named:
+        kind, u = named[unit]
+        if kind == "circle":
+            a = torch.arange(steps) * (2 * math.pi / steps)
+            return slice(u, u + 2), torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+        return slice(u, u + 1), torch.linspace(-SQRT3, SQRT3, steps).unsqueeze(1)
+    if not (isinstance(unit, str) and unit.isdigit() and int(unit) < dim):
+        raise ConfigError(f"unit={unit!r} is invalid; allowed: "
+                          + " | ".join([*named, f"a latent index 0..{dim - 1}"]))
+    i = int(unit)
+    return slice(i, i + 1), torch.linspace(-SWEEP, SWEEP, steps).unsqueeze(1)
+
+
+@torch.no_grad()
+def traverse(model: VAE, x: Tensor, units: slice, values: Tensor) -> Tensor:
+    """Decoded traversals: each image's posterior mean with `units` set to each row of `values`
+    in turn, the other units fixed: [len(x) * steps, C, H, W], one image after another."""
+    z = model.posterior(x)[0]
+    z = z.unsqueeze(1).repeat(1, len(values), 1)
+    z[:, :, units] = values.to(z)
+    return mean_image(model.decode(z.flatten(0, 1)), model.hparams.likelihood)
+
+
+__all__ = ["NamedFactorVAE", "grid_index", "labelled_mask", "sweep", "traverse"]
