@@ -44,6 +44,8 @@ TRAIN = {
     "unknown evaluator": (["+metrics.nope=true"], "metrics.nope"),
     "Inception weights missing offline": (["metrics=inception", "metrics.inception_weights={tmp}/none.pth"],
                                           "metrics.inception_weights"),
+    "linear probe on data without class labels": (["data=dsprites", "metrics.linear_probe=true"],
+                                                  "metrics.linear_probe"),
     "unknown d_mode": (["model=dcgan", "model.d_mode=nope"], "model.d_mode"),
     "negative corruption level": (["model=dae", "corruption=gaussian", "corruption.level=-1"],
                                   "corruption.level"),

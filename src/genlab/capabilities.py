@@ -15,10 +15,22 @@ from torch import Tensor
 
 
 @runtime_checkable
-class Encoder(Protocol):
+class Representation(Protocol):
+    """A model that maps an image to a code vector, with or without a posterior (the VAE's
+    posterior mean, the DAE's bottleneck): the linear probe needs it."""
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The image's representation, [B, D], deterministic (no noise is drawn). x: float images
+        [B, C, H, W] in [0, 1]."""
+        ...
+
+
+@runtime_checkable
+class Encoder(Representation, Protocol):
     """A model with an amortised posterior q(z | x) over a latent space whose prior is N(0, I):
     latent diagnostics (active units, MMD to the prior, aggregate KL, the ex-post mixture) and
-    disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]."""
+    disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]. Its `codes` (a
+    Representation) are the ones scored for disentanglement (e.g. the posterior mean)."""
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of q(z | x), each [B, D]."""
@@ -28,10 +40,6 @@ class Encoder(Protocol):
                  generator: torch.Generator | None = None) -> Tensor:
         """Draws from q(z | x) given its parameters, [B, D] (or [k, B, D]), in the model's own
         posterior family, from `generator` when given."""
-        ...
-
-    def codes(self, x: Tensor) -> Tensor:
-        """The representation scored for disentanglement, [B, D] (e.g. the posterior mean)."""
         ...
 
 
@@ -74,4 +82,17 @@ class NamedFactors(KnownFactors, Protocol):
     def rotation(self, factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """For a periodic factor: each image's rotation in radians and the period in radians
         after which the image repeats (2 pi for a shape without rotational symmetry), each [B]."""
+        ...
+
+
+@runtime_checkable
+class ClassLabels(Protocol):
+    """A data module whose images each carry one class label in 0 .. num_classes - 1 (digits,
+    Fashion-MNIST; through genlab.data.base.ClassLabelled): the linear probe needs it."""
+
+    num_classes: int
+
+    def labels(self, split: str, n: int | None = None) -> Tensor:
+        """The class labels of the first n (default all) images of split, LongTensor [n] on the
+        CPU, in the order of `images(split, n)`."""
         ...

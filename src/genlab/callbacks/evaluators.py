@@ -18,7 +18,8 @@ subclass of `Evaluator`, configured by its own node `metrics.<name>` (its keywor
                 torch.no_grad, with the model in eval mode, on a fork of the random state
 
 Built in: sample_quality (FID, KID, precision/recall, IS), latent (active units, MMD to the prior,
-aggregate KL, FID of an ex-post mixture), disentanglement (MIG, FactorVAE, DCI) and save_samples.
+aggregate KL, FID of an ex-post mixture), disentanglement (MIG, FactorVAE, DCI), linear_probe
+(class accuracy of a logistic regression on the codes) and save_samples.
 Units and signs: genlab.metrics.fid, genlab.metrics.prior, genlab.metrics.disentanglement.
 
 Randomness: every draw is seeded from the run seed and a phase name of its own
@@ -39,8 +40,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genlab.capabilities import Encoder, KnownFactors
+from genlab.capabilities import ClassLabels, Encoder, KnownFactors, Representation
 from genlab.config import ConfigError, require, require_choice, require_positive
+from genlab.data import DATASETS
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
@@ -144,9 +146,11 @@ class Evaluator:
         dm = trainer.datamodule
         for need in self.data_needs:
             if not isinstance(dm, need):
+                # classes declare a capability by listing it among their bases
+                having = [f"data={n}" for n, d in DATASETS.items() if need in d.module.__mro__]
                 raise ConfigError(f"{self.key} is on, but data {getattr(dm, 'name', type(dm).__name__)!r} "
                                   f"does not declare {need.__name__}; allowed: {self.key}=null, or "
-                                  f"data that declares it (data=dsprites)")
+                                  f"data that declares it ({' | '.join(having) or 'none built in'})")
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
@@ -302,6 +306,59 @@ class Disentanglement(Evaluator):
                 "val/dci_disentanglement": dci_scores["disentanglement"],
                 "val/dci_completeness": dci_scores["completeness"],
                 "val/dci_informativeness": dci_scores["informativeness_test"]}
+
+
+class LinearProbe(Evaluator):
+    """val/probe_acc: how linearly readable the data's classes are from the model's codes. A
+    multinomial logistic regression (scikit-learn, on standardised codes, L2 penalty of inverse
+    strength c) is fitted on the codes of the first train_images training images with their class
+    labels and scored on the codes of the first test_images images of `split` (val or test):
+    held-out accuracy in [0, 1], higher is better; chance is the share of the most frequent class,
+    about 1 / num_classes (0.1 on digits and Fashion-MNIST). The codes are the model's
+    Representation (the VAE's posterior mean, the DAE's bottleneck) of the clean images; nothing is
+    drawn and lbfgs is deterministic, so the score moves only with the weights. Computed on rank 0
+    and broadcast. Needs data with class labels (ClassLabels; dSprites has none)."""
+
+    name = "linear_probe"
+    needs = (Representation,)
+    data_needs = (ClassLabels,)
+    metrics = ("val/probe_acc",)
+
+    def __init__(self, train_images: int = 5000, test_images: int = 5000, split: str = "val",
+                 c: float = 1.0, max_iter: int = 1000):
+        require_positive(train_images, f"{self.key}.train_images", integer=True)
+        require_positive(test_images, f"{self.key}.test_images", integer=True)
+        require_choice(split, f"{self.key}.split", ("val", "test"))
+        require_positive(c, f"{self.key}.c")
+        require_positive(max_iter, f"{self.key}.max_iter", integer=True)
+        self.train_images, self.test_images, self.split = train_images, test_images, split
+        self.c, self.max_iter = float(c), max_iter
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        out: dict = {}
+        if ctx.rank == 0:
+            out = ctx.attempt(self.metrics, lambda: self._score(ctx))
+        return ctx.trainer.strategy.broadcast(out, src=0)
+
+    def _score(self, ctx: EvalContext) -> dict[str, float]:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        data: ClassLabels = ctx.data
+        model: Representation = ctx.model
+
+        def codes(split: str, n: int) -> np.ndarray:
+            x = ctx.data.images(split, n)
+            parts = [model.codes(xb.to(ctx.model.device)).float().cpu()
+                     for xb in x.split(ctx.generate_batch_size)]
+            return torch.cat(parts).double().numpy()
+
+        x_train, y_train = codes("train", self.train_images), data.labels("train", self.train_images)
+        x_test, y_test = codes(self.split, self.test_images), data.labels(self.split, self.test_images)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=self.max_iter))
+        clf.fit(x_train, y_train.numpy())  # ValueError on non-finite codes or a single class
+        return {"val/probe_acc": float(clf.score(x_test, y_test.numpy()))}
 
 
 class SaveSamples(Evaluator):

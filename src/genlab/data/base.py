@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genlab.capabilities import RealImages
+from genlab.capabilities import ClassLabels, RealImages
 from genlab.compat import batches_completed_this_epoch, lightning_run_seed
 from genlab.config import require, require_choice, require_positive
 from genlab.seeding import generator_for
@@ -276,3 +276,15 @@ class InMemoryDataModule(pl.LightningDataModule, RealImages):
         idx = torch.arange(total if n is None else min(n, total))
         return fetch(idx)[0].float().div_(255.0)
 
+
+class ClassLabelled(InMemoryDataModule, ClassLabels):
+    """Base for sources whose label is one class index per image (digits, Fashion-MNIST): declares
+    ClassLabels. Subclasses set `num_classes`; `load()` returns LongTensor labels [N]."""
+
+    num_classes: int
+
+    def labels(self, split: str, n: int | None = None) -> Tensor:
+        """The class labels of the first `n` images of a split (those of `images(split, n)`)."""
+        self.setup()
+        y = self.splits[split][1]
+        return y[: len(y) if n is None else n].long().cpu()

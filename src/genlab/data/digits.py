@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from genlab.data.base import InMemoryDataModule
+from genlab.data.base import ClassLabelled
 
 TEST_SIZE = 297
 
@@ -25,7 +25,7 @@ def load_digits_tensors():
     return {"train": (x[train], y[train]), "test": (x[test], y[test])}
 
 
-class DigitsDataModule(InMemoryDataModule):
+class DigitsDataModule(ClassLabelled):
     name = "digits"
     image_shape = (1, 8, 8)
     num_classes = 10

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.data.base import InMemoryDataModule
+from genlab.data.base import ClassLabelled
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -84,7 +84,7 @@ def load_fashion_mnist(root: str | Path = "data", download: bool = True):
     return out
 
 
-class FashionMNISTDataModule(InMemoryDataModule):
+class FashionMNISTDataModule(ClassLabelled):
     name = "fashion_mnist"
     image_shape = (1, 28, 28)
     num_classes = 10

@@ -30,6 +30,9 @@ The loss is the mean of the k+1 terms; train/recon is always the one-step term, 
 different k share one scale. (The paper draws the number of steps from a geometric distribution;
 a fixed k is simpler and is the knob the ablation needs.)
 
+Representation (genlab.capabilities): `codes(x)` is the encoder's bottleneck code of the clean
+image, what the linear probe (metrics.linear_probe) scores.
+
 Checkpoints: genlab loads them with weights_only=True, so the corruption is stored in the
 hyper-parameters as its plain config (`Corruption.config`) and rebuilt from it (`as_corruption`);
 its state (images seen, adaptive level) travels in the state_dict.
@@ -43,6 +46,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from genlab.capabilities import Representation
 from genlab.config import require, require_choice, require_positive
 from genlab.corruption import AdaptiveSchedule, Corruption
 from genlab.models.common import (
@@ -64,7 +68,7 @@ CHAIN_DRAWS = ("mean", "sample")
 # --- the model -------------------------------------------------------------------------------------
 
 
-class DAE(GenerativeModule):
+class DAE(GenerativeModule, Representation):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -108,6 +112,11 @@ class DAE(GenerativeModule):
     def denoise(self, x_tilde: Tensor) -> Tensor:
         """Decoder output (logits or Gaussian means) parameterising P(x | x~), [B, C, H, W]."""
         return self.decoder(self.encoder(x_tilde))
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The bottleneck code of the clean image x (no corruption), [B, code_dim]: what the
+        linear probe reads (Vincent et al. 2010 score the learnt features the same way)."""
+        return self.encoder(x)
 
     def draw(self, out: Tensor) -> Tensor:
         """The chain's next state x ~ P(x | x~) from a decoder output, per chain_draw (module doc)."""

@@ -86,7 +86,7 @@ class VAE(GenerativeModule, Encoder):
         return mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
 
     def codes(self, x: Tensor) -> Tensor:
-        """The posterior mean: what disentanglement scores read."""
+        """The posterior mean: what disentanglement scores and the linear probe read."""
         return self.posterior(x)[0]
 
     def unit_noise(self, mu: Tensor, k: int | None = None,
