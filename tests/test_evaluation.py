@@ -148,6 +148,8 @@ def test_extractor_for_other_images_fails_before_training(smoke, tmp_path):
     _no_training(run)
 
 
+# slow (53 s): tests/test_fid.py checks the gathered samples' metrics in CI, test_ddp_parity the DDP run
+@pytest.mark.slow
 def test_ddp_fid_equals_a_single_process_recomputation(tmp_path):
     """Two gloo processes each generate half of the samples; the val/fid they log at the final
     validation equals sample_metrics on the gathered samples in this one process."""

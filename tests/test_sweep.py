@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import BIN, DATA, run_cli
 
 from genlab import report, runs
@@ -76,6 +77,8 @@ def test_joblib_sweep_isolates_failures_and_resumes(tmp_path):
     assert (out / "summary.md").is_file()
 
 
+# slow (68 s): tests/test_pruning.py resumes an Optuna search in CI
+@pytest.mark.slow
 def test_optuna_search_interrupted_and_resumed(tmp_path):
     args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=4", *SMOKE, f"paths.log_dir={tmp_path}"]
     cmd = [str(BIN / "genlab-train"), *args, f"paths.data_dir={DATA}"]
@@ -136,6 +139,8 @@ def test_ddp_multirun_has_one_directory_and_one_wandb_run_per_job(tmp_path):
     assert statuses(sweep) == {"0": "ok", "1": "ok"}
 
 
+# slow (37 s): tests/test_slurm.py runs the preset on a real SLURM in CI
+@pytest.mark.slow
 def test_slurm_preset_on_the_local_executor(tmp_path):
     run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.cluster=local", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=10", "hydra.launcher.partition=gpu", *SMOKE, "seed=0,1",
