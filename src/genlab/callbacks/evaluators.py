@@ -117,6 +117,12 @@ class EvalContext:
             self.reasons.update(dict.fromkeys(names, reason))
             return dict.fromkeys(names, math.nan)
 
+    def attempt_on_rank_zero(self, names, compute: Callable[[], dict]) -> dict:
+        """`attempt` on rank 0 only, its values broadcast to every rank (for scores that need no
+        draws from the other ranks: they hold the same weights)."""
+        out = self.attempt(names, compute) if self.rank == 0 else {}
+        return self.trainer.strategy.broadcast(out, src=0)
+
 
 class Evaluator:
     """One family of metrics; see the module docstring. Subclasses set `name` and implement
@@ -276,10 +282,7 @@ class Disentanglement(Evaluator):
         self.points, self.factor_vae_votes = points, factor_vae_votes
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        out: dict = {}
-        if ctx.rank == 0:
-            out = ctx.attempt(self.metrics, lambda: self._scores(ctx))
-        return ctx.trainer.strategy.broadcast(out, src=0)
+        return ctx.attempt_on_rank_zero(self.metrics, lambda: self._scores(ctx))
 
     def _scores(self, ctx: EvalContext) -> dict[str, float]:
         data: KnownFactors = ctx.data
@@ -335,10 +338,7 @@ class LinearProbe(Evaluator):
         self.c, self.max_iter = float(c), max_iter
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        out: dict = {}
-        if ctx.rank == 0:
-            out = ctx.attempt(self.metrics, lambda: self._score(ctx))
-        return ctx.trainer.strategy.broadcast(out, src=0)
+        return ctx.attempt_on_rank_zero(self.metrics, lambda: self._score(ctx))
 
     def _score(self, ctx: EvalContext) -> dict[str, float]:
         from sklearn.linear_model import LogisticRegression
