@@ -52,12 +52,17 @@ study: install
 	echo .venv/bin/genlab-report $$sweep --out $(STUDY_OUT) --html; \
 	.venv/bin/genlab-report $$sweep --out $(STUDY_OUT) --html && exit $$status
 
-# The fast test set (CI runs this); `make test-all` adds the slow tests.
+# The fast test set (CI runs this); `make test-all` adds the slow tests. TEST_WORKERS pytest
+# processes (pytest-xdist) share the files out, a whole file to a process, so each file's module
+# fixtures (the SLURM cluster, reference runs) are made once; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-all: install
-	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+	$(PYTEST) -m "slow or not slow" $(ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_train.py $(ARGS)

@@ -11,6 +11,7 @@ Where the images come from, in order:
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def ensure_fashion_mnist(root: str | Path, debian_dir: Path = DEBIAN_DIR, downlo
         raw.mkdir(parents=True, exist_ok=True)
         for pair in FILES.values():
             for f in pair:
-                tmp = raw / f"{f}.tmp"
+                tmp = raw / f".{f}.{os.getpid()}.tmp"  # per process: two may place the files at once
                 with gzip.open(debian_dir / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 tmp.replace(raw / f)
