@@ -301,7 +301,7 @@ def test_sample_figure_shows_only_generated_samples(sweep):
     root, bad = sweep
     skipped: list[str] = []
     groups = report.group_runs(report.load_runs([str(root)], skipped), None)
-    images = report.generated_grids(groups, skipped)
+    images = report.final_grids(groups, skipped)
     assert f"skipped: {bad['png']}: unreadable image" in skipped[-1]
     fig = report.samples_figure(groups, images)
     shown = [ax.images[0].get_array() for ax in fig.axes]
@@ -312,6 +312,32 @@ def test_sample_figure_shows_only_generated_samples(sweep):
         decoy = np.asarray(Image.open(root / run / "samples" / "degraded_real_final.png")) / 255
         assert np.allclose(image, expected) and not np.allclose(image, decoy)
         assert f"generated samples, seed {seed}" in title
+
+
+def test_grids_show_another_named_grid_per_configuration(sweep, tmp_path, capsys):
+    root, _ = sweep
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--grids", "degraded_real"]) == 0
+    assert (out / "degraded_real.png").is_file() and (out / "degraded_real.pdf").is_file()
+    assert "![degraded_real](degraded_real.png)" in (out / "summary.md").read_text()
+    skipped: list[str] = []
+    groups = report.group_runs(report.load_runs([str(root)], skipped), None)
+    fig = report.samples_figure(groups, report.final_grids(groups, skipped, "degraded_real"),
+                                "degraded_real")
+    # the first ok seed of each configuration: beta=1 seed 0 (its generated grid is broken, this
+    # one is not), beta=4 seed 0; the panel is that grid, not the generated samples
+    for ax, run in zip(fig.axes, ["0", "4"], strict=True):
+        expected = np.asarray(Image.open(root / run / "samples" / "degraded_real_final.png")) / 255
+        assert np.allclose(ax.images[0].get_array(), expected)
+        assert "degraded real, seed 0" in ax.get_title()
+
+    # a name no run has is refused in one line that lists the grids the runs do have
+    capsys.readouterr()
+    assert report.main([str(root), "--out", str(tmp_path / "r2"), "--grids", "traversal"]) == 2
+    err = capsys.readouterr().err
+    assert "--grids 'traversal': no run has samples/traversal_final.png; allowed: " \
+           "degraded_real, generated" in err
+    assert not (tmp_path / "r2").exists()
 
 
 @pytest.mark.parametrize("model", ["vae", "dae", "dcgan", "restoration_gan", "rbm"])

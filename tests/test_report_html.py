@@ -75,7 +75,7 @@ def test_real_sweep_report(sweep, html_report):
         assert curve.best_mean == pytest.approx(statistics.fmean(r.summary[metric] for r in members))
 
     # The sample figure: each configuration's generated samples, never the blurred real images.
-    images = report.generated_grids(groups, [])
+    images = report.final_grids(groups, [])
     fig = report.samples_figure(groups, images)
     for ax, members in zip(fig.axes, groups.values(), strict=True):
         samples = members[0].path / "samples"

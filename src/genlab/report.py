@@ -2,7 +2,7 @@
 
     genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
                   [--group-by model.d_mode corruption.kind ...] [--x KEY] [--step-metric val/elbo]
-                  [--html]
+                  [--grids traversal_orientation ...] [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
 `.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`. Runs are
@@ -16,7 +16,8 @@ and never averaged. FID-like metrics are split by the feature extractor that pro
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
 
 Writes summary.csv, summary.md, PNG and PDF figures (the step metric per epoch, metrics against
---x, every configuration's generated samples) and, with --html, report.html: one self-contained
+--x, every configuration's generated samples, and with --grids any other named grid of the runs,
+such as a traversal) and, with --html, report.html: one self-contained
 page with the sortable table, the figures and each configuration's runs and samples.
 
 A file that cannot be read (corrupt summary, malformed metrics.csv, broken PNG) is named on stderr
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-metric", metavar="M",
                         help="metric from metrics.csv to plot against training step "
                              "(default: the runs' objective.metric)")
+    parser.add_argument("--grids", nargs="+", metavar="NAME",
+                        help="more sample grids to show, one figure each: samples/NAME_final.png "
+                             "of each configuration's first ok seed (e.g. traversal_orientation)")
     parser.add_argument("--html", action="store_true",
                         help="also write OUT/report.html, one self-contained file")
     args = parser.parse_args(argv)
@@ -122,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
     if args.x:
         figures += [plot_against(args.out, groups, args.x, col) for col in columns]
-    images = generated_grids(groups, skipped)
+    images = final_grids(groups, skipped)
     figures.append(plot_samples(args.out, groups, images))
+    for grid in args.grids or []:
+        figures.append(plot_samples(args.out, groups, final_grids(groups, skipped, grid), grid))
     figures = [f for f in figures if f]
     write_markdown(args.out / "summary.md", args, loaded, rows, columns, figures, skipped, notes)
     if args.html:
@@ -139,9 +145,15 @@ def _user_error(message: str) -> int:
 
 
 def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
-    """A --metrics, --x or --step-metric that no run has is a typo: say so rather than draw an
-    empty column or no figure."""
+    """A --metrics, --x, --step-metric or --grids that no run has is a typo: say so rather than
+    draw an empty column or no figure."""
     have = sorted({k for r in loaded for k in r.summary if "/" in k})
+    grids = sorted({p.name[:-len("_final.png")] for r in loaded
+                    for p in (r.path / "samples").glob("*_final.png")})
+    for g in args.grids or []:
+        if g not in grids:
+            return (f"--grids {g!r}: no run has samples/{g}_final.png; allowed: "
+                    f"{', '.join(grids) or 'none (no samples/*_final.png)'}")
     for m in args.metrics or []:
         if m not in have:
             return f"--metrics {m!r} is in no run's summary.json; allowed: {', '.join(have)}"
@@ -163,9 +175,9 @@ def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
 
 def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Arguments not given on the command line come from the study's preset: its `report:` block
-    (group_by, metrics, x, step_metric) in the runs' resolved config, then objective.metric."""
+    (group_by, metrics, x, step_metric, grids) in the runs' resolved config, then objective.metric."""
     preset = config.get("report") or {}
-    for key in ("group_by", "metrics", "x", "step_metric"):
+    for key in ("group_by", "metrics", "x", "step_metric", "grids"):
         if getattr(args, key) is None and preset.get(key):
             setattr(args, key, preset[key])
     if args.step_metric is None:
@@ -568,7 +580,7 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
                 f"</code></td><td><code>{e(command(r))}</code></td></tr>" for r in members]
         out.append("</table>")
         grids = [r for r in members if r.path in images]
-        out += [f'<figure class="grid"><img src="{data_uri(runs.generated_samples(r.path))}" '
+        out += [f'<figure class="grid"><img src="{data_uri(runs.final_grid(r.path))}" '
                 f'alt="generated samples, seed {e(str(r.seed))}"><figcaption>generated samples, '
                 f"seed {e(str(r.seed))}</figcaption></figure>" for r in grids]
         if not grids:
@@ -730,14 +742,15 @@ def plot_against(out: Path, groups: dict[Identity, list[Run]], x: str, column: s
     return save(fig, out, f"{slug(column)}_vs_{slug(x)}")
 
 
-def generated_grids(groups: dict[Identity, list[Run]], skipped: list[str]) -> dict[Path, Any]:
-    """run path -> its generated samples (samples/generated_final.png) as an image array, for
-    every ok run that has a readable one. Other grids (reconstructions, degraded real images,
-    chains) are never taken for samples."""
+def final_grids(groups: dict[Identity, list[Run]], skipped: list[str],
+                name: str = runs.GENERATED) -> dict[Path, Any]:
+    """run path -> its grid `name` (samples/<name>_final.png; by default the generated samples)
+    as an image array, for every ok run that has a readable one. Other grids (reconstructions,
+    degraded real images, chains) are never taken for generated samples."""
     images = {}
     for members in groups.values():
         for run in (r for r in members if r.status == "ok"):
-            path = runs.generated_samples(run.path)
+            path = runs.final_grid(run.path, name)
             if not path.is_file():
                 continue
             try:
@@ -747,18 +760,23 @@ def generated_grids(groups: dict[Identity, list[Run]], skipped: list[str]) -> di
     return images
 
 
-def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path, Any]) -> str | None:
-    fig = samples_figure(groups, images)
-    return save(fig, out, "samples") if fig else None
+def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path, Any],
+                 grid: str = runs.GENERATED) -> str | None:
+    """samples.png|pdf for the generated samples, <grid>.png|pdf for another grid."""
+    fig = samples_figure(groups, images, grid)
+    return save(fig, out, "samples" if grid == runs.GENERATED else grid) if fig else None
 
 
-def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any]) -> Figure | None:
-    """The generated samples of the first ok seed (with a readable grid) of each configuration."""
+def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any],
+                   grid: str = runs.GENERATED) -> Figure | None:
+    """One grid (by default the generated samples) of the first ok seed with a readable one, for
+    each configuration."""
+    what = "generated samples" if grid == runs.GENERATED else grid.replace("_", " ")
     panels = []
     for ident, members in groups.items():
         run = next((r for r in members if r.path in images), None)
         if run is not None:
-            panels.append((f"{label(ident)}\ngenerated samples, seed {run.seed}", images[run.path]))
+            panels.append((f"{label(ident)}\n{what}, seed {run.seed}", images[run.path]))
     if not panels:
         return None
     cols = min(4, len(panels))

@@ -22,13 +22,14 @@ SUMMARY = "summary.json"
 STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
 # generate(n) of every family is written as samples/generated_epochNNN.png and, at the end of
 # training, samples/generated_final.png (genlab.callbacks.samples): the only grid genlab-report
-# shows as a run's samples; the other grids (reconstructions, chains, degraded real images) keep
-# their own names
+# shows as a run's samples; the other grids (reconstructions, chains, degraded real images,
+# traversals) keep their own names, and genlab-report --grids shows them by name
 GENERATED = "generated"
 
 
-def generated_samples(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "samples" / f"{GENERATED}_final.png"
+def final_grid(run_dir: str | Path, name: str = GENERATED) -> Path:
+    """samples/<name>_final.png: the run's grid of that name at the end of training."""
+    return Path(run_dir) / "samples" / f"{name}_final.png"
 
 
 class RunReadError(RuntimeError):
