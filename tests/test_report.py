@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import statistics
@@ -392,3 +393,18 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable by others, as open() makes it
+
+
+def test_compact_png_keeps_every_pixel_in_fewer_bytes(tmp_path):
+    # opaque RGBA pictures as matplotlib writes them: one grey (a sample grid), one in colour
+    grey = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 3
+    opaque = np.full_like(grey, 255)
+    colour = np.stack([grey, grey[::-1], grey.T, opaque], -1)
+    for pixels, mode in [(np.stack([grey] * 3 + [opaque], -1), "L"), (colour, "RGB")]:
+        path = tmp_path / f"{mode}.png"
+        Image.fromarray(pixels).save(path, compress_level=0)
+        small = report.compact_png(path.read_bytes())
+        assert len(small) < path.stat().st_size
+        back = Image.open(io.BytesIO(small))
+        assert back.mode == mode
+        assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(Image.open(path).convert("RGBA")))
