@@ -252,6 +252,21 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
     assert stars[0].get_linestyle() == "None"  # a marker apart from the line
 
 
+
+def test_curve_figure_many_configurations_and_a_diverging_one():
+    """Eleven configurations get eleven colours, and one whose values dwarf the rest puts the y
+    axis on a log scale so that the others stay readable; ordinary values keep a linear axis."""
+    steps = [10, 20, 30]
+    tame = [report.Curve(f"arm={i}", steps, [4.0 + i / 10, 3.0, 2.5], None, 1, 2.5, None)
+            for i in range(10)]
+    wild = report.Curve("arm=wild", steps, [900.0, 700.0, 800.0], None, 1, 500.0, None)
+    ax = report.curve_figure([*tame, wild], "val/stat_fd").axes[0]
+    assert ax.get_yscale() == "log"
+    lines = [ln for ln in ax.lines if len(ln.get_xdata()) == len(steps)]
+    assert len(lines) == 11 and len({ln.get_color() for ln in lines}) == 11
+    assert report.curve_figure(tame[:3], "val/stat_fd").axes[0].get_yscale() == "linear"
+
+
 def write_config(run, config):
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
 

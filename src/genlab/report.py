@@ -55,6 +55,7 @@ from genlab.config import ArgumentParser
 # Metrics computed in some feature space: only comparable under the same extractor.
 FEATURE_METRIC = re.compile(r"(fid|kid|isc?|inception_score|precision|recall|prc)(_|$)")
 MISSING = "(missing)"
+LOG_SPAN = 100  # a curve figure whose values span more than this factor gets a log y axis
 
 
 @dataclass
@@ -697,12 +698,15 @@ def curve_series(groups: dict[Identity, list[Run]], metric: str,
 def curve_figure(series: list[Curve], metric: str) -> Figure:
     """Each configuration's per-epoch line (± 1 std band) and, as an unconnected star at the
     right end, the mean of its best checkpoints' final validation."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    outside = len(series) > 6  # a legend this long goes beside the axes, not over the lines
+    fig = Figure(figsize=(10 if outside else 7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     end = max(c.steps[-1] for c in series)
-    for c in series:
+    # more lines than the default cycle's 10 colours would repeat a colour
+    colours = matplotlib.colormaps["tab20"].colors if len(series) > 10 else [None] * len(series)
+    for c, colour in zip(series, colours, strict=False):
         line, = ax.plot(c.steps, c.mean, marker="." if len(c.steps) < 30 else None,
-                        label=f"{c.label} (n={c.n})")
+                        label=f"{c.label} (n={c.n})", color=colour)
         if c.std is not None:
             ax.fill_between(c.steps, [m - s for m, s in zip(c.mean, c.std, strict=True)],
                             [m + s for m, s in zip(c.mean, c.std, strict=True)],
@@ -713,10 +717,14 @@ def curve_figure(series: list[Curve], metric: str) -> Figure:
                         color=line.get_color())
     ax.plot([], [], marker="*", linestyle="none", color="grey",
             label="best checkpoint, final validation")
-    ax.set(xlabel="training step", ylabel=metric,
+    values = [v for c in series for v in [*c.mean, c.best_mean] if v is not None]
+    log = min(values) > 0 and max(values) > LOG_SPAN * min(values)
+    if log:  # one diverging configuration would flatten every other line on a linear axis
+        ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel=metric + (" (log scale)" if log else ""),
            title=f"{metric} per epoch (mean ± 1 std); ★ best checkpoint")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if outside else {}))
     return fig
 
 
