@@ -121,6 +121,7 @@ def test_scontrol_requeue_resumes_exactly(slurm_cluster, reference, tmp_path):
     assert {k: v["status"] for k, v in read_manifest(sweep).items()} == {"0": "ok"}
 
 
+@pytest.mark.slow  # about 5 minutes of SLURM time limits; the requeue test covers resume in CI
 def test_time_limit_again_and_again_then_exact_numbers(slurm_cluster, reference, tmp_path):
     # each attempt has two minutes. SLURM checks time limits every 30 s: USR2 comes 85-115 s into
     # an attempt, at least 30 s before the kill. The run waits at steps 5 and 13 (mid-epoch), so

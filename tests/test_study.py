@@ -12,18 +12,17 @@ from conftest import REPO
 # Each study's smoke pipeline, with the genlab-train arguments that narrow its grid to two runs (the
 # pipeline, not the science). Studies with committed results run in CI; presets whose study has not
 # been run yet are `slow`.
-SLOW = pytest.mark.slow
 SMOKE_STUDIES = [
     pytest.param("ablation_blur_d", "seed=0 arm=plain,noise_head-blur"),
     pytest.param("gradient_noise", "seed=0 callbacks.gradient_noise.eta=0,0.3"),
-    pytest.param("aevb_fig2", "seed=0 model.latent_dim=2,20", marks=SLOW),
-    pytest.param("iwae_table", "seed=0 model.iwae_k=1,5", marks=SLOW),
+    pytest.param("aevb_fig2", "seed=0 model.latent_dim=2,20"),
+    pytest.param("iwae_table", "seed=0 model.iwae_k=1,5"),
     pytest.param("named_factor", "seed=0 arm=labelled_10,beta_vae"),
     pytest.param("prior_hole", "seed=0 model.beta=0.5,2"),
-    pytest.param("reparam_uniform", "seed=0 model.latent_dim=2 model.eps=gaussian,uniform", marks=SLOW),
-    pytest.param("dae_noise", "seed=0 arm=plain,masking-0p25", marks=SLOW),
+    pytest.param("reparam_uniform", "seed=0 model.latent_dim=2 model.eps=gaussian,uniform"),
+    pytest.param("dae_noise", "seed=0 arm=plain,masking-0p25"),
     pytest.param("d_head", "seed=0 model.d_mode=noise_head model.d_head=global,patch"),
-    pytest.param("beta_vae_mig", "seed=0 model.beta=1,16", marks=SLOW),
+    pytest.param("beta_vae_mig", "seed=0 model.beta=1,16"),
 ]
 
 
