@@ -10,8 +10,7 @@ import pytest
 from conftest import REPO
 
 # Each study's smoke pipeline, with the genlab-train arguments that narrow its grid to two runs (the
-# pipeline, not the science). Studies with committed results run in CI; presets whose study has not
-# been run yet are `slow`.
+# pipeline, not the science). CI runs every one.
 SMOKE_STUDIES = [
     pytest.param("ablation_blur_d", "seed=0 arm=plain,noise_head-blur"),
     pytest.param("gradient_noise", "seed=0 callbacks.gradient_noise.eta=0,0.3"),
