@@ -52,9 +52,11 @@ def test_study_smoke_pipeline(name, narrow, tmp_path):
     assert (results / "samples.png").is_file() == generates
     assert generates == (name != "gradient_noise")
     # the preset's report.grids: one figure per named grid, besides the generated samples
-    if name == "named_factor":
-        assert (results / "traversal_orientation.png").is_file()
-        assert 'alt="traversal_orientation"' in page
+    # named_factor: traversal_orientation; 2-D VAEs: the manifold and the aggregate posterior
+    for grid in {"named_factor": ["traversal_orientation"], "aevb_fig2": ["manifold"],
+                 "reparam_uniform": ["aggregate_posterior", "manifold"]}.get(name, []):
+        assert (results / f"{grid}.png").is_file(), grid
+        assert f'alt="{grid}"' in page
 
 
 def test_study_smoke_writes_to_a_scratch_folder_and_full_runs_to_experiments():

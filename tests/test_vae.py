@@ -114,3 +114,24 @@ def test_log_likelihood_estimate_is_at_least_the_elbo_and_tightens():
 def test_bad_values_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid; allowed: "):
         small_vae(**kw)
+
+
+def test_manifold_grid_walks_the_prior_quantiles():
+    """The 2-D manifold (Kingma & Welling's Fig. 4): z_1 rises left to right, z_2 bottom to top,
+    over the prior's 5%-95% quantiles; only a 2-D latent space has one."""
+    model = small_vae(latent_dim=2)
+    seen = []
+    generate = model.generate
+    model.generate = lambda n, z=None: seen.append(z) or generate(n, z=z)
+    images = model.manifold(side=5)
+    assert images.shape == (25, 1, 8, 8)
+    z = seen[0].view(5, 5, 2)  # [row, column, unit]
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 5))
+    assert torch.allclose(z[:, :, 0], q.expand(5, 5))               # every row: z_1 rising
+    assert torch.allclose(z[:, :, 1], q.flip(0).view(5, 1).expand(5, 5))  # top row: z_2 highest
+    assert torch.allclose(images, generate(25, z=seen[0]))
+    real = torch.rand(8, 1, 8, 8)
+    assert set(model.sample_grids(real)) == {"reconstruction", "manifold"}
+    assert set(small_vae(latent_dim=3).sample_grids(real)) == {"reconstruction"}
+    with pytest.raises(ValueError, match="latent_dim=2"):
+        small_vae(latent_dim=3).manifold()

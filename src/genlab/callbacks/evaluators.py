@@ -38,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from genlab.capabilities import ClassLabels, Encoder, KnownFactors, Representation
@@ -199,6 +200,8 @@ class LatentDiagnostics(Evaluator):
     data the prior should match): val/active_units, val/mmd_prior (one posterior draw per image
     against prior draws), val/kl_aggregate, and val/fid_expost, the FID of samples decoded from a
     Gaussian mixture fitted to the codes (Ghosh et al. 2020), to put beside val/fid, the prior's.
+    With a 2-D latent space, the final validation also draws the aggregate posterior over the
+    subset into <run>/samples/aggregate_posterior_final.png (aggregate_posterior_figure).
     subset: codes used for the MMD and the aggregate KL (their costs grow as its square);
     expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
     diagonals (scikit-learn's reg_covar)."""
@@ -256,7 +259,33 @@ class LatentDiagnostics(Evaluator):
             return {"val/fid_expost": ctx.score(fake, ["fid"])["fid"]}
 
         out.update(ctx.attempt(["val/fid_expost"], fid_expost))
+        if ctx.final and ctx.rank == 0 and mu.shape[1] == 2:
+            z_q = model.sample_z(mu[sub], std[sub], generator=generator_for(ctx.seed, "latent_figure"))
+            samples = Path(ctx.trainer.default_root_dir) / "samples"
+            samples.mkdir(parents=True, exist_ok=True)
+            aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian")).savefig(
+                samples / AGGREGATE_POSTERIOR_FILE, dpi=100)
         return out
+
+
+AGGREGATE_POSTERIOR_FILE = "aggregate_posterior_final.png"
+
+
+def aggregate_posterior_figure(mu: Tensor, z: Tensor, eps: str) -> Figure:
+    """A 2-D latent space seen two ways: the posterior means, and one draw z ~ q(z | x) per image
+    (the aggregate posterior the prior should match), each with the prior N(0, I)'s 1-, 2- and
+    3-sigma circles."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    circle = np.linspace(0, 2 * np.pi, 200)
+    for i, (points, title) in enumerate([(mu, "posterior means"),
+                                         (z, f"one draw per image from q(z|x), eps={eps}")]):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.4, linewidths=0)
+        for r in (1, 2, 3):
+            ax.plot(r * np.cos(circle), r * np.sin(circle), color="grey", linewidth=0.7)
+        ax.set(title=f"{title}\n{len(points)} images; circles: prior at 1, 2, 3 sigma",
+               xlabel="z_1", ylabel="z_2", aspect="equal")
+    return fig
 
 
 class Disentanglement(Evaluator):

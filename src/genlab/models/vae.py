@@ -36,6 +36,7 @@ from genlab.seeding import ExampleNoise, draw
 EPS = ("gaussian", "uniform")
 SQRT3 = math.sqrt(3.0)
 LOG_2PI = math.log(2 * math.pi)
+MANIFOLD_SIDE = 12  # the 2-D manifold grid: 12 x 12 decoded points
 
 
 class VAE(GenerativeModule, Encoder):
@@ -196,10 +197,25 @@ class VAE(GenerativeModule, Encoder):
 
         return {"interpolate": interpolate, "reconstruct": reconstruct}
 
+    @torch.no_grad()
+    def manifold(self, side: int = MANIFOLD_SIDE) -> Tensor:
+        """A 2-D latent space's learned manifold (Kingma & Welling 2014, Fig. 4): decoded z on a
+        side x side grid of the prior's quantiles 0.05..0.95 in each unit, z_1 rising left to
+        right and z_2 rising bottom to top; [side * side, C, H, W], row by row."""
+        if self.hparams.latent_dim != 2:
+            raise ValueError(f"the manifold grid needs model.latent_dim=2, not {self.hparams.latent_dim}")
+        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side, device=self.device))
+        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
+        return self.generate(side * side, z=torch.stack([z1.flatten(), z2.flatten()], dim=1))
+
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """Reconstructions for the sample-grid callback (which draws the prior samples itself)."""
+        """Reconstructions for the sample-grid callback (which draws the prior samples itself),
+        and with a 2-D latent space the manifold grid."""
         n = min(len(real), self.hparams.n_grid)
-        return {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+        grids = {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+        if self.hparams.latent_dim == 2:
+            grids["manifold"] = self.manifold()
+        return grids
 
     # -- Lightning ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
