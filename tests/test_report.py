@@ -252,7 +252,6 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
     assert stars[0].get_linestyle() == "None"  # a marker apart from the line
 
 
-
 def test_curve_figure_many_configurations_and_a_diverging_one():
     """Eleven configurations get eleven colours, and one whose values dwarf the rest puts the y
     axis on a log scale so that the others stay readable; ordinary values keep a linear axis."""
