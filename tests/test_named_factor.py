@@ -15,7 +15,7 @@ from genlab.config import ConfigError
 from genlab.data import DigitsDataModule, DSpritesDataModule
 from genlab.data.dsprites import FACTOR_SIZES, factors_to_index, index_to_factors
 from genlab.models import NamedFactorVAE, load_model
-from genlab.models.named import grid_index, labelled_mask, sweep
+from genlab.models.named import grid_index, labelled_mask, sweep, sweeps
 
 ORIENTATION = {"orientation": "circle"}
 
@@ -181,5 +181,9 @@ def test_traversal_sweeps_one_named_unit(smoke, tmp_path):
         out = tmp_path / f"traversal_{unit}.png"
         sample.main([f"ckpt={ckpt}", "mode=traversal", f"unit={unit}", "n=3", "steps=5", f"out={out}"])
         assert Image.open(out).size == (5 * 66 + 2, 3 * 66 + 2)  # rows of 5 steps, 64 px + padding
-    with pytest.raises(ConfigError, match=r"unit='scale' is invalid; allowed: orientation \| a latent index 0..9"):
+    out = tmp_path / "traversal_all.png"  # one row per latent unit (10), for each of 2 images
+    sample.main([f"ckpt={ckpt}", "mode=traversal", "unit=all", "n=2", "steps=5", f"out={out}"])
+    assert Image.open(out).size == (5 * 66 + 2, 2 * 10 * 66 + 2)
+    assert [u for u, _ in sweeps(model, "all", 5)] == [slice(i, i + 1) for i in range(10)]
+    with pytest.raises(ConfigError, match=r"unit='scale' is invalid; allowed: orientation \| a latent index 0..9 \| all"):
         sweep(model, "scale", 4)

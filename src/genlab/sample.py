@@ -8,8 +8,8 @@
 Every family samples from its prior (`prior`); the others are its own `sample_modes()`: the VAE's
 `interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. VAEs also
 have `traversal`: n encoded test images (rows), each with one latent unit swept over `steps`
-values and the others fixed; `unit` is a named factor of model=named_vae or a latent index
-(genlab.models.named.sweep). Modes that start from real test images read the data source from
+values and the others fixed; `unit` is a named factor of model=named_vae, a latent index, or `all`
+(one row per latent unit for each image; genlab.models.named.sweeps). Modes that start from real test images read the data source from
 the checkpoint.
 """
 
@@ -24,7 +24,7 @@ from torchvision.utils import save_image
 from genlab.config import ConfigError
 from genlab.data import build_datamodule
 from genlab.models import VAE, load_model
-from genlab.models.named import sweep, traverse
+from genlab.models.named import sweeps, traverse
 from genlab.runs import RunReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -77,8 +77,10 @@ def sample(args: dict[str, str]) -> Path:
              **model.sample_modes(n, steps, lambda k: real_images(ckpt, k).to(model.device))}
     if isinstance(model, VAE):
         def traversal():
-            units, values = sweep(model, args["unit"], steps)  # a bad unit fails before the data
-            return traverse(model, real_images(ckpt, n).to(model.device), units, values)
+            plan = sweeps(model, args["unit"], steps)  # a bad unit fails before the data
+            x = real_images(ckpt, n).to(model.device)
+            return torch.cat([traverse(model, x[i:i + 1], units, values)
+                              for i in range(n) for units, values in plan])
 
         modes["traversal"] = traversal
     if mode not in modes:

@@ -236,9 +236,17 @@ def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
         return slice(u, u + 1), torch.linspace(-SQRT3, SQRT3, steps).unsqueeze(1)
     if not (isinstance(unit, str) and unit.isdigit() and int(unit) < dim):
         raise ConfigError(f"unit={unit!r} is invalid; allowed: "
-                          + " | ".join([*named, f"a latent index 0..{dim - 1}"]))
+                          + " | ".join([*named, f"a latent index 0..{dim - 1}", "all"]))
     i = int(unit)
     return slice(i, i + 1), torch.linspace(-SWEEP, SWEEP, steps).unsqueeze(1)
+
+
+def sweeps(model: VAE, unit: str, steps: int) -> list[tuple[slice, Tensor]]:
+    """`sweep` of one unit, or with unit="all" of every latent index in turn (one traversal row
+    per unit: which unit codes which factor)."""
+    if unit == "all":
+        return [sweep(model, str(u), steps) for u in range(model.hparams.latent_dim)]
+    return [sweep(model, unit, steps)]
 
 
 @torch.no_grad()
@@ -251,4 +259,4 @@ def traverse(model: VAE, x: Tensor, units: slice, values: Tensor) -> Tensor:
     return mean_image(model.decode(z.flatten(0, 1)), model.hparams.likelihood)
 
 
-__all__ = ["NamedFactorVAE", "grid_index", "labelled_mask", "sweep", "traverse"]
+__all__ = ["NamedFactorVAE", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]
