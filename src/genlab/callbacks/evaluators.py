@@ -47,6 +47,7 @@ from genlab.data import DATASETS
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.runs import final_grid
 from genlab.seeding import generator_for, mix_seed
 
 log = logging.getLogger("genlab")
@@ -261,14 +262,14 @@ class LatentDiagnostics(Evaluator):
         out.update(ctx.attempt(["val/fid_expost"], fid_expost))
         if ctx.final and ctx.rank == 0 and mu.shape[1] == 2:
             z_q = model.sample_z(mu[sub], std[sub], generator=generator_for(ctx.seed, "latent_figure"))
-            samples = Path(ctx.trainer.default_root_dir) / "samples"
-            samples.mkdir(parents=True, exist_ok=True)
+            path = final_grid(ctx.trainer.default_root_dir, AGGREGATE_POSTERIOR)
+            path.parent.mkdir(parents=True, exist_ok=True)
             aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian")).savefig(
-                samples / AGGREGATE_POSTERIOR_FILE, dpi=100)
+                path, dpi=100)
         return out
 
 
-AGGREGATE_POSTERIOR_FILE = "aggregate_posterior_final.png"
+AGGREGATE_POSTERIOR = "aggregate_posterior"  # written as the run's final grid of this name
 
 
 def aggregate_posterior_figure(mu: Tensor, z: Tensor, eps: str) -> Figure:
