@@ -81,6 +81,9 @@ class NamedFactorVAE(VAE):
         lr: float = 1e-3,
         base_channels: int = 32,
         n_grid: int = 64,
+        arch: str = "conv",
+        hidden: list[int] = (500,),
+        activation: str = "tanh",
         named_factors: Mapping | None = None,
         labelled_fraction: float = 1.0,
         supervised_weight: float = 100.0,
@@ -104,7 +107,8 @@ class NamedFactorVAE(VAE):
         require(isinstance(latent_dim, int) and latent_dim >= n_named, "model.latent_dim",
                 f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
         super().__init__(image_shape, latent_dim, beta, likelihood, std, learn_std, eps, iwae_k,
-                         loglik_samples, loglik_images, loglik_chunk, lr, base_channels, n_grid)
+                         loglik_samples, loglik_images, loglik_chunk, lr, base_channels, n_grid,
+                         arch, hidden, activation)
         # name -> (kind, first unit); the named units come first, in the config's order
         self.named: dict[str, tuple[str, int]] = {}
         for name, kind in named.items():

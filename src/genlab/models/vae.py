@@ -9,7 +9,8 @@ train/elbo is always the beta=1 bound so runs with different beta compare on one
 iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016; eps chooses the
 reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
 family, so its KL is a Monte-Carlo estimate with the uniform density rather than the Gaussian
-closed form).
+closed form). arch chooses the networks: conv (genlab.nets.conv, base_channels wide) or mlp
+(genlab.nets.mlp: `hidden` layer widths with `activation`, the papers' MNIST networks).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from genlab.models.common import (
     log_this_step,
 )
 from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
-from genlab.nets import ConvDecoder, ConvEncoder
+from genlab.nets import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genlab.seeding import ExampleNoise, draw
 
 EPS = ("gaussian", "uniform")
+ARCHS = ("conv", "mlp")
 SQRT3 = math.sqrt(3.0)
 LOG_2PI = math.log(2 * math.pi)
 MANIFOLD_SIDE = 12  # the 2-D manifold grid: 12 x 12 decoded points
@@ -56,6 +58,9 @@ class VAE(GenerativeModule, Encoder):
         lr: float = 1e-3,
         base_channels: int = 32,
         n_grid: int = 64,
+        arch: str = "conv",
+        hidden: list[int] = (500,),
+        activation: str = "tanh",
     ):
         super().__init__()
         require_positive(latent_dim, "model.latent_dim", integer=True)
@@ -73,10 +78,21 @@ class VAE(GenerativeModule, Encoder):
                 loglik_images)
         require_positive(loglik_chunk, "model.loglik_chunk", integer=True)
         require_positive(lr, "model.lr")
+        require_choice(arch, "model.arch", ARCHS)
+        if arch == "mlp":
+            require(isinstance(hidden, list | tuple) and len(hidden) > 0
+                    and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden),
+                    "model.hidden", "a non-empty list of positive layer widths, e.g. [500]", hidden)
+            require_choice(activation, "model.activation", list(ACTIVATIONS))
+        hidden = [int(h) for h in hidden]  # a plain list in the checkpoint's hyper-parameters
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
-        self.encoder = ConvEncoder(image_shape, 2 * latent_dim, base_channels)
-        self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
+        if arch == "conv":
+            self.encoder = ConvEncoder(image_shape, 2 * latent_dim, base_channels)
+            self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
+        else:
+            self.encoder = MLPEncoder(image_shape, 2 * latent_dim, hidden, activation)
+            self.decoder = MLPDecoder(latent_dim, image_shape, hidden, activation)
         self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
         self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo"])
 
