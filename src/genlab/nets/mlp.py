@@ -7,6 +7,7 @@ encoder's widths from the image inwards; the decoder mirrors them.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import Tensor, nn
@@ -17,7 +18,7 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 def _stack(sizes: list[int], activation: str) -> list[nn.Module]:
     """Linear layers through `sizes`, the activation after each but the last."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
