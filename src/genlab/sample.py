@@ -9,8 +9,8 @@ Every family samples from its prior (`prior`); the others are its own `sample_mo
 `interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. VAEs also
 have `traversal`: n encoded test images (rows), each with one latent unit swept over `steps`
 values and the others fixed; `unit` is a named factor of model=named_vae, a latent index, or `all`
-(one row per latent unit for each image; genlab.models.named.sweeps). Modes that start from real test images read the data source from
-the checkpoint.
+(one row per latent unit for each image; genlab.models.named.sweeps). Modes that start from real
+test images read the data source from the checkpoint.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class VAE(GenerativeModule, Encoder):
                     and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden),
                     "model.hidden", "a non-empty list of positive layer widths, e.g. [500]", hidden)
             require_choice(activation, "model.activation", list(ACTIVATIONS))
-        hidden = [int(h) for h in hidden]  # a plain list in the checkpoint's hyper-parameters
+        hidden = list(hidden)  # a plain list in the checkpoint's hyper-parameters
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         if arch == "conv":
