@@ -328,6 +328,18 @@ def test_sample_figure_shows_only_generated_samples(sweep):
         assert np.allclose(image, expected) and not np.allclose(image, decoy)
         assert f"generated samples, seed {seed}" in title
 
+    # Each grid is drawn at its own size: its pixels appear in the saved PNG, neither moved nor
+    # scaled (the test grids step by 2 grey levels a pixel; the colour map may round by 1).
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=report.DPI)
+    png = np.asarray(Image.open(buffer).convert("L"))
+    for ax, image in zip(fig.axes, shown, strict=True):
+        box = ax.get_position()
+        left, top = round(box.x0 * png.shape[1]), round((1 - box.y1) * png.shape[0])
+        h, w = image.shape
+        drawn = png[top:top + h, left:left + w].astype(int)
+        assert np.abs(drawn - np.round(image * 255)).max() <= 1
+
 
 def test_grids_show_another_named_grid_per_configuration(sweep, tmp_path, capsys):
     root, _ = sweep

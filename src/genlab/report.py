@@ -617,11 +617,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", name).strip("_")
 
 
+DPI = 150  # every figure's PNG and PDF
+
+
 def save(fig: Figure, out: Path, name: str) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150)
+    fig.savefig(buffer, format="png", dpi=DPI)
     (out / f"{name}.png").write_bytes(compact_png(buffer.getvalue()))
-    fig.savefig(out / f"{name}.pdf", dpi=150)
+    fig.savefig(out / f"{name}.pdf", dpi=DPI)
     return name
 
 
@@ -797,7 +800,9 @@ def plot_samples(out: Path, groups: dict[Identity, list[Run]], images: dict[Path
 def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any],
                    grid: str = runs.GENERATED) -> Figure | None:
     """One grid (by default the generated samples) of the first ok seed with a readable one, for
-    each configuration."""
+    each configuration, four to a row. Each grid is drawn at its own size, one image pixel to one
+    pixel of the saved PNG (at DPI), so the figure holds no more pixels than its grids and the
+    report page stays small."""
     what = "generated samples" if grid == runs.GENERATED else grid.replace("_", " ")
     panels = []
     for ident, members in groups.items():
@@ -808,18 +813,29 @@ def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any],
         return None
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    # "compressed" packs fixed-aspect images; "constrained" clips tall titles when width-limited.
-    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout="compressed")
-    for i, (title, image) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    # A cell in pixels: the widest grid (at least wide enough for a 26-character title line in
+    # 7-point type), a margin around it, and room above it for the tallest title.
+    pad = 12
+    width = max(240, *(image.shape[1] for _, image in panels))
+    height = max(image.shape[0] for _, image in panels)
+    titles = ["\n".join(w for line in title.split("\n")
+                         for w in textwrap.wrap(line, width // 9) or [""]) for title, _ in panels]
+    title_px = math.ceil(max(t.count("\n") + 1 for t in titles) * 7 * 1.3 * DPI / 72) + pad
+    cell_w, cell_h = width + 2 * pad, height + title_px + pad
+    fig = Figure(figsize=(cols * cell_w / DPI, rows * cell_h / DPI))
+    for i, (title, (_, image)) in enumerate(zip(titles, panels, strict=True)):
+        row, col = divmod(i, cols)
+        h, w = image.shape[:2]
+        left = col * cell_w + pad + (width - w) // 2
+        bottom = (rows - 1 - row) * cell_h + pad + (height - h)
+        ax = fig.add_axes((left / (cols * cell_w), bottom / (rows * cell_h),
+                           w / (cols * cell_w), h / (rows * cell_h)))
         # imread gives PNGs as floats in [0, 1]; fixing the range keeps a flat image from
         # being stretched to black.
-        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        wrapped = [w for line in title.split("\n") for w in textwrap.wrap(line, 34) or [""]]
-        ax.set_title("\n".join(wrapped), fontsize=8)
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        ax.set_title(title, fontsize=7)
         ax.axis("off")
     return fig
-
 
 if __name__ == "__main__":
     sys.exit(main())
