@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -150,8 +151,9 @@ def test_figures_exist(sweep, tmp_path):
     root, _ = sweep
     out = tmp_path / "report"
     assert report.main([str(root), "--out", str(out), "--x", "model.beta",
-                        "--metrics", "val/elbo", "val/fid", "--group-by", "model.beta", "data.name"]) == 0
-    expected = ["curve_val_elbo", "samples", "val_elbo_vs_model.beta",
+                        "--metrics", "val/elbo", "val/fid", "--group-by", "model.beta", "data.name",
+                        "--step-metric", "val/elbo", "train/loss"]) == 0
+    expected = ["curve_val_elbo", "curve_train_loss", "samples", "val_elbo_vs_model.beta",
                 f"val_fid_{GENLAB_CNN}_vs_model.beta", f"val_fid_{INCEPTION}_vs_model.beta"]
     for name in expected:
         for ext in ("png", "pdf"):
@@ -159,6 +161,16 @@ def test_figures_exist(sweep, tmp_path):
         assert f"({name}.png)" in (out / "summary.md").read_text()
     assert set(read_table(out)["model.beta=1, data.name=fmnist"]) >= {"val/elbo mean", f"val/fid [{INCEPTION}] n"}
     assert "test/elbo mean" not in read_table(out)["model.beta=1, data.name=fmnist"]  # --metrics
+
+    # A report rebuilt from the same runs writes the same figures, byte for byte (no dates in
+    # the PDFs), so re-reporting a study changes no committed file that did not change.
+    again = tmp_path / "again"
+    assert report.main([str(root), "--out", str(again), "--x", "model.beta",
+                        "--metrics", "val/elbo", "val/fid", "--group-by", "model.beta", "data.name",
+                        "--step-metric", "val/elbo", "train/loss"]) == 0
+    for name in expected:
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").read_bytes() == (again / f"{name}.{ext}").read_bytes()
 
 
 def test_group_by_config_keys(sweep, tmp_path):
@@ -208,10 +220,12 @@ def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
     root, _ = sweep
     for cfg_path in root.glob("*/.hydra/config.yaml"):
         cfg = yaml.safe_load(cfg_path.read_text())
-        cfg["report"] = {"group_by": ["model.beta"], "metrics": ["test/elbo"]}
+        cfg["report"] = {"group_by": ["model.beta"], "metrics": ["test/elbo"],
+                         "step_metric": "train/loss"}  # one metric, not a list: also allowed
         cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "preset"
     assert report.main([str(root), "--out", str(out)]) == 0
+    assert (out / "curve_train_loss.png").is_file() and not (out / "curve_val_elbo.png").exists()
     with open(out / "summary.csv") as f:
         header = next(csv.reader(f))
     assert header[:2] == ["configuration", "model.beta"]
@@ -250,6 +264,15 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
     stars = [ln for ln in ax.lines if ln.get_marker() == "*" and len(ln.get_xdata())]
     assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([STEPS[-1]], [curve.best_mean])]
     assert stars[0].get_linestyle() == "None"  # a marker apart from the line
+    assert "best checkpoint, final validation" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+    # A metric the summaries lack (a training metric logged per batch): no star, and no legend
+    # entry or title promising one.
+    ax = report.curve_figure([dataclasses.replace(curve, best_mean=None, best_std=None)],
+                             "train/loss").axes[0]
+    assert not [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert "best checkpoint, final validation" not in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "★" not in ax.get_title()
 
 
 def test_curve_figure_many_configurations_and_a_diverging_one():

@@ -1,7 +1,8 @@
 """genlab-report: run directories -> a results table (markdown and CSV) and figures.
 
     genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
-                  [--group-by model.d_mode corruption.kind ...] [--x KEY] [--step-metric val/elbo]
+                  [--group-by model.d_mode corruption.kind ...] [--x KEY]
+                  [--step-metric val/elbo train/elbo ...]
                   [--grids traversal_orientation ...] [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
@@ -15,7 +16,7 @@ given dotted config keys. For every configuration and metric it reports mean, st
 and never averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
 
-Writes summary.csv, summary.md, PNG and PDF figures (the step metric per epoch, metrics against
+Writes summary.csv, summary.md, PNG and PDF figures (each step metric against the training step, metrics against
 --x, every configuration's generated samples, and with --grids any other named grid of the runs,
 such as a traversal) and, with --html, report.html: one self-contained
 page with the sortable table, the figures and each configuration's runs and samples.
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the overrides without seed and hydra.*)")
     parser.add_argument("--x", metavar="KEY",
                         help="dotted config key to put on the x axis of a metric-vs-value figure")
-    parser.add_argument("--step-metric", metavar="M",
-                        help="metric from metrics.csv to plot against training step "
-                             "(default: the runs' objective.metric)")
+    parser.add_argument("--step-metric", nargs="+", metavar="M",
+                        help="metrics from metrics.csv to plot against training step, one figure "
+                             "each (default: the runs' objective.metric)")
     parser.add_argument("--grids", nargs="+", metavar="NAME",
                         help="more sample grids to show, one figure each: samples/NAME_final.png "
                              "of each configuration's first ok seed (e.g. traversal_orientation)")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         return _user_error(f"--out {str(args.out)!r}: cannot create it ({e.strerror or e})")
     write_csv(args.out / "summary.csv", rows)
-    figures = [plot_curves(args.out, groups, args.step_metric, skipped)]
+    figures = [plot_curves(args.out, groups, m, skipped) for m in args.step_metric]
     if args.x:
         figures += [plot_against(args.out, groups, args.x, col) for col in columns]
     images = final_grids(groups, skipped)
@@ -171,21 +172,25 @@ def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
                     logged.update(next(csv.reader(f), []))
             except OSError:
                 continue
-        if args.step_metric not in logged:
-            return (f"--step-metric {args.step_metric!r} is in no run's metrics.csv; allowed: "
-                    f"{', '.join(sorted(logged - {'step', 'epoch'})) or 'none (no metrics.csv)'}")
+        for m in args.step_metric:
+            if m not in logged:
+                return (f"--step-metric {m!r} is in no run's metrics.csv; allowed: "
+                        f"{', '.join(sorted(logged - {'step', 'epoch'})) or 'none (no metrics.csv)'}")
     return None
 
 
 def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Arguments not given on the command line come from the study's preset: its `report:` block
-    (group_by, metrics, x, step_metric, grids) in the runs' resolved config, then objective.metric."""
+    (group_by, metrics, x, step_metric, grids) in the runs' resolved config, then objective.metric.
+    step_metric may be one metric or a list."""
     preset = config.get("report") or {}
     for key in ("group_by", "metrics", "x", "step_metric", "grids"):
         if getattr(args, key) is None and preset.get(key):
             setattr(args, key, preset[key])
     if args.step_metric is None:
         args.step_metric = (config.get("objective") or {}).get("metric", "val/elbo")
+    if isinstance(args.step_metric, str):
+        args.step_metric = [args.step_metric]
 
 
 def skip(skipped: list[str], what: str) -> None:
@@ -624,7 +629,8 @@ def save(fig: Figure, out: Path, name: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     (out / f"{name}.png").write_bytes(compact_png(buffer.getvalue()))
-    fig.savefig(out / f"{name}.pdf", dpi=DPI)
+    # no creation date: a report rebuilt from the same runs writes the same PDF bytes
+    fig.savefig(out / f"{name}.pdf", dpi=DPI, metadata={"CreationDate": None})
     return name
 
 
@@ -719,14 +725,16 @@ def curve_figure(series: list[Curve], metric: str) -> Figure:
             ax.errorbar([end], [c.best_mean], yerr=None if c.best_std is None else [c.best_std],
                         marker="*", markersize=10, linestyle="none", capsize=3,
                         color=line.get_color())
-    ax.plot([], [], marker="*", linestyle="none", color="grey",
-            label="best checkpoint, final validation")
+    if any(c.best_mean is not None for c in series):
+        ax.plot([], [], marker="*", linestyle="none", color="grey",
+                label="best checkpoint, final validation")
     values = [v for c in series for v in [*c.mean, c.best_mean] if v is not None]
     log = min(values) > 0 and max(values) > LOG_SPAN * min(values)
     if log:  # one diverging configuration would flatten every other line on a linear axis
         ax.set_yscale("log")
     ax.set(xlabel="training step", ylabel=metric + (" (log scale)" if log else ""),
-           title=f"{metric} per epoch (mean ± 1 std); ★ best checkpoint")
+           title=f"{metric} during training (mean ± 1 std)"
+           + ("; ★ best checkpoint" if any(c.best_mean is not None for c in series) else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if outside else {}))
     return fig
