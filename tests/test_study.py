@@ -15,7 +15,7 @@ SMOKE_STUDIES = [
     pytest.param("ablation_blur_d", "seed=0 arm=plain,noise_head-blur"),
     pytest.param("gradient_noise", "seed=0 callbacks.gradient_noise.eta=0,0.3"),
     pytest.param("aevb_fig2", "seed=0 model.latent_dim=2,20"),
-    pytest.param("iwae_table", "seed=0 model.iwae_k=1,5"),
+    pytest.param("iwae_table", "seed=0 arm=vae_k5,iwae_k5"),
     pytest.param("named_factor", "seed=0 arm=labelled_10,beta_vae"),
     pytest.param("prior_hole", "seed=0 model.beta=0.5,2"),
     pytest.param("reparam_uniform", "seed=0 model.latent_dim=2 model.eps=gaussian,uniform"),

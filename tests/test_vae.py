@@ -86,6 +86,24 @@ def test_iwae_with_one_sample_is_the_elbo():
     assert torch.allclose(many, elbo, rtol=2e-3)
 
 
+def test_k_sample_elbo_averages_the_log_weights_the_iwae_bound_log_mean_exps():
+    """model.elbo_k = k (Burda et al.'s VAE with k samples) trains on the mean of the same k log
+    weights whose log-mean-exp is the IWAE bound: with the same draws, exactly that mean, and
+    below the IWAE bound (Jensen), so the two objectives differ in the bound alone."""
+    x = torch.rand(6, 1, 8, 8)
+    vae_k, iwae = small_vae(elbo_k=5), small_vae(iwae_k=5)  # the same weights (small_vae seeds)
+    torch.manual_seed(7)
+    w = vae_k.log_weights(x, 5)
+    torch.manual_seed(7)
+    loss_vae = vae_k.training_step((x,), 0)
+    torch.manual_seed(7)
+    loss_iwae = iwae.training_step((x,), 0)
+    assert loss_vae.item() == pytest.approx(-w.mean().item(), rel=1e-6)
+    assert loss_iwae.item() == pytest.approx(-(torch.logsumexp(w, 0) - math.log(5)).mean().item(),
+                                             rel=1e-6)
+    assert loss_iwae.item() < loss_vae.item()
+
+
 def test_log_likelihood_estimate_is_at_least_the_elbo_and_tightens():
     model = small_vae()
     x = torch.rand(16, 1, 8, 8)
@@ -111,6 +129,9 @@ def test_log_likelihood_estimate_is_at_least_the_elbo_and_tightens():
     ({"likelihood": "poisson"}, "model.likelihood"),
     ({"eps": "laplace"}, "model.eps"),
     ({"iwae_k": 5, "beta": 2.0}, "model.beta"),
+    ({"elbo_k": 0}, "model.elbo_k"),
+    ({"elbo_k": 5, "iwae_k": 5}, "model.elbo_k"),
+    ({"elbo_k": 5, "beta": 4.0}, "model.beta"),
     ({"arch": "resnet"}, "model.arch"),
     ({"arch": "mlp", "hidden": []}, "model.hidden"),
     ({"arch": "mlp", "hidden": [500, 0]}, "model.hidden"),

@@ -3,6 +3,7 @@ the test log-likelihood against the ELBO."""
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -105,6 +106,17 @@ def test_training_on_the_iwae_bound(smoke, tmp_path):
     assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and math.isfinite(s["val/elbo"])
     text = (run / "metrics.csv").read_text()
     assert "train/loss" in text and "train/elbo" not in text  # the IWAE loss is not the ELBO
+
+
+def test_training_on_the_k_sample_elbo(smoke, tmp_path):
+    run = smoke(tmp_path, "data=digits", "model.elbo_k=5", "callbacks.evaluation=null")
+    s = runs.read_summary(run)
+    assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and math.isfinite(s["val/elbo"])
+    with open(run / "metrics.csv", newline="") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    # the loss is the negative k-sample ELBO, and that is what train/elbo logs
+    assert logged and all(float(r["train/elbo"]) == pytest.approx(-float(r["train/loss"]), rel=1e-5)
+                          for r in logged)
 
 
 def test_loglik_is_above_the_elbo_on_the_same_images(smoke, tmp_path):

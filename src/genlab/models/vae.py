@@ -6,7 +6,9 @@ KL is >= 0.
 
 Options: beta weights the KL term in the training loss (beta=1 is the plain VAE; the logged
 train/elbo is always the beta=1 bound so runs with different beta compare on one scale);
-iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016; eps chooses the
+iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016, elbo_k > 1 on the ELBO
+averaged over k posterior samples (their "VAE" with k samples: the same k log weights, their mean
+in place of the log of their mean); eps chooses the
 reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
 family, so its KL is a Monte-Carlo estimate with the uniform density rather than the Gaussian
 closed form). arch chooses the networks: conv (genlab.nets.conv, base_channels wide) or mlp
@@ -61,6 +63,7 @@ class VAE(GenerativeModule, Encoder):
         arch: str = "conv",
         hidden: list[int] = (500,),
         activation: str = "tanh",
+        elbo_k: int = 1,
     ):
         super().__init__()
         require_positive(latent_dim, "model.latent_dim", integer=True)
@@ -71,6 +74,11 @@ class VAE(GenerativeModule, Encoder):
         require_positive(iwae_k, "model.iwae_k", integer=True)
         require(iwae_k == 1 or beta == 1, "model.beta",
                 "1 when model.iwae_k > 1 (the importance-weighted bound has no KL weight)", beta)
+        require_positive(elbo_k, "model.elbo_k", integer=True)
+        require(elbo_k == 1 or iwae_k == 1, "model.elbo_k",
+                "1 when model.iwae_k > 1 (k samples go to one bound or the other)", elbo_k)
+        require(elbo_k == 1 or beta == 1, "model.beta",
+                "1 when model.elbo_k > 1 (the k-sample ELBO has no KL weight)", beta)
         require(isinstance(loglik_samples, int) and loglik_samples >= 0, "model.loglik_samples",
                 "an integer >= 0 (0 skips the test log-likelihood)", loglik_samples)
         require(loglik_images is None or (isinstance(loglik_images, int) and loglik_images > 0),
@@ -239,6 +247,9 @@ class VAE(GenerativeModule, Encoder):
         if self.hparams.iwae_k > 1:
             bound = self.iwae_bound(x, self.hparams.iwae_k)
             loss, elbo = -bound.mean(), None
+        elif self.hparams.elbo_k > 1:
+            elbo = self.log_weights(x, self.hparams.elbo_k).mean()  # over samples and images
+            loss = -elbo
         else:
             t = self.elbo_terms(x)
             loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
