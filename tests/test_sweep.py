@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from conftest import BIN, DATA, run_cli
 
 from genlab import report, runs
-from genlab.sweep import read_manifest, update_manifest
+from genlab.sweep import RunRefused, read_manifest, same_configuration, update_manifest
 
 SMOKE = ("debug=smoke", "data=digits", "logger=csv")
 
@@ -69,12 +71,53 @@ def test_joblib_sweep_isolates_failures_and_resumes(tmp_path):
     assert "already finished ok; skipping it" in proc.stderr + proc.stdout
     assert (sweep / "0" / "summary.json").stat().st_mtime_ns == before
 
+    # Resumed with another grid, job 0 means another setting (lr 1e-4, not 1e-3): folder 0 is
+    # not taken for it. The attempt is refused and counted as failed in the manifest, and the
+    # folder keeps its own run: summary, metrics and Hydra's record of its config.
+    changed = [a.replace("model.lr=1e-3,", "model.lr=1e-4,") for a in args]
+    kept = {f: (sweep / "0" / f).read_bytes() for f in ("summary.json", "metrics.csv")}
+    proc = run_cli(*changed, "resume=true", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    entry = read_manifest(sweep)["0"]
+    assert entry["status"] == "failed" and "model.lr: 0.001 -> 0.0001" in entry["error"]
+    assert {f: (sweep / "0" / f).read_bytes() for f in kept} == kept
+    assert "model.lr=1e-3" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "lr: 0.001" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
+    # the grid it started with resumes as before
+    proc = run_cli(*args, "resume=true", cwd=tmp_path, check=False)
+    assert statuses(sweep)["0"] == "ok"
+
     # the report reads the sweep: failed runs counted apart, not averaged
     out = tmp_path / "report"
     assert report.main([str(sweep), "--out", str(out), "--metrics", "val/elbo"]) == 0
     table = (out / "summary.csv").read_text()
     assert "n_failed" in table and "n_diverged" in table
     assert (out / "summary.md").is_file()
+
+
+def test_a_run_folder_keeps_one_configuration(tmp_path):
+    """What genlab.sweep.same_configuration does at each attempt at a folder, on Hydra's files."""
+    run = tmp_path / "0"
+    (run / ".hydra").mkdir(parents=True)
+
+    def attempt(lr, resume):  # Hydra rewrites .hydra/ before every attempt
+        config = {"seed": 0, "model": {"lr": lr}, "resume": resume, "paths": {"log_dir": str(tmp_path)}}
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.lr={lr}"]))
+        same_configuration(run)
+
+    attempt(1e-3, False)  # the first attempt keeps its record
+    runs.write_summary(run, {"status": "ok"})
+    attempt(1e-3, True)  # the same run again: resume=true says how it starts, not what it is
+    with pytest.raises(RunRefused, match=r"model\.lr: 0\.001 -> 0\.0001\)"):
+        attempt(1e-4, True)
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["model"]["lr"] == 1e-3
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["model.lr=0.001"]
+
+    # a folder from before the check (a summary, no record) cannot be checked, and is not
+    shutil.rmtree(run / ".hydra" / "first")
+    attempt(1e-4, True)
+    assert not (run / ".hydra" / "first").exists()
 
 
 # slow (68 s): tests/test_pruning.py resumes an Optuna search in CI

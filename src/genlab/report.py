@@ -286,7 +286,7 @@ Identity = tuple[tuple[str, str], ...]
 
 # Keys that say where and how a run was started, not what it computes: two runs that differ only
 # here are the same configuration (resume=true for the second part of a study, another log folder).
-NOT_CONFIGURATION = ("seed", "hydra", "paths", "resume", "ckpt_path", "logger", "tags")
+NOT_CONFIGURATION = ("seed", *runs.STARTED)
 
 
 def identity(run: Run, group_by: list[str] | None) -> Identity:
@@ -302,18 +302,9 @@ def identity(run: Run, group_by: list[str] | None) -> Identity:
     return tuple(sorted(pairs))
 
 
-def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+def flat(config: Any) -> dict[str, Any]:
     """{"model.beta": 1, ...} without the keys that do not define a configuration; 2.0 == 2."""
-    if not isinstance(config, dict):
-        if isinstance(config, float) and config.is_integer():
-            return {prefix: int(config)}
-        return {prefix: config}
-    out = {}
-    for key, value in config.items():
-        if not prefix and key in NOT_CONFIGURATION:
-            continue
-        out.update(flat(value, f"{prefix}{key}." if isinstance(value, dict) and value else f"{prefix}{key}"))
-    return out
+    return runs.flat_config(config, NOT_CONFIGURATION)
 
 
 def fingerprint(run: Run) -> str:

@@ -25,6 +25,24 @@ STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
 # shows as a run's samples; the other grids (reconstructions, chains, degraded real images,
 # traversals) keep their own names, and genlab-report --grids shows them by name
 GENERATED = "generated"
+# top-level config keys that say where or how a run started, not which run it is (with the seed,
+# which tells runs apart but not configurations)
+STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags")
+
+
+def flat_config(config: Any, skip: tuple[str, ...] = STARTED, prefix: str = "") -> dict[str, Any]:
+    """{"model.beta": 1, ...} of a saved config, without the top-level keys in `skip`; 2.0 == 2."""
+    if not isinstance(config, dict):
+        if isinstance(config, float) and config.is_integer():
+            return {prefix: int(config)}
+        return {prefix: config}
+    out = {}
+    for key, value in config.items():
+        if not prefix and key in skip:
+            continue
+        nested = isinstance(value, dict) and value
+        out.update(flat_config(value, skip, f"{prefix}{key}." if nested else f"{prefix}{key}"))
+    return out
 
 
 def final_grid(run_dir: str | Path, name: str = GENERATED) -> Path:

@@ -13,6 +13,9 @@ Hydra runs this module's pieces; genlab's own code reaches them only through con
   runs and continues interrupted ones from their last checkpoint).
 - The resumable Optuna sweeper and the SLURM launcher live in hydra_plugins.genlab_plugins,
   because Hydra only loads sweepers and launchers from that namespace.
+- `same_configuration` (called by train()): a run directory holds one configuration for life, so
+  a resumed sweep whose grid or preset changed since (job N now another setting) cannot mistake a
+  finished run for one of the new setting.
 - `child_command`: under Hydra, Lightning restarts each DDP child with the original command line,
   which under --multirun re-expands the whole sweep in every child. genlab instead starts each
   child with its own job's overrides and output directory.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import shutil
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -36,7 +40,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.compat import job_error, use_ddp_child_command
-from genlab.runs import RunReadError, atomic_write_text, read_summary
+from genlab.config import ConfigError
+from genlab.runs import SUMMARY, RunReadError, atomic_write_text, flat_config, read_summary
 
 log = logging.getLogger("genlab.sweep")
 MANIFEST = "manifest.json"
@@ -66,6 +71,50 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("genlab_sweep_id"):
         # cached: every reference in one process sees the same id
         OmegaConf.register_new_resolver("genlab_sweep_id", sweep_id, use_cache=True)
+
+
+# -- one configuration per run directory -----------------------------------------------------
+# the first attempt's copy of Hydra's record of the run (.hydra/config.yaml, overrides.yaml, ...)
+FIRST = "first"
+
+
+class RunRefused(ConfigError):
+    """A later attempt at a run directory asked for another configuration than its first."""
+
+
+def same_configuration(run_dir: Path) -> None:
+    """Refuse an attempt at `run_dir` whose configuration differs from the run's first attempt.
+
+    Hydra rewrites <run>/.hydra/ at every attempt before the run starts, and resume=true maps
+    job N of the sweep to folder N. If the sweep's grid or preset changed between its parts,
+    folder N would then claim the new setting while its summary, metrics and checkpoints are
+    the old one's. So the first attempt keeps a copy of .hydra/ in .hydra/first/; a later
+    attempt whose config differs (the seed included; where and how it runs, STARTED, aside) puts
+    that copy back and raises RunRefused, before anything in the folder is touched. Folders of
+    runs started before this check have no copy and are not checked."""
+    hydra_dir = run_dir / ".hydra"
+    first = hydra_dir / FIRST
+    if not (hydra_dir / "config.yaml").is_file():
+        return  # not a Hydra run folder (a DDP child writes none)
+    if not first.is_dir():
+        if not (run_dir / SUMMARY).exists():  # the first attempt
+            first.mkdir()
+            for f in hydra_dir.glob("*.yaml"):
+                shutil.copy2(f, first / f.name)
+        return
+    old, new = (flat_config(OmegaConf.to_container(OmegaConf.load(d / "config.yaml")))
+                for d in (first, hydra_dir))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "(unset)") != new.get(k, "(unset)"))
+    if not changed:
+        return
+    for f in first.glob("*.yaml"):
+        shutil.copy2(f, hydra_dir / f.name)
+    shown = ", ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed[:5])
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    raise RunRefused(
+        f"{run_dir} holds a run of another configuration ({shown}{more}); it is left as it was. "
+        "A resumed sweep maps job N to folder N, so its grid and preset must be those it started "
+        "with; start a new sweep (resume=false) for another grid")
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -124,6 +173,9 @@ class SweepManifest(Callback):
             entry = {"status": "failed", "error": str(e)}
         if job_return.status == JobStatus.FAILED and entry["status"] == "ok":
             entry = {"status": "failed", "error": repr(job_error(job_return))}
+        refused = job_return.status == JobStatus.COMPLETED and job_return.return_value
+        if isinstance(refused, RunRefused):  # the folder's summary is its first run's, untouched
+            entry = {"status": "failed", "error": f"RunRefused: {refused}"}
         entry["ended"] = datetime.now().isoformat(timespec="seconds")
         update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), entry)
 

@@ -42,7 +42,12 @@ from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
 from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
-from genlab.sweep import install_ddp_child_command, register_resolvers
+from genlab.sweep import (
+    RunRefused,
+    install_ddp_child_command,
+    register_resolvers,
+    same_configuration,
+)
 
 log = logging.getLogger("genlab")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -169,6 +174,8 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
 def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     rank_zero = rank_zero_only.rank == 0
+    if rank_zero:
+        same_configuration(run_dir)
     done, ckpt_path = _previous_run(cfg, run_dir)
     if done is not None:
         log.info("resume: %s already finished ok; skipping it", run_dir)
@@ -310,6 +317,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # sweep goes on, and the sweep's exit code reports the failures at the end
         try:
             return train(cfg)
+        except RunRefused as e:  # the sweep manifest records it; the folder keeps its own run
+            log.error("run refused: %s", e)
+            return e
         except Exception:
             log.exception("run failed; the sweep goes on")
             return None
