@@ -81,7 +81,7 @@ def test_joblib_sweep_isolates_failures_and_resumes(tmp_path):
     entry = read_manifest(sweep)["0"]
     assert entry["status"] == "failed" and "model.lr: 0.001 -> 0.0001" in entry["error"]
     assert {f: (sweep / "0" / f).read_bytes() for f in kept} == kept
-    assert "model.lr=1e-3" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "model.lr=0.001" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
     assert "lr: 0.001" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
     # the grid it started with resumes as before
     proc = run_cli(*args, "resume=true", cwd=tmp_path, check=False)
@@ -96,28 +96,42 @@ def test_joblib_sweep_isolates_failures_and_resumes(tmp_path):
 
 
 def test_a_run_folder_keeps_one_configuration(tmp_path):
-    """What genlab.sweep.same_configuration does at each attempt at a folder, on Hydra's files."""
+    """What genlab.sweep.same_configuration does at each kind of attempt, on Hydra's files."""
     run = tmp_path / "0"
     (run / ".hydra").mkdir(parents=True)
 
-    def attempt(lr, resume):  # Hydra rewrites .hydra/ before every attempt
-        config = {"seed": 0, "model": {"lr": lr}, "resume": resume, "paths": {"log_dir": str(tmp_path)}}
+    def attempt(kind, lr, resume=True, callbacks=None):  # Hydra rewrites .hydra/ every time
+        config = {"seed": 0, "model": {"lr": lr}, "callbacks": callbacks or {}, "resume": resume,
+                  "paths": {"log_dir": str(tmp_path)}}
         (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.lr={lr}"]))
-        same_configuration(run)
+        same_configuration(run, kind)
 
-    attempt(1e-3, False)  # the first attempt keeps its record
-    runs.write_summary(run, {"status": "ok"})
-    attempt(1e-3, True)  # the same run again: resume=true says how it starts, not what it is
+    def saved_lr():
+        return yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["model"]["lr"]
+
+    attempt("start", 1e-3, resume=False, callbacks={"kill": {"step": 12}})
+    # continuing from last.ckpt: how it trains may change (here a callback), what it trains not
+    attempt("continue", 1e-3)
+    with pytest.raises(RunRefused, match=r"model\.lr: 0\.001 -> 0\.01\)"):
+        attempt("continue", 1e-2)
+    assert saved_lr() == 1e-3
+    # skipping the finished run: the whole config must be its own (resume=true aside)
+    attempt("skip", 1e-3)
+    with pytest.raises(RunRefused, match=r"callbacks\.kill\.step: \(unset\) -> 12\)"):
+        attempt("skip", 1e-3, callbacks={"kill": {"step": 12}})
     with pytest.raises(RunRefused, match=r"model\.lr: 0\.001 -> 0\.0001\)"):
-        attempt(1e-4, True)
-    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["model"]["lr"] == 1e-3
+        attempt("skip", 1e-4)
+    assert saved_lr() == 1e-3
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["model.lr=0.001"]
+    # a fresh start (a failed run started again) is a new run: anything goes, and it is recorded
+    attempt("start", 1e-4)
+    attempt("skip", 1e-4)
 
-    # a folder from before the check (a summary, no record) cannot be checked, and is not
-    shutil.rmtree(run / ".hydra" / "first")
-    attempt(1e-4, True)
-    assert not (run / ".hydra" / "first").exists()
+    # a folder from before the check has no copy: it cannot be checked, and is not
+    shutil.rmtree(run / ".hydra" / "started")
+    attempt("skip", 1e-2)
+    assert not (run / ".hydra" / "started").exists()
 
 
 # slow (68 s): tests/test_pruning.py resumes an Optuna search in CI

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.compat import job_error, use_ddp_child_command
 from genlab.config import ConfigError
-from genlab.runs import SUMMARY, RunReadError, atomic_write_text, flat_config, read_summary
+from genlab.runs import RunReadError, atomic_write_text, flat_config, read_summary
 
 log = logging.getLogger("genlab.sweep")
 MANIFEST = "manifest.json"
@@ -74,47 +74,59 @@ def register_resolvers() -> None:
 
 
 # -- one configuration per run directory -----------------------------------------------------
-# the first attempt's copy of Hydra's record of the run (.hydra/config.yaml, overrides.yaml, ...)
-FIRST = "first"
+# the record of the attempt that last started the run: a copy of its .hydra/*.yaml
+STARTED_RECORD = "started"
+# what a continued run (from checkpoints/last.ckpt) must keep: what it trains, not how
+TRAINED = ("seed", "model", "data")
 
 
 class RunRefused(ConfigError):
-    """A later attempt at a run directory asked for another configuration than its first."""
+    """An attempt at a run directory asked for another configuration than the run it holds."""
 
 
-def same_configuration(run_dir: Path) -> None:
-    """Refuse an attempt at `run_dir` whose configuration differs from the run's first attempt.
+def same_configuration(run_dir: Path, attempt: str) -> None:
+    """Refuse an attempt at `run_dir` that would mix two configurations in one folder.
 
     Hydra rewrites <run>/.hydra/ at every attempt before the run starts, and resume=true maps
-    job N of the sweep to folder N. If the sweep's grid or preset changed between its parts,
-    folder N would then claim the new setting while its summary, metrics and checkpoints are
-    the old one's. So the first attempt keeps a copy of .hydra/ in .hydra/first/; a later
-    attempt whose config differs (the seed included; where and how it runs, STARTED, aside) puts
-    that copy back and raises RunRefused, before anything in the folder is touched. Folders of
-    runs started before this check have no copy and are not checked."""
+    job N of a sweep to folder N. If the sweep's grid or preset changed between its parts,
+    folder N would claim the new setting while its summary, metrics and checkpoints are the
+    old one's. So each attempt that starts a run keeps a copy of .hydra/ in .hydra/started/, and:
+    - attempt "skip" (a finished run that resume=true skips) must ask for the same config (the
+      seed included; where and how it runs, runs.STARTED, aside);
+    - attempt "continue" (from checkpoints/last.ckpt) must train the same thing (TRAINED: seed,
+      model, data); how it trains (trainer, callbacks, metrics) may change, and the copy becomes
+      this attempt's;
+    - attempt "start" (a fresh start) writes the copy.
+    A refused attempt puts the copy back over .hydra/ and raises RunRefused before anything else
+    in the folder is touched. Folders of runs started before this check have no copy and are
+    not checked."""
     hydra_dir = run_dir / ".hydra"
-    first = hydra_dir / FIRST
+    record = hydra_dir / STARTED_RECORD
     if not (hydra_dir / "config.yaml").is_file():
         return  # not a Hydra run folder (a DDP child writes none)
-    if not first.is_dir():
-        if not (run_dir / SUMMARY).exists():  # the first attempt
-            first.mkdir()
-            for f in hydra_dir.glob("*.yaml"):
-                shutil.copy2(f, first / f.name)
-        return
-    old, new = (flat_config(OmegaConf.to_container(OmegaConf.load(d / "config.yaml")))
-                for d in (first, hydra_dir))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "(unset)") != new.get(k, "(unset)"))
-    if not changed:
-        return
-    for f in first.glob("*.yaml"):
-        shutil.copy2(f, hydra_dir / f.name)
-    shown = ", ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed[:5])
-    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-    raise RunRefused(
-        f"{run_dir} holds a run of another configuration ({shown}{more}); it is left as it was. "
-        "A resumed sweep maps job N to folder N, so its grid and preset must be those it started "
-        "with; start a new sweep (resume=false) for another grid")
+    if attempt != "start" and record.is_dir():
+        old, new = (flat_config(OmegaConf.to_container(OmegaConf.load(d / "config.yaml")))
+                    for d in (record, hydra_dir))
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if (k in old, old.get(k)) != (k in new, new.get(k))
+                         and (attempt == "skip" or k.split(".", 1)[0] in TRAINED))
+        if changed:
+            for f in record.glob("*.yaml"):
+                shutil.copy2(f, hydra_dir / f.name)
+            shown = ", ".join(f"{k}: {_value(old, k)} -> {_value(new, k)}" for k in changed[:5])
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise RunRefused(
+                f"{run_dir} holds a run of another configuration ({shown}{more}); it is left as "
+                "it was. A resumed sweep maps job N to folder N, so its grid and preset must be "
+                "those it started with; start a new sweep (resume=false) for another grid")
+    if attempt != "skip":
+        record.mkdir(exist_ok=True)
+        for f in hydra_dir.glob("*.yaml"):
+            shutil.copy2(f, record / f.name)
+
+
+def _value(config: dict[str, Any], key: str) -> str:
+    return repr(config[key]) if key in config else "(unset)"
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -174,7 +186,7 @@ class SweepManifest(Callback):
         if job_return.status == JobStatus.FAILED and entry["status"] == "ok":
             entry = {"status": "failed", "error": repr(job_error(job_return))}
         refused = job_return.status == JobStatus.COMPLETED and job_return.return_value
-        if isinstance(refused, RunRefused):  # the folder's summary is its first run's, untouched
+        if isinstance(refused, RunRefused):  # the folder keeps its own run and summary
             entry = {"status": "failed", "error": f"RunRefused: {refused}"}
         entry["ended"] = datetime.now().isoformat(timespec="seconds")
         update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), entry)

@@ -174,9 +174,10 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
 def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     rank_zero = rank_zero_only.rank == 0
-    if rank_zero:
-        same_configuration(run_dir)
     done, ckpt_path = _previous_run(cfg, run_dir)
+    if rank_zero:
+        continuing = ckpt_path is not None and not cfg.get("ckpt_path")
+        same_configuration(run_dir, "skip" if done else "continue" if continuing else "start")
     if done is not None:
         log.info("resume: %s already finished ok; skipping it", run_dir)
         value = done.get(cfg.objective.metric)
