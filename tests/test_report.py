@@ -187,6 +187,24 @@ def test_group_by_config_keys(sweep, tmp_path):
     assert list(read_table(out)) == [f"model.nope={report.MISSING}"]
 
 
+def test_group_by_resolves_a_presets_interpolation(tmp_path):
+    # a preset that sweeps named arms saves `model.k: ${arms.${arm}.k}`: grouping by model.k
+    # means the value each run ran with
+    root = tmp_path / "sweep"
+    for job, (arm, seed) in enumerate([("a", 0), ("a", 1), ("b", 0)]):
+        run = make_run(root, str(job), 1, seed, {"status": "ok", "val/elbo": -1.0 - job},
+                       curve=False, samples=False)
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["arm"], config["arms"] = arm, {"a": {"k": 5}, "b": {"k": 50}}
+        config["model"]["k"] = "${arms.${arm}.k}"
+        write_config(run, config)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.k"]) == 0
+    table = read_table(out)
+    assert list(table) == ["model.k=5", "model.k=50"]
+    assert table["model.k=5"]["n_ok"] == "2"
+
+
 def test_curve_reads_sparse_lightning_csv(tmp_path):
     path = tmp_path / "metrics.csv"
     write_metrics_csv(path, final=-100.0)

@@ -49,6 +49,7 @@ import matplotlib.image
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 from PIL import Image
 
 from genlab import runs
@@ -267,11 +268,17 @@ def column_name(metric: str, summary: dict[str, Any]) -> str:
 
 
 def lookup(config: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key of a saved config, MISSING where there is none. A value that is
+    an interpolation into the config itself (a preset's `${arms.${arm}.iwae_k}`) is resolved, so
+    runs group by what they ran with; one that cannot be resolved here stays as written."""
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             return MISSING
         node = node[part]
+    if isinstance(node, str) and "${" in node:
+        with contextlib.suppress(Exception):  # a resolver only genlab-train registers, a typo
+            return OmegaConf.select(OmegaConf.create(config), dotted)
     return node
 
 
