@@ -88,6 +88,7 @@ class NamedFactorVAE(VAE):
         labelled_fraction: float = 1.0,
         supervised_weight: float = 100.0,
         labelled_seed: int = 0,
+        elbo_k: int = 1,
     ):
         allowed = "a mapping of the data's factor names to circle | line, e.g. {orientation: circle}"
         require(isinstance(named_factors, Mapping) and any(v is not None for v in named_factors.values()),
@@ -103,12 +104,13 @@ class NamedFactorVAE(VAE):
         require(isinstance(labelled_seed, int) and not isinstance(labelled_seed, bool)
                 and labelled_seed >= 0, "model.labelled_seed", "an integer >= 0", labelled_seed)
         require(iwae_k == 1, "model.iwae_k", "1 for model=named_vae (it trains on the ELBO)", iwae_k)
+        require(elbo_k == 1, "model.elbo_k", "1 for model=named_vae (its ELBO takes one sample)", elbo_k)
         n_named = sum(KINDS[k] for k in named.values())
         require(isinstance(latent_dim, int) and latent_dim >= n_named, "model.latent_dim",
                 f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
         super().__init__(image_shape, latent_dim, beta, likelihood, std, learn_std, eps, iwae_k,
                          loglik_samples, loglik_images, loglik_chunk, lr, base_channels, n_grid,
-                         arch, hidden, activation)
+                         arch, hidden, activation, elbo_k)
         # name -> (kind, first unit); the named units come first, in the config's order
         self.named: dict[str, tuple[str, int]] = {}
         for name, kind in named.items():
