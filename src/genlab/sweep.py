@@ -13,7 +13,7 @@ Hydra runs this module's pieces; genlab's own code reaches them only through con
   runs and continues interrupted ones from their last checkpoint).
 - The resumable Optuna sweeper and the SLURM launcher live in hydra_plugins.genlab_plugins,
   because Hydra only loads sweepers and launchers from that namespace.
-- `same_configuration` (called by train()): a run directory holds one configuration for life, so
+- `same_configuration` (called by train()): a run directory holds one configuration, so
   a resumed sweep whose grid or preset changed since (job N now another setting) cannot mistake a
   finished run for one of the new setting.
 - `child_command`: under Hydra, Lightning restarts each DDP child with the original command line,
