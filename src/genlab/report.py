@@ -16,10 +16,10 @@ given dotted config keys. For every configuration and metric it reports mean, st
 and never averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
 
-Writes summary.csv, summary.md, PNG and PDF figures (each step metric against the training step, metrics against
---x, every configuration's generated samples, and with --grids any other named grid of the runs,
-such as a traversal) and, with --html, report.html: one self-contained
-page with the sortable table, the figures and each configuration's runs and samples.
+Writes summary.csv, summary.md, PNG and PDF figures (each step metric against the training step,
+metrics against --x, every configuration's generated samples, and with --grids any other named
+grid of the runs, such as a traversal) and, with --html, report.html: one self-contained page with
+the sortable table, the figures and each configuration's runs and samples.
 
 A file that cannot be read (corrupt summary, malformed metrics.csv, broken PNG) is named on stderr
 and in summary.md, and the report goes on; the exit status is 2 only when no run could be read.
@@ -723,7 +723,8 @@ def curve_figure(series: list[Curve], metric: str) -> Figure:
             ax.errorbar([end], [c.best_mean], yerr=None if c.best_std is None else [c.best_std],
                         marker="*", markersize=10, linestyle="none", capsize=3,
                         color=line.get_color())
-    if any(c.best_mean is not None for c in series):
+    starred = any(c.best_mean is not None for c in series)
+    if starred:
         ax.plot([], [], marker="*", linestyle="none", color="grey",
                 label="best checkpoint, final validation")
     values = [v for c in series for v in [*c.mean, c.best_mean] if v is not None]
@@ -732,7 +733,7 @@ def curve_figure(series: list[Curve], metric: str) -> Figure:
         ax.set_yscale("log")
     ax.set(xlabel="training step", ylabel=metric + (" (log scale)" if log else ""),
            title=f"{metric} during training (mean ± 1 std)"
-           + ("; ★ best checkpoint" if any(c.best_mean is not None for c in series) else ""))
+           + ("; ★ best checkpoint" if starred else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if outside else {}))
     return fig
@@ -842,6 +843,7 @@ def samples_figure(groups: dict[Identity, list[Run]], images: dict[Path, Any],
         ax.set_title(title, fontsize=7)
         ax.axis("off")
     return fig
+
 
 if __name__ == "__main__":
     sys.exit(main())
