@@ -47,6 +47,7 @@ TRAIN = {
     "linear probe on data without class labels": (["data=dsprites", "metrics.linear_probe=true"],
                                                   "metrics.linear_probe"),
     "unknown d_mode": (["model=dcgan", "model.d_mode=nope"], "model.d_mode"),
+    "unknown Adam implementation": (["optim_impl=nope"], "optim_impl"),
     "negative corruption level": (["model=dae", "corruption=gaussian", "corruption.level=-1"],
                                   "corruption.level"),
     "named factor on data without factors": (["model=named_vae"], "model.named_factors"),

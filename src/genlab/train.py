@@ -41,6 +41,7 @@ from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
+from genlab.optim import check_impl
 from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
 from genlab.sweep import (
     RunRefused,
@@ -202,6 +203,7 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
+        model.optim_impl = check_impl(cfg.optim_impl)
         callbacks = _build_all(cfg, "callbacks")
         evaluation = next((cb for cb in callbacks if isinstance(cb, Evaluation)), None)
         if evaluation is not None:

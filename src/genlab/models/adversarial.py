@@ -228,5 +228,5 @@ class AdversarialModule(GenerativeModule):
     def configure_optimizers(self):
         hp = self.hparams
         betas = tuple(hp.betas)
-        return [torch.optim.Adam(self.d_parameters(), lr=hp.lr, betas=betas),
-                torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=betas)]
+        return [self.adam(self.d_parameters(), lr=hp.lr, betas=betas),
+                self.adam(self.generator.parameters(), lr=hp.lr, betas=betas)]

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from genlab.compat import attached_trainer, should_write_step_logs
 from genlab.corruption import Corruption, as_corruption
+from genlab.optim import adam
 from genlab.seeding import ExampleNoise, run_seed
 
 
@@ -22,6 +23,7 @@ class GenerativeModule(pl.LightningModule):
     module's keyword arguments, so a checkpoint alone is enough for genlab-sample."""
 
     data_config: dict | None = None  # set by genlab-train: {'name': dataset, **its keyword arguments}
+    optim_impl: str = "auto"  # set by genlab-train from the run's optim_impl (genlab.optim.IMPLS)
 
     def generate(self, n: int) -> Tensor:
         raise NotImplementedError
@@ -35,6 +37,10 @@ class GenerativeModule(pl.LightningModule):
         """genlab-sample's family-specific modes: name -> a callable returning images in [0, 1].
         `real_fn(k)` gives k real test images; `steps` is a chain's or an interpolation's length."""
         return {}
+
+    def adam(self, params, **kwargs) -> torch.optim.Adam:
+        """torch.optim.Adam over `params` in the run's implementation (genlab.optim.adam)."""
+        return adam(params, self.optim_impl, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from genlab.models import family_name  # the registry imports every family, this one too
@@ -97,9 +103,10 @@ def log_eval(module, stage: str, values: dict[str, Tensor]) -> None:
 def log_this_step(module: pl.LightningModule) -> bool:
     """Whether a training step's values will be written: Lightning writes step values every
     trainer.log_every_n_steps steps, and each self.log call costs ~2% of a small model's CPU step
-    (measured by `make bench`), so the steps in between skip logging altogether."""
+    (measured by `make bench`), so the steps in between skip logging altogether. Outside a Trainer
+    (a plain loop calling training_step) nothing would be written, so nothing is logged."""
     trainer = attached_trainer(module)
-    return trainer is None or should_write_step_logs(trainer)
+    return trainer is not None and should_write_step_logs(trainer)
 
 
 def interleave(a: Tensor, b: Tensor) -> Tensor:

@@ -221,4 +221,4 @@ class DAE(GenerativeModule, Representation):
         self._eval_step("test", batch)
 
     def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
+        return self.adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)

@@ -99,5 +99,5 @@ class DeepMLP(GenerativeModule):
 
     def configure_optimizers(self):
         if self.hparams.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            return self.adam(self.parameters(), lr=self.hparams.lr)
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)

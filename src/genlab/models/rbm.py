@@ -368,6 +368,6 @@ class RBM(GenerativeModule):
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            return self.adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum,
                                weight_decay=hp.weight_decay)

@@ -279,4 +279,4 @@ class VAE(GenerativeModule, Encoder):
         log_eval(self, "test", values)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return self.adam(self.parameters(), lr=self.hparams.lr)
