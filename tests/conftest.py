@@ -27,6 +27,20 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
 
 
+def mnist_raw() -> Path:
+    """DATA/MNIST/raw holding the four verified MNIST files, fetched on first use
+    (genlab.data.mnist; `make install` fetches them). Where they cannot be had, the calling test
+    fails in CI (the CI variable set, as .ci/run does) and is skipped elsewhere, with the reason."""
+    from genlab.data.mnist import ensure_mnist
+
+    try:
+        return ensure_mnist(DATA)
+    except FileNotFoundError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs MNIST (make install fetches it): {e}")
+        pytest.skip(f"MNIST is not on this machine and could not be fetched: {e}")
+
+
 def make_cfg(run_dir: Path, *overrides: str) -> DictConfig:
     """The composed config `genlab-train` would use, with its output in run_dir."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

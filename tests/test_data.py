@@ -15,7 +15,8 @@ from genlab.data import (
     IndexBatches,
     dsprites,
 )
-from genlab.data.fashion_mnist import FILES, ensure_fashion_mnist, read_idx
+from genlab.data.fashion_mnist import ensure_fashion_mnist
+from genlab.data.idx import FILES, read_idx
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, mnist_raw
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from genlab.data import DigitsDataModule, DSpritesDataModule, FashionMNISTDataModule
+from genlab.data import (
+    DigitsDataModule,
+    DSpritesDataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+)
 from genlab.metrics import extractors
 from genlab.metrics.extractors import (
     DOMAIN,
@@ -21,12 +26,20 @@ from genlab.metrics.extractors import (
     load_domain_cnn,
 )
 from genlab.metrics.fid import RealReference, cache_key, extract_features, sample_metrics
-from genlab.metrics.train_extractor import evaluate, main, sanity_fids
+from genlab.metrics.train_extractor import BLUR_LADDER, NOISE_LADDER, evaluate, main, sanity_fids
 
 
 @pytest.fixture(scope="module")
 def fmnist():
     dm = FashionMNISTDataModule(root=str(DATA), download=False, val_size=0)
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    mnist_raw()
+    dm = MNISTDataModule(root=str(DATA), download=False, val_size=0)
     dm.setup()
     return dm
 
@@ -47,17 +60,22 @@ def test_shipped_weights_are_small_safe_and_registered(name):
         fx(x.float())
 
 
-def test_fmnist_extractor_accuracy_as_recorded(fmnist):
-    net = load_domain_cnn("genlab-fmnist-cnn")
-    (accuracy,) = evaluate(net, fmnist, "genlab-fmnist-cnn")
-    assert accuracy >= 0.90
-    recorded = torch.load(domain_weights_path("genlab-fmnist-cnn"), weights_only=True)["test_accuracy"][0]
+@pytest.mark.parametrize("name,data,least", [("genlab-fmnist-cnn", "fmnist", 0.90),
+                                              ("genlab-mnist-cnn", "mnist", 0.98)])
+def test_extractor_accuracy_as_recorded(name, data, least, request):
+    net = load_domain_cnn(name)
+    (accuracy,) = evaluate(net, request.getfixturevalue(data), name)
+    assert accuracy >= least
+    recorded = torch.load(domain_weights_path(name), weights_only=True)["test_accuracy"][0]
     assert accuracy == pytest.approx(recorded, abs=0.002)
 
 
 def _real_images(name, n):
     if name == "genlab-fmnist-cnn":
         dm = FashionMNISTDataModule(root=str(DATA), download=False)
+    elif name == "genlab-mnist-cnn":
+        mnist_raw()
+        dm = MNISTDataModule(root=str(DATA), download=False)
     elif name == "genlab-digits-cnn":
         dm = DigitsDataModule(val_size=0)
     else:
@@ -67,7 +85,7 @@ def _real_images(name, n):
 
 
 @pytest.mark.parametrize("name,n", [("genlab-fmnist-cnn", 2000), ("genlab-digits-cnn", 1500),
-                                    ("genlab-dsprites-cnn", 1000)])
+                                    ("genlab-dsprites-cnn", 1000), ("genlab-mnist-cnn", 2000)])
 def test_features_have_full_rank_covariance_on_real_data(name, n):
     f = extract_features(_real_images(name, n), name).double().numpy()
     eig = np.linalg.eigvalsh(np.cov(f, rowvar=False))
@@ -76,9 +94,17 @@ def test_features_have_full_rank_covariance_on_real_data(name, n):
 
 
 def test_sanity_fids_order_floor_noised_blurred(fmnist):
-    fids = sanity_fids("genlab-fmnist-cnn", fmnist, n=1500)
+    fids = sanity_fids("genlab-fmnist-cnn", fmnist, n=1500, noise=(0.1,), blur=(1.0,))
     print("sanity FIDs (n=1500):", {k: round(v, 2) for k, v in fids.items()})
-    assert 10 * fids["floor"] < fids["noised"] < fids["blurred"]
+    assert 10 * fids["floor"] < fids["noise 0.1"] < fids["blur 1"]
+
+
+def test_mnist_sanity_fids_climb_the_degradation_ladder(mnist):
+    fids = sanity_fids("genlab-mnist-cnn", mnist, n=1000)
+    print("sanity FIDs (n=1000):", {k: round(v, 2) for k, v in fids.items()})
+    for kind, ladder in (("noise", NOISE_LADDER), ("blur", BLUR_LADDER)):
+        climb = [fids["floor"], *(fids[f"{kind} {s:g}"] for s in ladder)]
+        assert climb == sorted(climb) and len(set(climb)) == len(climb), (kind, climb)
 
 
 def test_train_extractor_cli_retrains_and_records(tmp_path, capsys):

@@ -20,6 +20,7 @@ from genlab.data.base import IndexBatches, InMemoryDataModule
 from genlab.data.digits import DigitsDataModule
 from genlab.data.dsprites import DSpritesDataModule
 from genlab.data.fashion_mnist import FashionMNISTDataModule
+from genlab.data.mnist import MNISTDataModule
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ DATASETS: dict[str, Dataset] = {
     "fashion_mnist": Dataset(FashionMNISTDataModule, "genlab-fmnist-cnn"),
     "digits": Dataset(DigitsDataModule, "genlab-digits-cnn"),
     "dsprites": Dataset(DSpritesDataModule, "genlab-dsprites-cnn"),
+    "mnist": Dataset(MNISTDataModule, "genlab-mnist-cnn"),
 }
 
 
@@ -80,6 +82,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "InMemoryDataModule",
     "IndexBatches",
+    "MNISTDataModule",
     "build_datamodule",
     "data_kwargs",
     "dataset",

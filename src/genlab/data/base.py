@@ -10,7 +10,8 @@ Binarised images (`binarize`, for models whose likelihood is over binary pixels,
 each pixel becomes 1 with its grey level as the probability, else 0.
   - none: grey levels (the default).
   - static: one fixed draw per image, made once when the data is set up and seeded by split_seed
-    (not the run seed), so every run of a sweep sees the same binary images.
+    (not the run seed), so every run of a sweep sees the same binary images. torch's CPU generator
+    draws it serially, so neither the thread count nor the machine changes it (tests/test_mnist.py).
   - dynamic: a fresh draw for every training batch (the draw is seeded by the run seed, epoch,
     batch and rank, so a resumed run draws what the uninterrupted one drew). Validation and test
     images are drawn once, exactly as with static, so evaluation moves only with the weights and

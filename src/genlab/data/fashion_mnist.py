@@ -15,26 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from genlab.data.base import ClassLabelled
+from genlab.data.idx import FILES, IdxDataModule
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (the MNIST format): magic, dims as big-endian int32, then uint8 data."""
-    data = path.read_bytes()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes")
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _have_raw(raw: Path) -> bool:
@@ -74,25 +57,6 @@ def ensure_fashion_mnist(root: str | Path, debian_dir: Path = DEBIAN_DIR, downlo
                             + "\nProvide any one of the three and run again.")
 
 
-def load_fashion_mnist(root: str | Path = "data", download: bool = True):
-    """{'train': (images uint8 [60000,1,28,28], labels), 'test': (... [10000,1,28,28], labels)}."""
-    raw = ensure_fashion_mnist(root, download=download)
-    out = {}
-    for split, (images, labels) in FILES.items():
-        x = torch.from_numpy(read_idx(raw / images).copy()).unsqueeze(1)
-        y = torch.from_numpy(read_idx(raw / labels).astype(np.int64))
-        out[split] = (x, y)
-    return out
-
-
-class FashionMNISTDataModule(ClassLabelled):
+class FashionMNISTDataModule(IdxDataModule):
     name = "fashion_mnist"
-    image_shape = (1, 28, 28)
-    num_classes = 10
-
-    def __init__(self, download: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.download = download
-
-    def load(self):
-        return load_fashion_mnist(self.root, download=self.download)
+    ensure = staticmethod(ensure_fashion_mnist)

@@ -15,17 +15,19 @@ Two kinds, both reached by name through torch-fidelity's registry:
   | genlab-fmnist-cnn    | class: 0.9214                                            | 0.76 MB |
   | genlab-digits-cnn    | digit: 0.9832                                            | 0.27 MB |
   | genlab-dsprites-cnn  | shape 0.79, scale 0.65, pos_x 0.79, pos_y 0.77           | 0.94 MB |
+  | genlab-mnist-cnn     | digit: 0.9923                                            | 0.76 MB |
 
-  Each was made by `python -m genlab.metrics.train_extractor --data <fashion_mnist|digits|dsprites>
-  --sanity`; the measured accuracy and the exact command are also stored inside each .pt file
-  (keys `test_accuracy`, `command`) and listed, with the sanity FIDs, in src/genlab/weights/README.md.
+  Each was made by `python -m genlab.metrics.train_extractor --data NAME --sanity`, NAME its
+  dataset (fashion_mnist, digits, dsprites, mnist); the measured accuracy and the exact command are
+  also stored inside each .pt file (keys `test_accuracy`, `command`) and listed, with the sanity
+  FIDs, in src/genlab/weights/README.md.
 
 Feature layers of a domain extractor:
 - `features`: the 128-d output of the penultimate *linear* layer, taken before its ReLU. Post-ReLU
   features of such a small net have many units that are zero on most images, which makes the
   feature covariance singular (and sqrtm in FID unstable); the pre-activation layer is full rank on
   real data (tested). Used for FID, KID and precision/recall.
-- `logits`: the classifier logits of the first head (the class for Fashion-MNIST and digits, the
+- `logits`: the classifier logits of the first head (the class for (Fashion-)MNIST and digits, the
   shape for dSprites). Used for the Inception Score, which is then bounded by that head's classes.
 
 Inputs: torch-fidelity hands extractors uint8 images [B, C, H, W] in 0..255; domain extractors take
@@ -68,6 +70,8 @@ DOMAIN = {
                           "label_columns": None, "downsample": "maxpool"},
     "genlab-dsprites-cnn": {"data": "dsprites", "heads": (3, 6, 32, 32),
                             "label_columns": (0, 1, 3, 4), "downsample": "stride"},
+    "genlab-mnist-cnn": {"data": "mnist", "heads": (10,),
+                         "label_columns": None, "downsample": "maxpool"},
 }
 
 
