@@ -217,6 +217,8 @@ def test_baseline_gives_welch_intervals_and_paired_seeds(sweep, tmp_path):
     assert f"| {b} | " in markdown and cell in markdown
     page = (out / "report.html").read_text()
     assert '<table id="baseline" class="sortable">' in page and cell in page
+    for seed, value in ELBO[4].items():  # each run's own values, beside its folder
+        assert f"<tr><td>{seed}</td><td>ok</td>" in page and f"<td>{value:.5g}</td>" in page
 
 
 @pytest.mark.parametrize(("baseline", "message"), [

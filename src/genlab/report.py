@@ -620,8 +620,9 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
                figures: list[str], skipped: list[str], notes: list[str],
                images: dict[Path, Any], base: dict[str, Any] | None = None) -> None:
     """One self-contained page (figures and sample grids inlined as data URIs, no network): the
-    summary table, sortable by clicking a header; the figures; and per configuration its runs
-    (seed, status, folder, command) and their generated samples."""
+    summary table (and with a baseline, the differences from it), sortable by clicking a header;
+    the figures; and per configuration its runs (seed, status, values, folder, command) and their
+    generated samples."""
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>genlab report</title>", f"<style>{HTML_STYLE}</style></head><body>",
@@ -663,9 +664,12 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
     for ident, members in groups.items():
         name = label(ident)
         out += [f'<section class="configuration" id="{slug(name)}"><h3>{e(name)}</h3>',
-                "<table><tr><th>seed</th><th>status</th><th>run folder</th><th>command</th></tr>"]
-        out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td><td><code>{e(str(r.path))}"
-                f"</code></td><td><code>{e(command(r))}</code></td></tr>" for r in members]
+                "<table><tr><th>seed</th><th>status</th>", *[f"<th>{e(c)}</th>" for c in columns],
+                "<th>run folder</th><th>command</th></tr>"]
+        for r in members:  # each run's own values (runs.csv), beside its folder and command
+            out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td>",
+                    *[f"<td>{fmt(r.values.get(c))}</td>" for c in columns],
+                    f"<td><code>{e(str(r.path))}</code></td><td><code>{e(command(r))}</code></td></tr>"]
         out.append("</table>")
         grids = [r for r in members if r.path in images]
         out += [f'<figure class="grid"><img src="{data_uri(runs.final_grid(r.path))}" '
