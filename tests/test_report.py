@@ -345,6 +345,10 @@ def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
     assert header[:2] == ["configuration", "model.beta"]
     assert "test/elbo mean" in header and "val/elbo mean" not in header
     assert "test/elbo diff" in header and read_table(out)["model.beta=1"]["test/elbo diff"] != ""
+    # a preset's baseline that this sweep does not hold (a study run in part): a note, no error
+    assert report.main([str(root), "--out", str(out), "--group-by", "corruption.kind"]) == 0
+    assert "no comparison with the preset's report.baseline: --baseline 'model.beta=4': " \
+           "'model.beta' is not a key of the table" in (out / "summary.md").read_text()
     out = tmp_path / "args"
     assert report.main([str(root), "--out", str(out), "--metrics", "val/elbo"]) == 0
     with open(out / "summary.csv") as f:

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     typo = unknown_argument(args, loaded)
     if typo:
         return _user_error(typo)
+    baseline_given = args.baseline is not None
     apply_preset(args, loaded[0].config)
 
     notes: list[str] = []
@@ -140,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base = find_baseline(rows, keys, args.baseline)
         except ValueError as e:
-            return _user_error(str(e))
-        add_comparisons(rows, by_configuration(per_run), columns, base)
+            if baseline_given:
+                return _user_error(str(e))
+            # the preset names its baseline; a sweep of part of the study may not hold it
+            notes.append(f"no comparison with the preset's report.baseline: {e}")
+        if base is not None:
+            add_comparisons(rows, by_configuration(per_run), columns, base)
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def signed(x: float) -> str:
 
 
 def comparison_cell(row: dict[str, Any], col: str) -> str:
-    """"-38.9 [-80.1, +2.3], p = 0.071; 0↑ 3↓ of 3 seeds" (see BASELINE_TEXT)."""
+    """The text of a difference, e.g. "-38.9 [-80.1, +2.3], p = 0.071; 0↑ 3↓ of 3 seeds"."""
     diff = row.get(f"{col} diff")
     if diff is None:
         return "—"
