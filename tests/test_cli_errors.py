@@ -176,6 +176,9 @@ REPORT = {  # arguments, a word of the message
     "--x typo": (["{runs}", "--out", "{out}", "--x", "model.betta"], "--x"),
     "--step-metric typo": (["{runs}", "--out", "{out}", "--step-metric", "val/elbow"],
                            "--step-metric"),
+    "--baseline key typo": (["{runs}", "--out", "{out}", "--baseline", "model.betta=1"],
+                            "--baseline"),
+    "--baseline without =": (["{runs}", "--out", "{out}", "--baseline", "plain"], "KEY=VALUE"),
 }
 
 

@@ -89,9 +89,10 @@ def test_each_evaluator_is_switched_by_its_own_node():
 @pytest.mark.parametrize("node, message", [
     ({"nope": {}}, "metrics.nope is neither a setting nor an evaluator; allowed: every_n_epochs"),
     ({"latent": {"nope": 1}}, "metrics.latent.nope is not an option of evaluator latent; allowed: "
-                              "subset, expost_components, expost_reg_covar"),
+                              "subset, expost_components, expost_reg_covar, kl_max_gap"),
     ({"latent": 3}, "metrics.latent=3 is invalid; allowed: a mapping of its settings"),
     ({"latent": {"subset": 0}}, "metrics.latent.subset=0 is invalid"),
+    ({"latent": {"kl_max_gap": 0}}, "metrics.latent.kl_max_gap=0 is invalid; allowed: a number > 0"),
     ({"sample_quality": {"which": ["lpips"]}}, "metrics.sample_quality.which='lpips' is invalid"),
     ({"every_n_epochs": -1}, "metrics.every_n_epochs=-1 is invalid"),
     ({"latent": {"_target_": "genlab.callbacks.evaluators.SampleQuality"}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -76,3 +77,16 @@ def test_a_failed_mixture_fit_is_nan_with_its_reason_and_the_run_goes_on(smoke, 
     with open(run / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/fid")]
     assert rows and all(math.isnan(float(r["val/fid_expost"])) for r in rows)
+
+
+def test_an_aggregate_kl_the_codes_cannot_tell_is_nan_with_its_bracket(smoke, tmp_path):
+    """val/kl_aggregate is logged only where its two estimates agree to metrics.latent.kl_max_gap
+    (genlab.metrics.prior.kl_aggregate_posterior); beyond it, NaN and the bracket in the summary."""
+    run = smoke(tmp_path / "run", "data=digits", "metrics.latent.kl_max_gap=1e-9")
+    s = runs.read_summary(run)
+    assert s["status"] == "ok" and s["val/kl_aggregate"] == "nan"
+    reason = s["metric_errors"]["val/kl_aggregate"]
+    assert re.fullmatch(r"final validation: ValueError: 200 codes in 16 dimensions cannot tell the "
+                        r"aggregate KL: the leave-one-out and in-sample estimates bracket it at "
+                        r"\[\S+, \S+\] nats, wider than 1e-09", reason), reason
+    assert set(s["metric_errors"]) == {"val/kl_aggregate"} and math.isfinite(s["val/mmd_prior"])

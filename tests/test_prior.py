@@ -2,10 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import i0e, ndtr
 
-from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.metrics.prior import (
+    ExPostGMM,
+    active_units,
+    kl_aggregate_bounds,
+    kl_aggregate_posterior,
+    mmd,
+)
 
 
 def gen(seed=0):
@@ -56,23 +64,91 @@ def test_kl_aggregate_posterior_known_answers():
         d / 2 * (v - 1 - math.log(v)), abs=0.08)
 
 
-def test_kl_aggregate_posterior_matches_a_direct_mixture_density():
-    # small enough to evaluate the mixture density with torch.distributions, draw for draw
+def test_kl_aggregate_bounds_match_direct_mixture_densities():
+    # small enough to evaluate the mixtures with torch.distributions, draw for draw: the upper
+    # estimate scores each draw with all 50 posteriors, the lower with the other 49
     g = gen(3)
     mu, logvar = torch.randn(50, 3, generator=g), 0.3 * torch.randn(50, 3, generator=g)
     n_samples = 200
-    ours = kl_aggregate_posterior(mu, logvar, n_samples=n_samples, seed=7, chunk=17)
+    lower, upper = kl_aggregate_bounds(mu, logvar, n_samples=n_samples, seed=7, chunk=17)
     g = torch.Generator().manual_seed(7)  # the same draws as the function makes
     which = torch.randint(50, (n_samples,), generator=g)
     mu64, lv64 = mu.double(), logvar.double()
     z = mu64[which] + torch.exp(0.5 * lv64[which]) * torch.randn(n_samples, 3, generator=g, dtype=torch.float64)
-    comp = torch.distributions.Independent(torch.distributions.Normal(mu64, torch.exp(0.5 * lv64)), 1)
-    mix = torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(torch.ones(50, dtype=torch.float64)), comp)
+
+    def mixture(keep):
+        comp = torch.distributions.Independent(
+            torch.distributions.Normal(mu64[keep], torch.exp(0.5 * lv64[keep])), 1)
+        return torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(torch.ones(int(keep.sum()), dtype=torch.float64)), comp)
+
     prior = torch.distributions.Independent(
         torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)), 1)
-    direct = float((mix.log_prob(z) - prior.log_prob(z)).mean())
-    assert ours == pytest.approx(direct, rel=1e-9)
+    everyone = torch.ones(50, dtype=torch.bool)
+    assert upper == pytest.approx(float((mixture(everyone).log_prob(z) - prior.log_prob(z)).mean()), rel=1e-9)
+    left_out = torch.stack([mixture(torch.arange(50) != n).log_prob(z[i]) for i, n in enumerate(which)])
+    assert lower == pytest.approx(float((left_out - prior.log_prob(z)).mean()), rel=1e-9)
+    assert lower < upper
+
+
+def _kl_by_integration(log_q, grid, weight, log_p):
+    """KL(q || p) = integral of q (log q - log p), by the trapezoid rule on `grid` (weight: the
+    measure's density there, e.g. 2 pi r for a radial integral)."""
+    lq = log_q(grid)
+    return float(np.trapezoid(weight * np.exp(lq) * (lq - log_p(grid)), grid))
+
+
+def test_kl_aggregate_in_one_dimension_matches_numerical_integration():
+    # means uniform on [0, 2], posterior std 0.3: q(z) = (Phi(z / s) - Phi((z - 2) / s)) / 2.
+    # The codes sit at the uniform's quantiles, so their mixture is q up to the Monte-Carlo error
+    # of the estimate itself (about 0.01 nats with 4000 draws)
+    s, n = 0.3, 4000
+    mu = 2 * ((torch.arange(n) + 0.5) / n).unsqueeze(1)
+    logvar = torch.full((n, 1), 2 * math.log(s))
+    def log_q(z):  # the same difference written with the smaller tails on either side of 1
+        return np.log(np.where(z < 1, ndtr(z / s) - ndtr((z - 2) / s),
+                               ndtr((2 - z) / s) - ndtr(-z / s)) / 2)
+
+    exact = _kl_by_integration(log_q, np.linspace(-2.5, 4.5, 20001), 1.0,
+                               lambda z: -0.5 * z**2 - 0.5 * math.log(2 * math.pi))
+    assert 0.5 < exact < 2  # a KL far from 0
+    lower, upper = kl_aggregate_bounds(mu, logvar, n_samples=4000, seed=1)
+    assert upper - lower < 0.01
+    assert kl_aggregate_posterior(mu, logvar, n_samples=4000, seed=1) == pytest.approx(exact, abs=0.04)
+
+
+def test_kl_aggregate_in_two_dimensions_matches_numerical_integration():
+    # means on a ring of radius r (a 2-D VAE's aggregate posterior in reparam_uniform looks so),
+    # posterior std s: q is radial, q(rho) = exp(-(rho^2 + r^2) / 2 s^2) I0(r rho / s^2) / (2 pi s^2)
+    r, s, n = 1.5, 0.3, 4000
+    angle = 2 * math.pi * (torch.arange(n) + 0.5) / n  # evenly around the ring
+    mu = r * torch.stack([angle.cos(), angle.sin()], dim=1)
+    logvar = torch.full((n, 2), 2 * math.log(s))
+
+    def log_q(rho):  # log I0(x) = log i0e(x) + x
+        x = r * rho / s**2
+        return -(rho**2 + r**2) / (2 * s**2) + np.log(i0e(x)) + x - math.log(2 * math.pi * s**2)
+
+    grid = np.linspace(1e-6, 6, 20001)
+    exact = _kl_by_integration(log_q, grid, 2 * math.pi * grid,
+                               lambda rho: -0.5 * rho**2 - math.log(2 * math.pi))
+    assert 0.5 < exact < 3
+    assert kl_aggregate_posterior(mu, logvar, n_samples=4000, seed=2) == pytest.approx(exact, abs=0.04)
+
+
+def test_kl_aggregate_refuses_where_the_codes_cannot_tell():
+    # 16 dimensions, posterior std 0.33 (a KL term of 16 * ln(1 / 0.33) = 17.7 nats, the
+    # quickstart's size), aggregate exactly N(0, I): the true KL is 0, yet the in-sample estimate
+    # is near 17.7 - ln 4000 = 9.4 and the leave-one-out one far below 0
+    mu, logvar = _posteriors(4000, 16, 0.33, gen(9))
+    lower, upper = kl_aggregate_bounds(mu, logvar, n_samples=1000)
+    assert lower < -5 and upper == pytest.approx(16 * math.log(1 / 0.33) - math.log(4000), abs=0.5)
+    with pytest.raises(ValueError, match=r"4000 codes in 16 dimensions cannot tell the aggregate "
+                                         r"KL: .* bracket it at \[-\d+.*, 9\.\d+\] nats, wider than 0.1"):
+        kl_aggregate_posterior(mu, logvar, n_samples=1000)
+    # wide posteriors (std 0.9) in the same 16 dimensions: the bracket closes around 0
+    mu, logvar = _posteriors(4000, 16, 0.9, gen(10))
+    assert abs(kl_aggregate_posterior(mu, logvar, n_samples=1000)) < 0.03
 
 
 def test_active_units_counts_the_dimensions_that_vary():

@@ -147,6 +147,101 @@ def test_table_values_counts_and_extractor_columns(sweep, tmp_path, capsys):
     assert "runs not averaged" in markdown.lower() and "diverged (seed 4)" in markdown
 
 
+def read_runs(out):
+    with open(out / "runs.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_runs_csv_holds_every_run_and_the_table_is_computed_from_it(sweep, tmp_path):
+    root, _ = sweep
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    per_run = read_runs(out)
+    a, b = "corruption.kind=blur, model.beta=1", "corruption.kind=noise, model.beta=4"
+    # every readable run, ok or not, once; the two unreadable ones are skipped
+    assert len(per_run) == len(ELBO[1]) + len(ELBO[4]) + 2
+    assert list(per_run[0])[:5] == ["configuration", "corruption.kind", "model.beta", "seed", "status"]
+    assert list(per_run[0])[-1] == "run"
+    cnn = f"val/fid [{GENLAB_CNN}]"
+    for row in per_run:
+        beta, seed = int(row["model.beta"]), int(row["seed"])
+        assert row["configuration"] == (a if beta == 1 else b)
+        assert os.path.dirname(row["run"]) == str(root)  # the run's folder
+        if row["status"] == "ok":
+            assert float(row["val/elbo"]) == ELBO[beta][seed]
+            assert float(row["test/elbo"]) == TEST_ELBO[beta][seed]
+            fid = row[cnn] or row[f"val/fid [{INCEPTION}]"]
+            assert float(fid) == FID[beta][seed]
+    # the failed run's value is evidence, kept with its status; the diverged run's NaN too
+    failed = [r for r in per_run if r["status"] == "failed"]
+    assert [(r["seed"], float(r["val/elbo"])) for r in failed] == [("3", -1e9)]
+    assert [r["val/elbo"] for r in per_run if r["status"] == "diverged"] == ["nan"]
+
+    # summary.csv's numbers follow from runs.csv alone
+    table = read_table(out)
+    for name, row in table.items():
+        members = [r for r in per_run if r["configuration"] == name]
+        assert int(row["n_ok"]) == sum(r["status"] == "ok" for r in members)
+        for col in ("val/elbo", "test/elbo", cnn):
+            values = [float(r[col]) for r in members if r["status"] == "ok" and r[col]]
+            assert_stats(row, col, values)
+
+
+def test_baseline_gives_welch_intervals_and_paired_seeds(sweep, tmp_path):
+    from scipy.stats import ttest_ind
+
+    root, _ = sweep
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--baseline", "model.beta=1.0", "--html"]) == 0
+    table = read_table(out)
+    a, b = "corruption.kind=blur, model.beta=1", "corruption.kind=noise, model.beta=4"
+    assert all(v == "" for k, v in table[a].items() if k.endswith((" diff", " p", " paired")))
+    ours, theirs = list(ELBO[4].values()), list(ELBO[1].values())
+    ref = ttest_ind(ours, theirs, equal_var=False)
+    row = table[b]
+    assert float(row["val/elbo diff"]) == pytest.approx(statistics.fmean(ours) - statistics.fmean(theirs))
+    assert float(row["val/elbo p"]) == pytest.approx(ref.pvalue, rel=1e-9)
+    ci = ref.confidence_interval(0.95)
+    assert float(row["val/elbo diff low"]) == pytest.approx(ci.low)
+    assert float(row["val/elbo diff high"]) == pytest.approx(ci.high)
+    # seeds 0, 1, 2 ran ok in both; beta=4 is above beta=1 in each (seed 3 of beta=1 pairs with
+    # a failed run, which is not a value)
+    assert (row["val/elbo higher"], row["val/elbo lower"], row["val/elbo paired"]) == ("3", "0", "3")
+    # the inception FID: one value against none on beta=4's side, no comparison
+    assert row[f"val/fid [{INCEPTION}] diff"] == ""
+
+    markdown = (out / "summary.md").read_text()
+    assert "## Differences from the baseline: corruption.kind=blur, model.beta=1" in markdown
+    diff, lo, hi = (float(row[f"val/elbo {k}"]) for k in ("diff", "diff low", "diff high"))
+    cell = f"{diff:+.4g} [{lo:+.4g}, {hi:+.4g}], p = {ref.pvalue:.2g}; 3↑ 0↓ of 3 seeds"
+    assert f"| {b} | " in markdown and cell in markdown
+    page = (out / "report.html").read_text()
+    assert '<table id="baseline" class="sortable">' in page and cell in page
+    for seed, value in ELBO[4].items():  # each run's own values, beside its folder
+        assert f"<tr><td>{seed}</td><td>ok</td>" in page and f"<td>{value:.5g}</td>" in page
+
+
+@pytest.mark.parametrize(("baseline", "message"), [
+    (["model.beta"], "--baseline 'model.beta': expected KEY=VALUE"),
+    (["model.nope=1"], "'model.nope' is not a key of the table; allowed: corruption.kind, model.beta"),
+    (["model.beta=3"], "--baseline model.beta=3 matches no configuration; allowed: model.beta: 1, 4"),
+    (["data.name=fmnist"], "matches 2 configurations (model.beta=1, data.name=fmnist; model.beta=4, "
+                           "data.name=fmnist); add a KEY=VALUE of model.beta to pick one"),
+])
+def test_a_baseline_that_picks_no_single_configuration_is_a_user_error(sweep, tmp_path, capsys,
+                                                                        baseline, message):
+    root, _ = sweep
+    out = tmp_path / "report"
+    group_by = ["--group-by", "model.beta", "data.name"] if "data.name" in baseline[0] else []
+    assert report.main([str(root), "--out", str(out), *group_by, "--baseline", *baseline]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("genlab-report: error: ") and message in err
+    assert not out.exists()
+    # two pairs single it out
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.beta", "data.name",
+                        "--baseline", "data.name=fmnist", "model.beta=4"]) == 0
+
+
 def test_figures_exist(sweep, tmp_path):
     root, _ = sweep
     out = tmp_path / "report"
@@ -239,7 +334,8 @@ def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
     for cfg_path in root.glob("*/.hydra/config.yaml"):
         cfg = yaml.safe_load(cfg_path.read_text())
         cfg["report"] = {"group_by": ["model.beta"], "metrics": ["test/elbo"],
-                         "step_metric": "train/loss"}  # one metric, not a list: also allowed
+                         "step_metric": "train/loss",  # one metric, not a list: also allowed
+                         "baseline": "model.beta=4"}
         cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "preset"
     assert report.main([str(root), "--out", str(out)]) == 0
@@ -248,6 +344,11 @@ def test_columns_and_grouping_come_from_the_study_preset(sweep, tmp_path):
         header = next(csv.reader(f))
     assert header[:2] == ["configuration", "model.beta"]
     assert "test/elbo mean" in header and "val/elbo mean" not in header
+    assert "test/elbo diff" in header and read_table(out)["model.beta=1"]["test/elbo diff"] != ""
+    # a preset's baseline that this sweep does not hold (a study run in part): a note, no error
+    assert report.main([str(root), "--out", str(out), "--group-by", "corruption.kind"]) == 0
+    assert "no comparison with the preset's report.baseline: --baseline 'model.beta=4': " \
+           "'model.beta' is not a key of the table" in (out / "summary.md").read_text()
     out = tmp_path / "args"
     assert report.main([str(root), "--out", str(out), "--metrics", "val/elbo"]) == 0
     with open(out / "summary.csv") as f:

@@ -39,7 +39,7 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def html_report(sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    assert report.main([str(sweep), "--out", str(out), "--html"]) == 0
+    assert report.main([str(sweep), "--out", str(out), "--html", "--baseline", "model.d_mode=plain"]) == 0
     return out
 
 
@@ -99,6 +99,11 @@ window.addEventListener("load", () => {
     .map(tr => tr.cells[col].dataset.value).join(",");
   th.click(); b.ascending = order();
   th.click(); b.descending = order();
+  // the baseline table sorts by its own columns: the baseline's empty cell stays last
+  const bh = [...document.querySelectorAll("#baseline th")].find(h => h.textContent === "%s");
+  bh.click();
+  b.baseline = [...document.querySelectorAll("#baseline tbody tr")]
+    .map(tr => tr.cells[bh.cellIndex].dataset.value + "/" + tr.cells[0].dataset.value).join(",");
 });
 </script></body>"""
 
@@ -111,7 +116,7 @@ def test_html_report_in_headless_chromium(sweep, html_report, tmp_path):
 
     metric = runs.read_summary(runs.find_runs(sweep)[0])["objective"]
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", PROBE % metric, 1))
+    probe.write_text(page.replace("</body>", PROBE % (metric, metric), 1))
     browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--virtual-time-budget=10000"]
     dom = subprocess.run([*browser, "--dump-dom", probe.as_uri()], capture_output=True,
@@ -126,6 +131,10 @@ def test_html_report_in_headless_chromium(sweep, html_report, tmp_path):
     assert len(widths) == 2 + 4 and min(widths) > 0
     ascending = [float(v) for v in attrs["ascending"].split(",")]
     assert ascending == sorted(ascending) and attrs["descending"].split(",") == attrs["ascending"].split(",")[::-1]
+    with open(html_report / "summary.csv", newline="") as f:
+        table = {row["model.d_mode"]: row for row in csv.DictReader(f)}
+    expected = float(table["instance_noise"][f"{metric} mean"]) - float(table["plain"][f"{metric} mean"])
+    assert attrs["baseline"] == f"{expected!r}/model.d_mode=instance_noise,/model.d_mode=plain"
 
     shot = tmp_path / "report.png"
     subprocess.run([*browser, "--window-size=1280,2000", f"--screenshot={shot}",

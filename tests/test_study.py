@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import REPO
+from conftest import REPO, make_cfg
 
 # Each study's smoke pipeline, with the genlab-train arguments that narrow its grid to two runs (the
 # pipeline, not the science). CI runs every one.
@@ -23,6 +23,17 @@ SMOKE_STUDIES = [
     pytest.param("d_head", "seed=0 model.d_mode=noise_head model.d_head=global,patch"),
     pytest.param("beta_vae_mig", "seed=0 model.beta=1,16"),
 ]
+
+
+def test_every_study_is_smoke_tested_and_follows_the_fid_protocol(tmp_path):
+    """experiments/README.md: every study's FID-type scores compare 10,000 generated images with
+    the 10,000 test images (conf/study/fid.yaml); smoke runs shrink the count, not the split."""
+    names = [p.values[0] for p in SMOKE_STUDIES]
+    assert sorted(names) == sorted(p.parent.name for p in (REPO / "experiments").glob("*/README.md"))
+    for name in names:
+        for smoke, n in (([], 10000), (["debug=smoke"], 200)):
+            metrics = make_cfg(tmp_path, f"experiment={name}", *smoke).metrics
+            assert (metrics.n_samples, metrics.real_split) == (n, "test"), name
 
 
 def make_study(*args: str, dry_run: bool = False) -> subprocess.CompletedProcess:

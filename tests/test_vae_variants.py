@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -100,12 +101,46 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(digits, eps):
         assert gain > 4 * se, (gain, se)
 
 
-def test_training_on_the_iwae_bound(smoke, tmp_path):
-    run = smoke(tmp_path, "data=digits", "model.iwae_k=5", "callbacks.evaluation=null")
+def test_an_iwae_run_chooses_its_checkpoint_by_its_own_k_sample_bound(smoke, tmp_path):
+    run = smoke(tmp_path, "data=digits", "model.iwae_k=5", "objective=iwae",
+                "callbacks.evaluation=null", "trainer.max_epochs=3")
     s = runs.read_summary(run)
-    assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and math.isfinite(s["val/elbo"])
+    assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and s["objective"] == "val/iwae"
     text = (run / "metrics.csv").read_text()
     assert "train/loss" in text and "train/elbo" not in text  # the IWAE loss is not the ELBO
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/iwae")]
+    per_epoch = {int(r["epoch"]): float(r["val/iwae"]) for r in rows[:3]}
+    assert len(rows) == 3 + 1 and sorted(per_epoch) == [0, 1, 2]  # each epoch, then the best's
+    best = max(per_epoch, key=per_epoch.get)
+    assert s["best_checkpoint"].endswith(f"best-epoch{best:03d}.ckpt")
+    # the best checkpoint's validation draws the same noise: the same value as in its epoch
+    assert s["val/iwae"] == pytest.approx(per_epoch[best], rel=1e-6)
+    # the 5-sample bound of the same model on the same images is above its ELBO
+    assert s["val/iwae"] > s["val/elbo"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.iwae_k=5"], "objective.metric='val/elbo' is invalid; allowed: val/iwae (objective=iwae) "
+                         "or another metric than val/elbo: model.iwae_k=5 trains the 5-sample bound"),
+    (["objective=iwae"], "objective.metric='val/iwae' is invalid; allowed: a metric the run logs; "
+                         "val/iwae needs model.iwae_k > 1"),
+])
+def test_the_checkpoint_metric_must_be_the_bound_the_run_trains_on(smoke, tmp_path, overrides, message):
+    from genlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        smoke(tmp_path, "data=digits", "callbacks.evaluation=null", *overrides)
+    assert runs.read_summary(tmp_path)["status"] == "failed"
+
+
+@pytest.mark.parametrize(("arm", "metric"), [("vae_k5", "val/elbo"), ("iwae_k5", "val/iwae"),
+                                             ("iwae_k50", "val/iwae")])
+def test_iwae_table_arms_checkpoint_by_their_own_bound(tmp_path, arm, metric):
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, "experiment=iwae_table", f"arm={arm}")
+    assert cfg.objective.metric == metric and cfg.callbacks.checkpoint.monitor == metric
 
 
 def test_training_on_the_k_sample_elbo(smoke, tmp_path):

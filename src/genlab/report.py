@@ -3,7 +3,7 @@
     genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
                   [--group-by model.d_mode corruption.kind ...] [--x KEY]
                   [--step-metric val/elbo train/elbo ...]
-                  [--grids traversal_orientation ...] [--html]
+                  [--grids traversal_orientation ...] [--baseline KEY=VALUE ...] [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
 `.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`. Runs are
@@ -15,8 +15,13 @@ given dotted config keys. For every configuration and metric it reports mean, st
 (n-1) and the number of ok seeds; failed, diverged, running and pruned runs are counted apart
 and never averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
+With --baseline KEY=VALUE (one configuration), every other configuration also gets, per metric,
+its difference from the baseline's mean with Welch's 95% interval and p-value, and the seeds it
+shares with the baseline counted by which way they went (genlab.stats).
 
-Writes summary.csv, summary.md, PNG and PDF figures (each step metric against the training step,
+Writes runs.csv (one row per run: the keys that define its configuration, seed, status, every
+metric of its summary and its folder; the table is computed from these rows), summary.csv,
+summary.md, PNG and PDF figures (each step metric against the training step,
 metrics against --x, every configuration's generated samples, and with --grids any other named
 grid of the runs, such as a traversal) and, with --html, report.html: one self-contained page with
 the sortable table, the figures and each configuration's runs and samples.
@@ -54,6 +59,7 @@ from PIL import Image
 
 from genlab import runs
 from genlab.config import ArgumentParser
+from genlab.stats import BASELINE_TEXT, add_comparisons, comparison_cell, find_baseline, ok_values
 
 # Metrics computed in some feature space: only comparable under the same extractor.
 FEATURE_METRIC = re.compile(r"(fid|kid|isc?|inception_score|precision|recall|prc)(_|$)")
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grids", nargs="+", metavar="NAME",
                         help="more sample grids to show, one figure each: samples/NAME_final.png "
                              "of each configuration's first ok seed (e.g. traversal_orientation)")
+    parser.add_argument("--baseline", nargs="+", metavar="KEY=VALUE",
+                        help="the configuration to compare every other one with (difference, "
+                             "Welch 95%% interval, p-value, seeds higher/lower), e.g. arm=plain; "
+                             "several pairs when one does not single it out")
     parser.add_argument("--html", action="store_true",
                         help="also write OUT/report.html, one self-contained file")
     args = parser.parse_args(argv)
@@ -117,17 +127,32 @@ def main(argv: list[str] | None = None) -> int:
     typo = unknown_argument(args, loaded)
     if typo:
         return _user_error(typo)
+    baseline_given = args.baseline is not None
     apply_preset(args, loaded[0].config)
 
     notes: list[str] = []
     groups = group_runs(loaded, args.group_by, notes)
     columns = metric_columns(loaded, args.metrics)
-    rows = table_rows(groups, columns, args.group_by)
+    keys = args.group_by or sorted({k for ident in groups for k, _ in ident})
+    per_run = run_rows(groups, keys)
+    rows = table_rows(per_run, columns, keys)
+    base = None
+    if args.baseline:
+        try:
+            base = find_baseline(rows, keys, args.baseline)
+        except ValueError as e:
+            if baseline_given:
+                return _user_error(str(e))
+            # the preset names its baseline; a sweep of part of the study may not hold it
+            notes.append(f"no comparison with the preset's report.baseline: {e}")
+        if base is not None:
+            add_comparisons(rows, by_configuration(per_run), columns, base)
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return _user_error(f"--out {str(args.out)!r}: cannot create it ({e.strerror or e})")
+    write_csv(args.out / "runs.csv", per_run)
     write_csv(args.out / "summary.csv", rows)
     figures = [plot_curves(args.out, groups, m, skipped) for m in args.step_metric]
     if args.x:
@@ -137,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     for grid in args.grids or []:
         figures.append(plot_samples(args.out, groups, final_grids(groups, skipped, grid), grid))
     figures = [f for f in figures if f]
-    write_markdown(args.out / "summary.md", args, loaded, rows, columns, figures, skipped, notes)
+    write_markdown(args.out / "summary.md", args, loaded, rows, columns, figures, skipped, notes, base)
     if args.html:
         write_html(args.out / "report.html", args, loaded, groups, rows, columns, figures,
-                   skipped, notes, images)
+                   skipped, notes, images, base)
     print(f"genlab-report: {len(loaded)} runs, {len(groups)} configurations -> {args.out}")
     return 0
 
@@ -182,16 +207,17 @@ def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
 
 def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Arguments not given on the command line come from the study's preset: its `report:` block
-    (group_by, metrics, x, step_metric, grids) in the runs' resolved config, then objective.metric.
-    step_metric may be one metric or a list."""
+    (group_by, metrics, x, step_metric, grids, baseline) in the runs' resolved config, then
+    objective.metric. step_metric and baseline may be one value or a list."""
     preset = config.get("report") or {}
-    for key in ("group_by", "metrics", "x", "step_metric", "grids"):
+    for key in ("group_by", "metrics", "x", "step_metric", "grids", "baseline"):
         if getattr(args, key) is None and preset.get(key):
             setattr(args, key, preset[key])
     if args.step_metric is None:
         args.step_metric = (config.get("objective") or {}).get("metric", "val/elbo")
-    if isinstance(args.step_metric, str):
-        args.step_metric = [args.step_metric]
+    for key in ("step_metric", "baseline"):
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, [getattr(args, key)])
 
 
 def skip(skipped: list[str], what: str) -> None:
@@ -416,18 +442,42 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def table_rows(groups: dict[Identity, list[Run]], columns: list[str],
-               group_by: list[str] | None) -> list[dict[str, Any]]:
-    keys = group_by or sorted({k for ident in groups for k, _ in ident})
+def run_rows(groups: dict[Identity, list[Run]], keys: list[str]) -> list[dict[str, Any]]:
+    """runs.csv: one row per run, configuration by configuration: its configuration's label and
+    key values, seed, status, every metric any run has (None where this one has none) and its
+    folder. The summary table is computed from these rows alone (table_rows)."""
+    members = [r for group in groups.values() for r in group]
+    metrics = sorted({c for r in members for c in r.values})
     rows = []
-    for ident, members in groups.items():
-        row: dict[str, Any] = {"configuration": label(ident)}
-        row.update({k: dict(ident).get(k, "") for k in keys})
+    for ident, group in groups.items():
+        for r in group:
+            row: dict[str, Any] = {"configuration": label(ident)}
+            row.update({k: dict(ident).get(k, "") for k in keys})
+            row.update({"seed": r.seed, "status": r.status})
+            row.update({m: r.values.get(m) for m in metrics})
+            row["run"] = str(r.path)
+            rows.append(row)
+    return rows
+
+
+def by_configuration(per_run: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    configurations: dict[str, list[dict[str, Any]]] = {}
+    for row in per_run:
+        configurations.setdefault(row["configuration"], []).append(row)
+    return configurations
+
+
+def table_rows(per_run: list[dict[str, Any]], columns: list[str],
+               keys: list[str]) -> list[dict[str, Any]]:
+    """summary.csv: per configuration of runs.csv's rows, its runs counted by status and, per
+    metric column, the mean, standard deviation (n-1) and number of its ok runs."""
+    rows = []
+    for name, members in by_configuration(per_run).items():
+        row: dict[str, Any] = {"configuration": name, **{k: members[0][k] for k in keys}}
         for status in runs.STATUSES:
-            row[f"n_{status}"] = sum(r.status == status for r in members)
-        ok = [r for r in members if r.status == "ok"]
+            row[f"n_{status}"] = sum(m["status"] == status for m in members)
         for col in columns:
-            values = [r.values[col] for r in ok if col in r.values]
+            values = [v for _, v in ok_values(members, col)]
             row[f"{col} mean"], row[f"{col} std"] = mean_std(values)
             row[f"{col} n"] = len(values)
         rows.append(row)
@@ -463,7 +513,8 @@ def intro(args: argparse.Namespace, loaded: list[Run]) -> list[str]:
     return [
         f"Runs read: {len(loaded)} ({counts}) from {', '.join(args.dirs)}.",
         f"A configuration (a row) is {grouping}. Each cell is mean ± standard deviation (n-1) "
-        "over the ok seeds, with the number of seeds in brackets. Runs that did not end ok are "
+        "over the ok seeds, with the number of seeds in brackets, computed from runs.csv (every "
+        "run's seed, status and values). Runs that did not end ok are "
         "counted in their own columns and never averaged. FID-like metrics carry the feature "
         "extractor in the column name; different extractors are never mixed. Validation values "
         "(val/...) are those of each run's best checkpoint; the step curves show the per-epoch "
@@ -473,7 +524,8 @@ def intro(args: argparse.Namespace, loaded: list[Run]) -> list[str]:
 
 def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
                    rows: list[dict[str, Any]], columns: list[str], figures: list[str],
-                   skipped: list[str], notes: list[str] = ()) -> None:
+                   skipped: list[str], notes: list[str] = (),
+                   base: dict[str, Any] | None = None) -> None:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = [
         "# genlab report", "", *[line for p in intro(args, loaded) for line in (p, "")],
@@ -486,6 +538,14 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
+    if base is not None:
+        lines += ["", f"## Differences from the baseline: {esc(base['configuration'])}", "",
+                  BASELINE_TEXT, "",
+                  "| configuration | " + " | ".join(map(esc, columns)) + " |",
+                  "|---" * (1 + len(columns)) + "|"]
+        for row in rows:
+            cells = ["baseline" if row is base else comparison_cell(row, col) for col in columns]
+            lines.append("| " + " | ".join([esc(row["configuration"]), *cells]) + " |")
 
     lines += ["", "## Figures", ""]
     for name in figures:
@@ -509,9 +569,9 @@ HTML_STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-#summary th { cursor: pointer; background: #f2f2f2; white-space: nowrap; }
-#summary th[data-dir=asc]::after { content: " ▲"; }
-#summary th[data-dir=desc]::after { content: " ▼"; }
+table.sortable th { cursor: pointer; background: #f2f2f2; white-space: nowrap; }
+table.sortable th[data-dir=asc]::after { content: " ▲"; }
+table.sortable th[data-dir=desc]::after { content: " ▼"; }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0; }
 figure.figure img { max-width: 100%; }
 figure.grid img { width: 240px; image-rendering: pixelated; }
@@ -520,8 +580,8 @@ code { font-size: 0.85em; word-break: break-all; }
 
 # Click a header to sort by it (again to reverse). Numbers by value, empty cells last either way.
 SORT_SCRIPT = """
-document.querySelectorAll("#summary th").forEach((th, col) => th.addEventListener("click", () => {
-  const body = th.closest("table").tBodies[0];
+document.querySelectorAll("table.sortable th").forEach(th => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], col = th.cellIndex;
   const dir = th.dataset.dir === "asc" ? -1 : 1;
   th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.dir);
   th.dataset.dir = dir > 0 ? "asc" : "desc";
@@ -563,16 +623,17 @@ def command(run: Run) -> str:
 def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
                groups: dict[Identity, list[Run]], rows: list[dict[str, Any]], columns: list[str],
                figures: list[str], skipped: list[str], notes: list[str],
-               images: dict[Path, Any]) -> None:
+               images: dict[Path, Any], base: dict[str, Any] | None = None) -> None:
     """One self-contained page (figures and sample grids inlined as data URIs, no network): the
-    summary table, sortable by clicking a header; the figures; and per configuration its runs
-    (seed, status, folder, command) and their generated samples."""
+    summary table (and with a baseline, the differences from it), sortable by clicking a header;
+    the figures; and per configuration its runs (seed, status, values, folder, command) and their
+    generated samples."""
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>genlab report</title>", f"<style>{HTML_STYLE}</style></head><body>",
            "<h1>genlab report</h1>", *[f"<p>{e(p)}</p>" for p in intro(args, loaded)]]
 
-    out.append('<table id="summary"><thead><tr>')
+    out.append('<table id="summary" class="sortable"><thead><tr>')
     out += [f"<th>{e(h)}</th>" for h in ["configuration", *runs.STATUSES, *columns]]
     out.append("</tr></thead><tbody>")
     for row in rows:
@@ -586,6 +647,18 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
     out.append("</tbody></table>")
     if notes:
         out += ["<ul>", *[f"<li>{e(n)}</li>" for n in notes], "</ul>"]
+    if base is not None:
+        out += [f"<h2>Differences from the baseline: {e(base['configuration'])}</h2>",
+                f"<p>{e(BASELINE_TEXT)}</p>", '<table id="baseline" class="sortable"><thead><tr>',
+                *[f"<th>{e(h)}</th>" for h in ["configuration", *columns]], "</tr></thead><tbody>"]
+        for row in rows:
+            out.append(f'<tr><td data-value="{e(row["configuration"])}">{e(row["configuration"])}</td>')
+            for col in columns:
+                diff = row[f"{col} diff"]
+                text = "baseline" if row is base else comparison_cell(row, col)
+                out.append(f'<td data-value="{"" if diff is None else repr(diff)}">{e(text)}</td>')
+            out.append("</tr>")
+        out.append("</tbody></table>")
 
     out.append("<h2>Figures</h2>")
     for name in figures:
@@ -596,9 +669,12 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
     for ident, members in groups.items():
         name = label(ident)
         out += [f'<section class="configuration" id="{slug(name)}"><h3>{e(name)}</h3>',
-                "<table><tr><th>seed</th><th>status</th><th>run folder</th><th>command</th></tr>"]
-        out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td><td><code>{e(str(r.path))}"
-                f"</code></td><td><code>{e(command(r))}</code></td></tr>" for r in members]
+                "<table><tr><th>seed</th><th>status</th>", *[f"<th>{e(c)}</th>" for c in columns],
+                "<th>run folder</th><th>command</th></tr>"]
+        for r in members:  # each run's own values (runs.csv), beside its folder and command
+            out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td>",
+                    *[f"<td>{fmt(r.values.get(c))}</td>" for c in columns],
+                    f"<td><code>{e(str(r.path))}</code></td><td><code>{e(command(r))}</code></td></tr>"]
         out.append("</table>")
         grids = [r for r in members if r.path in images]
         out += [f'<figure class="grid"><img src="{data_uri(runs.final_grid(r.path))}" '

@@ -203,7 +203,10 @@ class LatentDiagnostics(Evaluator):
     Gaussian mixture fitted to the codes (Ghosh et al. 2020), to put beside val/fid, the prior's.
     With a 2-D latent space, the final validation also draws the aggregate posterior over the
     subset into <run>/samples/aggregate_posterior_final.png (aggregate_posterior_figure).
-    subset: codes used for the MMD and the aggregate KL (their costs grow as its square);
+    subset: codes used for the MMD (its cost grows as the square), and the draws the aggregate KL
+    scores against the mixture of all n_samples codes' posteriors; kl_max_gap: the widest bracket
+    (nats) of the aggregate KL's two estimates at which it is logged (genlab.metrics.prior.
+    kl_aggregate_posterior), NaN with the bracket in metric_errors beyond it;
     expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
     diagonals (scikit-learn's reg_covar)."""
 
@@ -211,14 +214,17 @@ class LatentDiagnostics(Evaluator):
     needs = (Encoder,)
     metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost")
 
-    def __init__(self, subset: int = 2000, expost_components: int = 10, expost_reg_covar: float = 1e-6):
+    def __init__(self, subset: int = 2000, expost_components: int = 10, expost_reg_covar: float = 1e-6,
+                 kl_max_gap: float = 0.1):
         require_positive(subset, f"{self.key}.subset", integer=True)
+        require_positive(kl_max_gap, f"{self.key}.kl_max_gap")
         require_positive(expost_components, f"{self.key}.expost_components", integer=True)
         require(isinstance(expost_reg_covar, int | float) and not isinstance(expost_reg_covar, bool)
                 and expost_reg_covar >= 0, f"{self.key}.expost_reg_covar", "a number >= 0",
                 expost_reg_covar)
         self.subset, self.expost_components = subset, expost_components
         self.expost_reg_covar = float(expost_reg_covar)
+        self.kl_max_gap = float(kl_max_gap)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         model: Encoder = ctx.model
@@ -243,11 +249,13 @@ class LatentDiagnostics(Evaluator):
             return {"val/mmd_prior": mmd(z_q, torch.randn(z_q.shape, generator=g, dtype=z_q.dtype))}
 
         out.update(ctx.attempt(["val/mmd_prior"], prior_mmd))
-        # a Gaussian mixture over the subset's posteriors (for eps=uniform: the moment-matched
-        # Gaussians); cost subset^2 * D
+        # the mixture of every code's posterior (for eps=uniform: the moment-matched Gaussians),
+        # scored at `subset` draws; cost subset * n * D. NaN, with the bracket as the reason,
+        # where the codes cannot tell the KL (kl_aggregate_bounds)
         out.update(ctx.attempt(["val/kl_aggregate"], lambda: {
-            "val/kl_aggregate": kl_aggregate_posterior(mu[sub], 2 * std[sub].log(), n_samples=self.subset,
-                                                       seed=mix_seed(ctx.seed, "kl_aggregate"))}))
+            "val/kl_aggregate": kl_aggregate_posterior(
+                mu, 2 * std.log(), n_samples=self.subset, seed=mix_seed(ctx.seed, "kl_aggregate"),
+                max_gap=self.kl_max_gap)}))
 
         def fid_expost():
             # every rank fits the same mixture to the same codes and draws the same points, then

@@ -10,7 +10,13 @@ from genlab.metrics.fid import (
     gather_samples,
     sample_metrics,
 )
-from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.metrics.prior import (
+    ExPostGMM,
+    active_units,
+    kl_aggregate_bounds,
+    kl_aggregate_posterior,
+    mmd,
+)
 
 __all__ = [
     "ExPostGMM",
@@ -22,6 +28,7 @@ __all__ = [
     "extract_features",
     "factor_vae_score",
     "gather_samples",
+    "kl_aggregate_bounds",
     "kl_aggregate_posterior",
     "known_extractors",
     "mig",

@@ -6,7 +6,8 @@ KL is >= 0.
 
 Options: beta weights the KL term in the training loss (beta=1 is the plain VAE; the logged
 train/elbo is always the beta=1 bound so runs with different beta compare on one scale);
-iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016, elbo_k > 1 on the ELBO
+iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016 (and validation logs it
+as val/iwae, which such a run's checkpoints are chosen by: objective=iwae), elbo_k > 1 on the ELBO
 averaged over k posterior samples (their "VAE" with k samples: the same k log weights, their mean
 in place of the log of their mean); eps chooses the
 reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
@@ -102,7 +103,7 @@ class VAE(GenerativeModule, Encoder):
             self.encoder = MLPEncoder(image_shape, 2 * latent_dim, hidden, activation)
             self.decoder = MLPDecoder(latent_dim, image_shape, hidden, activation)
         self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
-        self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo"])
+        self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo", "iwae"])
 
     # -- the model ----------------------------------------------------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,9 +173,10 @@ class VAE(GenerativeModule, Encoder):
                                           out.flatten(0, 1)).view(k, -1)
         return recon + self.log_prior(z) - self.log_q(z, mu, std)
 
-    def iwae_bound(self, x: Tensor, k: int) -> Tensor:
+    def iwae_bound(self, x: Tensor, k: int,
+                   generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
         """log (1/k) sum_i w_i, the importance-weighted bound per image [B]; k=1 is the ELBO."""
-        return torch.logsumexp(self.log_weights(x, k), 0) - math.log(k)
+        return torch.logsumexp(self.log_weights(x, k, generator), 0) - math.log(k)
 
     @torch.no_grad()
     def log_likelihood_estimate(self, x: Tensor, k: int,
@@ -242,6 +244,19 @@ class VAE(GenerativeModule, Encoder):
         return grids
 
     # -- Lightning ----------------------------------------------------------------------------
+    def on_fit_start(self):
+        """A run that trains on the k-sample importance-weighted bound chooses its checkpoints by
+        that bound on validation (val/iwae), never by the single-sample val/elbo it does not
+        optimise; val/iwae exists only for such a run."""
+        k = self.hparams.iwae_k
+        for ckpt in self.trainer.checkpoint_callbacks:
+            monitor = getattr(ckpt, "monitor", None)
+            require(not (k > 1 and monitor == "val/elbo"), "objective.metric",
+                    f"val/iwae (objective=iwae) or another metric than val/elbo: model.iwae_k={k} "
+                    f"trains the {k}-sample bound, which val/elbo does not measure", monitor)
+            require(not (k == 1 and monitor == "val/iwae"), "objective.metric",
+                    "a metric the run logs; val/iwae needs model.iwae_k > 1", monitor)
+
     def training_step(self, batch, batch_idx):
         x = batch[0]
         if self.hparams.iwae_k > 1:
@@ -263,7 +278,10 @@ class VAE(GenerativeModule, Encoder):
     # evaluation noise: one generator per image, keyed by its index in the split (eval_noise)
     def validation_step(self, batch, batch_idx):
         x, _, index = batch
-        log_eval(self, "val", self.elbo_terms(x, eval_noise("val", index)))
+        values = self.elbo_terms(x, eval_noise("val", index))
+        if self.hparams.iwae_k > 1:  # the bound this run trains on
+            values["iwae"] = self.iwae_bound(x, self.hparams.iwae_k, eval_noise("val/iwae", index))
+        log_eval(self, "val", values)
 
     def test_step(self, batch, batch_idx):
         x, _, index = batch
