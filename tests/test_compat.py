@@ -4,6 +4,7 @@ no other module uses them."""
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import os
 import re
@@ -332,3 +333,46 @@ def test_no_private_api_outside_compat():
     # and compat.py wraps each of them
     compat_text = (SRC / "genlab" / "compat.py").read_text()
     assert all(re.search(name, compat_text) for name in PRIVATE if "=" not in name)
+
+
+def test_cuda_check_without_nvml_keeps_torchs_answer(monkeypatch):
+    """Where NVML cannot be loaded (no NVIDIA driver), Lightning's NVML-based CUDA check is
+    dropped and torch.cuda.is_available() answers as before; where it loads, it stays."""
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what importing Lightning sets
+    before = torch.cuda.is_available()
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        nvml = True
+    except OSError:
+        nvml = False
+    compat.cuda_check_without_nvml()
+    assert (os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1") == nvml
+    assert torch.cuda.is_available() == before
+
+
+class _Counting(pl.Callback):
+    def __init__(self):
+        self.calls = {"on_train_batch_end": 0, "on_validation_batch_end": 0}
+
+    def on_train_batch_end(self, *args):
+        self.calls["on_train_batch_end"] += 1
+
+    def on_validation_batch_end(self, *args):
+        self.calls["on_validation_batch_end"] += 1
+
+
+def test_skipped_empty_hooks_are_never_called_and_the_others_still_are(tmp_path):
+    """A fit with the empty batch hooks set aside calls the implemented ones as often as a fit
+    without: Lightning passes over a None hook, and the callback's other hooks still run."""
+    counts = []
+    for skip in (False, True):
+        kept, empty = _Counting(), pl.Callback()
+        trainer = _trainer(tmp_path, max_epochs=2, callbacks=[kept, empty])
+        if skip:
+            compat.skip_empty_batch_hooks(trainer.callbacks)
+            assert kept.on_after_backward is None and empty.on_train_batch_end is None
+            assert callable(kept.on_train_batch_end) and callable(empty.on_fit_start)
+        trainer.fit(_Probe(), datamodule=_digits())
+        counts.append(kept.calls)
+    assert counts[0] == counts[1] and counts[0]["on_train_batch_end"] > 0
+    assert counts[0]["on_validation_batch_end"] > 0

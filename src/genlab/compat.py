@@ -14,6 +14,7 @@ This module is the bottom layer: it imports no genlab module.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -83,6 +84,50 @@ def _release(v: str) -> tuple[int, ...]:
 
 
 # -- Lightning (pytorch-lightning, which ships lightning_fabric) --------------------------------
+def cuda_check_without_nvml() -> None:
+    """Let torch.cuda.is_available() answer at once where no NVIDIA driver is installed.
+
+    Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (lightning_fabric/__init__.py), so
+    that asking whether CUDA is there never starts CUDA before a fork. torch then asks NVML on
+    every call, caching no answer until CUDA starts; without a driver, loading NVML fails and
+    torch falls back to its plain check each time: about 50 us a call, and torch.optim asks once
+    per optimizer step (its graph-capture check). With no NVML there is no driver and no CUDA to
+    start, so the plain check gives the same answer; where NVML loads, nothing changes.
+    Checked against pytorch-lightning 2.6.6 and torch 2.14.1."""
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1":
+        return
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
+# the callback hooks Lightning calls at every training, validation and test batch
+BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward",
+               "on_before_optimizer_step", "on_before_zero_grad", "on_train_batch_end",
+               "on_validation_batch_start", "on_validation_batch_end",
+               "on_test_batch_start", "on_test_batch_end")
+
+
+def skip_empty_batch_hooks(callbacks) -> None:
+    """Spare Lightning its per-batch calls of the hooks a callback leaves empty.
+
+    Lightning calls six hooks of every callback at each training step, and for each call
+    formats a profiler label (for ModelCheckpoint a repr of its settings) and enters a profiler
+    context, also for the base class's empty hooks: with genlab's ten callbacks, 60 calls a step,
+    a few per cent of a small network's step on a CPU (benchmarks/bench_train.py). Each hook in
+    BATCH_HOOKS that a callback's class does not override is set to None on the instance.
+
+    Private: `pytorch_lightning.trainer.call._call_callback_hooks` skips a hook attribute that is
+    not callable. Checked against pytorch-lightning 2.6.6."""
+    from pytorch_lightning import Callback
+
+    for callback in callbacks:
+        for hook in BATCH_HOOKS:
+            if getattr(type(callback), hook) is getattr(Callback, hook):
+                setattr(callback, hook, None)
+
+
 def attached_trainer(module) -> Any | None:
     """The Trainer `module` (a LightningModule) is attached to, None outside one.
 

@@ -36,6 +36,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from genlab.callbacks.evaluation import Evaluation
 from genlab.callbacks.guard import DivergedError
 from genlab.callbacks.pruning import RunPruned
+from genlab.compat import cuda_check_without_nvml, skip_empty_batch_hooks
 from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
@@ -212,6 +213,7 @@ def train(cfg: DictConfig) -> float | None:
         summary["precision"] = resolve_precision(cfg.trainer)
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         precision=summary["precision"])
+        skip_empty_batch_hooks(trainer.callbacks)  # Lightning's own callbacks too
         if ckpt_path:
             for lg in loggers:  # metrics.csv and W&B hold each row once across attempts
                 if isinstance(lg, RunCSVLogger | RunWandbLogger):
@@ -362,6 +364,7 @@ def main() -> None:
     HYDRA_FULL_ERROR makes it raise instead, so a user error is reported here in one line (a
     user who sets HYDRA_FULL_ERROR=1 still gets the full trace)."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    cuda_check_without_nvml()
     try:
         _hydra_main()
     except USER_ERRORS as e:  # composing the config: an unknown group option, key or syntax
