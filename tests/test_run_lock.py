@@ -3,6 +3,7 @@ once, a second launch of a held run touches nothing, a killed holder leaves no s
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import signal
@@ -16,7 +17,7 @@ import pytest
 import torch
 from conftest import BIN, DATA, make_cfg
 
-from genlab import runs
+from genlab import report, runs
 from genlab.sweep import BUSY_EXIT, read_manifest
 
 TESTS = Path(__file__).parent
@@ -152,13 +153,19 @@ def test_a_held_run_is_refused_and_a_killed_holder_leaves_no_lock(reference, tmp
         assert lines == [f"genlab-train: {run} is being trained by another process "
                          f"(pid {first.pid}, host {socket.gethostname()})"]
         assert {p: p.read_bytes() for p in kept} == kept  # Hydra's rewrite of .hydra/ undone
-        assert runs.run_holder(run) == f"pid {first.pid}, host {socket.gethostname()}"
+        # genlab-report tells a run being trained from one that stopped without an end
+        (loaded,) = report.load_runs([str(run)], [])
+        assert loaded.status_text == f"running, being trained now (pid {first.pid}, host " \
+            f"{socket.gethostname()})"
+        assert "1 of the running being trained now" in report.intro(
+            argparse.Namespace(dirs=[str(run)], group_by=None), [loaded])[0]
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the holder dies without a word
         first.wait()
 
     # the lock died with it: the next attempt takes the run over at once and continues it
     assert runs.run_holder(run) is None
+    assert loaded.status_text.startswith("running, but no process trains it")
     assert runs.read_summary(run)["status"] == "running"
     third = start(tmp_path, "third", *args)
     assert ended(third) == 0, output(tmp_path, "third")[-3000:]
@@ -169,7 +176,7 @@ def test_a_held_run_is_refused_and_a_killed_holder_leaves_no_lock(reference, tmp
 
 HOLD = """
 import os, sys, time
-from genlab import runs
+from genlab import report, runs
 runs.hold_run(sys.argv[1])
 worker = os.fork()  # as a data loader forks its workers
 if worker == 0:

@@ -3,10 +3,15 @@ Optuna searches, and DDP children that belong to their own job.
 
 Hydra runs this module's pieces; genlab's own code reaches them only through conf/:
 - `SweepManifest` (a Hydra callback, conf/hydra/default.yaml) keeps `<sweep>/manifest.json`: one
-  entry per job with its overrides, directory and status. Jobs of a parallel launcher update it
-  under a file lock, so concurrent writers lose nothing. At the end of a multirun it raises
-  SystemExit(1) when any run failed or diverged, after every run has had its turn (runs an
-  Optuna pruner stopped, status pruned, are not failures).
+  entry per job with its overrides, directory and status. Jobs of a parallel launcher, and other
+  processes on the same sweep, update it under a file lock, so concurrent writers lose nothing.
+  At the end of a multirun it raises SystemExit(1) when any run failed or diverged, after every
+  run has had its turn (runs an Optuna pruner stopped, status pruned, are not failures), and
+  SystemExit(BUSY_EXIT) when the only runs not done are another process's.
+- `run_lock` (called by train()) and SweepManifest hold a run directory's lock
+  (genlab.runs.hold_run) while a job trains it: one process per run folder, so a sweep started
+  twice on one folder (resume=true while the first still runs, a requeued SLURM job meeting a
+  manual resume) trains each run once; the second skips the runs the first holds.
 - `sweep_id` (an OmegaConf resolver): a new sweep gets a timestamp; `resume=true` reuses the
   newest sweep of the same task, `resume=<id>` a named one, so re-running the same multirun
   command with `resume=true` lands every job in its old directory (train() then skips finished
