@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BIN, DATA, make_cfg
+from omegaconf import OmegaConf
 
 from genlab import report, runs
-from genlab.sweep import BUSY_EXIT, read_manifest
+from genlab.sweep import BUSY_EXIT, SweepManifest, read_manifest, update_manifest
 
 TESTS = Path(__file__).parent
 SMOKE = ("debug=smoke", "data=digits", "logger=csv")
@@ -45,13 +46,15 @@ def output(tmp_path: Path, name: str) -> str:
     return (tmp_path / f"{name}.txt").read_text()
 
 
-def wait_for(path: Path, *procs: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(base: Path, pattern: str, *procs: subprocess.Popen, timeout: float = 120) -> Path:
+    """The first file under `base` that matches `pattern`, once there is one."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (found := sorted(base.glob(pattern))):
         for p in procs:
-            assert p.poll() is None, f"{p.args[:3]} ended ({p.returncode}) before {path} appeared"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+            assert p.poll() is None, f"{p.args[:3]} ended ({p.returncode}) before {pattern} appeared"
+        assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
         time.sleep(0.1)
+    return found[0]
 
 
 def ended(proc: subprocess.Popen, timeout: float = 120) -> int:
@@ -100,13 +103,10 @@ def test_two_sweeps_on_one_folder_train_each_run_once(reference, tmp_path):
     args = ["-m", *SMOKE, "seed=0,1", *hold_at(2), f"paths.log_dir={tmp_path}"]
     a = start(tmp_path, "a", *args)
     try:
-        multiruns = tmp_path / "train" / "multiruns"
-        wait_for(multiruns, a)
-        (sweep,) = multiruns.iterdir()
-        wait_for(sweep / "0" / "stalled", a)
+        sweep = wait_for(tmp_path, "train/multiruns/*/0/stalled", a).parent.parent
         b = start(tmp_path, "b", *args, "resume=true")
         try:
-            wait_for(sweep / "1" / "stalled", a, b)
+            wait_for(sweep, "1/stalled", a, b)
             (sweep / "0" / "go").touch()
             assert ended(a) == BUSY_EXIT, output(tmp_path, "a")[-3000:]
             # A's skip marks B's entry busy, naming B; B's outcome replaces it
@@ -127,7 +127,9 @@ def test_two_sweeps_on_one_folder_train_each_run_once(reference, tmp_path):
     assert f"run 0 is being trained by another process (pid {a.pid}, host {host}); skipped" in out_b
     # A's end: run 1 left to B, exit code 3; B's end: both ok
     assert "1 of 2 runs ok, 1 left to another process" in out_a
-    assert f"run 1 busy: {' '.join(args[1:4])}" in out_a and "resume=true continues it" in out_a
+    assert f"run 1 busy: {' '.join(args[1:4])}" in out_a
+    assert f"being trained by another process (pid {b.pid}, host {host}); once that process has " \
+        "ended, the same command with resume=true runs what is left" in out_a
     assert "2 of 2 runs ok" in out_b
     # every run trained exactly once (each trained run prints its report once), by one process
     assert out_a.count("status: ok") == out_b.count("status: ok") == 1
@@ -141,7 +143,7 @@ def test_a_held_run_is_refused_and_a_killed_holder_leaves_no_lock(reference, tmp
     args = [*SMOKE, "seed=0", f"hydra.run.dir={run}"]
     first = start(tmp_path, "first", *args, *hold_at(6))  # mid-epoch 1, after epoch 0's last.ckpt
     try:
-        wait_for(run / "stalled", first)
+        wait_for(run, "stalled", first)
         assert (run / runs.LOCK).read_text() == f"pid {first.pid}, host {socket.gethostname()}\n"
         kept = {p: p.read_bytes() for p in [run / runs.SUMMARY, *(run / ".hydra").glob("*.yaml")]}
 
@@ -229,3 +231,36 @@ def test_the_lock_itself(tmp_path):
     # pickled whole, as a job's return value travels from a SLURM job or a joblib worker
     busy = pickle.loads(pickle.dumps(runs.RunBusy(run, "pid 1, host h")))
     assert (busy.run_dir, busy.holder) == (run, "pid 1, host h")
+
+
+def test_a_sweep_ends_naming_what_it_left(tmp_path, capsys):
+    """SweepManifest's last word on a sweep folder whose runs other processes hold or held."""
+    sweep = tmp_path / "sweep"
+    busy = {"status": "busy", "error": "held"}
+    for key, entry in {"0": {"status": "ok"}, "1": {"status": "running"}, "2": {"status": "ok"},
+                       "3": {"status": "running"}}.items():
+        update_manifest(sweep, key, {"dir": key, "overrides": [f"seed={key}"], **entry})
+        # a skip marks a run busy only while nobody has ended it
+        update_manifest(sweep, key, busy, if_status=(None, "running", "busy"))
+    assert [e["status"] for e in read_manifest(sweep).values()] == ["ok", "busy", "ok", "busy"]
+    end = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+
+    runs.hold_run(sweep / "1")  # run 1's holder trains it still; run 3's has stopped since
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            SweepManifest().on_multirun_end(end)
+    finally:
+        runs.release_run(sweep / "1")
+    assert exit_.value.code == BUSY_EXIT
+    out, err = capsys.readouterr()
+    assert "2 of 4 runs ok, 2 left to another process" in out
+    assert err.splitlines() == [
+        f"  run 1 busy: seed=1: being trained by another process ({runs.this_process()}); once "
+        "that process has ended, the same command with resume=true runs what is left",
+        "  run 3 busy: seed=3: skipped while another process held it, which has stopped since; "
+        "the same command with resume=true continues it"]
+
+    update_manifest(sweep, "2", {"status": "failed", "error": "boom"})
+    with pytest.raises(SystemExit) as exit_:
+        SweepManifest().on_multirun_end(end)
+    assert exit_.value.code == 1  # a failure outranks runs left to others

@@ -301,9 +301,11 @@ class SweepManifest(Callback):
         for k in sorted(bad | busy, key=int):
             v = runs[k]
             if k in busy:
-                why = (f"being trained by another process ({holder[k]})" if holder[k] else
-                       f"{v.get('error')}; that process has stopped since")
-                v = {**v, "status": "busy", "error": f"{why}; resume=true continues it"}
+                why = (f"being trained by another process ({holder[k]}); once that process has "
+                       "ended, the same command with resume=true runs what is left" if holder[k]
+                       else "skipped while another process held it, which has stopped since; the "
+                       "same command with resume=true continues it")
+                v = {**v, "status": "busy", "error": why}
             print(f"  run {k} {v.get('status')}: {' '.join(v.get('overrides', []))}: {v.get('error')}",
                   file=sys.stderr)
         if bad or busy:
