@@ -40,19 +40,22 @@ def stall_at(*steps: int, progress: Path) -> list[str]:
             f"+callbacks.stall.progress={progress}"]
 
 
-def genlab_train(cluster, tmp_path: Path, *args: str, wait: bool = True, timeout: int = 600):
+def genlab_train(cluster, tmp_path: Path, *args: str, wait: bool = True, timeout: int = 600,
+                 name: str = "out"):
     """genlab-train with the cluster's SLURM_CONF; the test helpers importable by its jobs; one
-    thread per process, as the jobs ask for one CPU. Output goes to tmp_path/out.txt."""
-    env = {**cluster.env, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    thread per process, as the jobs ask for one CPU. Output goes to tmp_path/<name>.txt."""
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = {**cluster.env, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     cmd = [str(BIN / "genlab-train"), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={DATA}"]
-    with open(tmp_path / "out.txt", "w") as out:
+    with open(tmp_path / f"{name}.txt", "w") as out:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     if wait:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"no end after {timeout} s:\n{output(tmp_path)[-3000:]}") from None
+            raise AssertionError(f"no end after {timeout} s:\n{output(tmp_path, name)[-3000:]}") \
+                from None
         finally:  # a sweep outlives its test otherwise, polling a cluster that is gone
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -60,8 +63,8 @@ def genlab_train(cluster, tmp_path: Path, *args: str, wait: bool = True, timeout
     return proc
 
 
-def output(tmp_path: Path) -> str:
-    return (tmp_path / "out.txt").read_text()
+def output(tmp_path: Path, name: str = "out") -> str:
+    return (tmp_path / f"{name}.txt").read_text()
 
 
 def sweep_dir(log_dir: Path, task: str = "train") -> Path:
@@ -216,3 +219,34 @@ def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
     assert [t.params for t in done_before] == [t.params for t in complete[: len(done_before)]]
     for t in complete:
         assert t.value == runs.read_summary(sweep / str(t.number))["val/elbo"]
+
+
+@pytest.mark.slow  # two sweeps and two jobs: 38 s on a loaded 2-core machine; test_run_lock.py in CI
+def test_a_second_job_on_a_held_run_leaves_it_to_the_first(slurm_cluster, tmp_path):
+    # a sweep's job holds run 0 at step 2; the same sweep again (resume=true), as a requeued job
+    # and a manual resume meet: its job skips the run, through submitit's pickled return
+    hold = ["+callbacks.stall._target_=stall_at.StallAt", "+callbacks.stall.steps=[2]",
+            "+callbacks.stall.progress=${paths.output_dir}/stalled",
+            "+callbacks.stall.release=${paths.output_dir}/go"]
+    args = ["-m", *launcher(slurm_cluster), *SMOKE, *hold]
+    first = genlab_train(slurm_cluster, tmp_path, *args, wait=False, name="first")
+    try:
+        deadline = time.time() + 240
+        while not list(tmp_path.glob("train/multiruns/*/0/stalled")):
+            assert first.poll() is None and time.time() < deadline, output(tmp_path, "first")[-3000:]
+            time.sleep(0.5)
+        sweep = sweep_dir(tmp_path)
+        second = genlab_train(slurm_cluster, tmp_path, *args, "resume=true", name="second",
+                              timeout=300)
+        out = output(tmp_path, "second")
+        assert second.returncode == 3, out[-3000:]  # genlab.sweep.BUSY_EXIT
+        assert "0 of 1 runs ok, 1 left to another process" in out
+        assert "run 0 is being trained by another process (pid" in job_logs(sweep)
+        assert read_manifest(sweep)["0"]["status"] == "busy"
+        (sweep / "0" / "go").touch()
+        assert first.wait(300) == 0, output(tmp_path, "first")[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert read_manifest(sweep)["0"]["status"] == "ok"
+    assert job_logs(sweep).count("status: ok") == 1  # trained once

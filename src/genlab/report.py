@@ -6,7 +6,9 @@
                   [--grids traversal_orientation ...] [--baseline KEY=VALUE ...] [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
-`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`. Runs are
+`.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`, and tests
+`run.lock` to tell a running run that a process trains now from one that stopped without an end
+(genlab.runs.run_holder). Runs are
 grouped into configurations: by default one per distinct saved config apart from the seed (and
 keys that only say where or how a run started, NOT_CONFIGURATION), labelled by the run's
 command-line overrides, so the seeds of one setting fall together and two swept settings that
@@ -82,6 +84,19 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.summary.get("seed")
+
+    @property
+    def trained_by(self) -> str | None:
+        """For a running run, the process that trains it now ("pid P, host H"), from its lock."""
+        return runs.run_holder(self.path) if self.status == "running" else None
+
+    @property
+    def status_text(self) -> str:
+        if self.status != "running":
+            return self.status
+        holder = self.trained_by
+        return (f"running, being trained now ({holder})" if holder else "running, but no "
+                "process trains it (it stopped without an end; its command, run again, continues it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +522,9 @@ def cell(row: dict[str, Any], col: str) -> str:
 def intro(args: argparse.Namespace, loaded: list[Run]) -> list[str]:
     """The report's opening paragraphs: what was read and how to read the table."""
     counts = ", ".join(f"{s} {sum(r.status == s for r in loaded)}" for s in runs.STATUSES)
+    live = sum(r.trained_by is not None for r in loaded)
+    if live:
+        counts += f"; {live} of the running being trained now"
     grouping = (f"the values of {', '.join(args.group_by)}" if args.group_by
                 else "a distinct saved config (apart from " + ", ".join(NOT_CONFIGURATION)
                 + "), labelled by its overrides")
@@ -556,7 +574,7 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
     not_ok = [r for r in loaded if r.status != "ok"]
     if not_ok:
         lines += ["", "## Runs not averaged", ""]
-        lines += [f"- {r.path}: {r.status} (seed {r.seed})" for r in not_ok]
+        lines += [f"- {r.path}: {r.status_text} (seed {r.seed})" for r in not_ok]
     if skipped:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s}" for s in skipped]

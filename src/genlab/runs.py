@@ -1,17 +1,21 @@
 """The run-directory contract in one place.
 
 A run directory holds `.hydra/config.yaml` (the resolved config), `summary.json` (flat final
-metrics plus status, seed, git_commit, fid_extractor), `metrics.csv`, `checkpoints/`, `samples/*.png`
-and `wandb/`. Everything that reads or writes these files goes through this module.
+metrics plus status, seed, git_commit, fid_extractor), `metrics.csv`, `checkpoints/`, `samples/*.png`,
+`wandb/` and `run.lock` (`hold_run`). Everything that reads or writes these files goes through
+this module.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,115 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "status" not in data:
         raise RunReadError(f"{path}: not a genlab summary (no 'status' key)")
     return data
+
+
+# -- one writer per run directory ------------------------------------------------------------------
+LOCK = "run.lock"
+# how long an attempt retries a held lock before it gives up: a reader that tests the lock
+# (`run_holder`) holds it for microseconds, and must never make a trainer give up
+LOCK_WAIT_S = 0.5
+
+
+class RunBusy(RuntimeError):
+    """Another process holds the run directory's lock: it is training that run now."""
+
+    def __init__(self, run_dir: str | Path, holder: str):
+        super().__init__(str(run_dir), holder)  # both in args, so it pickles (submitit, joblib)
+        self.run_dir, self.holder = Path(run_dir), holder
+
+    def __str__(self) -> str:
+        return f"{self.run_dir} is being trained by another process ({self.holder})"
+
+
+def this_process() -> str:
+    return f"pid {os.getpid()}, host {socket.gethostname()}"
+
+
+_HELD: dict[Path, list[int]] = {}  # run directory -> [lock file descriptor, holds]
+
+
+def hold_run(run_dir: str | Path) -> None:
+    """Take the run directory's lock, or raise RunBusy naming the process that holds it.
+
+    The lock is an exclusive flock on `<run>/run.lock`, whose text names the holder ("pid P,
+    host H"). The kernel drops it when the holding process ends, however it ends (SIGKILL
+    included), so a dead run never leaves a stale lock; a forked child (a data loader worker)
+    closes its copy of the file at once, so it never keeps its parent's lock alive. It holds
+    across hosts where the filesystem carries flock between its clients: NFSv3 and v4 (Linux
+    clients send it to the server as a lock of the whole file, unless mounted with
+    `local_lock=flock` or `all`), Lustre mounted with `-o flock`, GPFS; not Lustre's
+    `localflock`, which locks within one node only. The file stays after release
+    (removing it would let two processes lock two files of one name); its text then names the
+    last holder. Holds nest within a process (each `hold_run` needs its `release_run`)."""
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not _try_lock(fd, fcntl.LOCK_EX):
+        if time.monotonic() > deadline:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunBusy(key, holder)
+        time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{this_process()}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+
+
+def _forget_held() -> None:
+    """In a forked child: drop the copies of the parent's locked files (the lock stays the
+    parent's, and ends with it)."""
+    for fd, _ in _HELD.values():
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held)
+
+
+def release_run(run_dir: str | Path) -> None:
+    """Undo one `hold_run`; the last one releases the lock."""
+    key = Path(run_dir).resolve()
+    held = _HELD[key]
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        os.close(held[0])  # closing the file releases the lock
+
+
+def run_holder(run_dir: str | Path) -> str | None:
+    """Which process holds the run directory's lock now ("pid P, host H"), or None. It tests the
+    lock by taking a shared lock for an instant (a trainer retries for LOCK_WAIT_S meanwhile)."""
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        return this_process()
+    try:
+        fd = os.open(key / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        if not _try_lock(fd, fcntl.LOCK_SH):
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _holder(fd: int) -> str:
+    # the holder writes its name right after locking; the instant before, the file is empty
+    return os.pread(fd, 256, 0).decode(errors="replace").strip() or "pid and host not yet written"
 
 
 def find_runs(*roots: str | Path) -> list[Path]:

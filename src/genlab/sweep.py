@@ -3,10 +3,15 @@ Optuna searches, and DDP children that belong to their own job.
 
 Hydra runs this module's pieces; genlab's own code reaches them only through conf/:
 - `SweepManifest` (a Hydra callback, conf/hydra/default.yaml) keeps `<sweep>/manifest.json`: one
-  entry per job with its overrides, directory and status. Jobs of a parallel launcher update it
-  under a file lock, so concurrent writers lose nothing. At the end of a multirun it raises
-  SystemExit(1) when any run failed or diverged, after every run has had its turn (runs an
-  Optuna pruner stopped, status pruned, are not failures).
+  entry per job with its overrides, directory and status. Jobs of a parallel launcher, and other
+  processes on the same sweep, update it under a file lock, so concurrent writers lose nothing.
+  At the end of a multirun it raises SystemExit(1) when any run failed or diverged, after every
+  run has had its turn (runs an Optuna pruner stopped, status pruned, are not failures), and
+  SystemExit(BUSY_EXIT) when the only runs not done are another process's.
+- `run_lock` (called by train()) and SweepManifest hold a run directory's lock
+  (genlab.runs.hold_run) while a job trains it: one process per run folder, so a sweep started
+  twice on one folder (resume=true while the first still runs, a requeued SLURM job meeting a
+  manual resume) trains each run once; the second skips the runs the first holds.
 - `sweep_id` (an OmegaConf resolver): a new sweep gets a timestamp; `resume=true` reuses the
   newest sweep of the same task, `resume=<id>` a named one, so re-running the same multirun
   command with `resume=true` lands every job in its old directory (train() then skips finished
@@ -41,7 +46,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.compat import job_error, use_ddp_child_command
 from genlab.config import ConfigError
-from genlab.runs import RunReadError, atomic_write_text, flat_config, read_summary
+from genlab.runs import (
+    RunBusy,
+    RunReadError,
+    atomic_write_text,
+    flat_config,
+    hold_run,
+    read_summary,
+    release_run,
+    run_holder,
+    this_process,
+)
 
 log = logging.getLogger("genlab.sweep")
 MANIFEST = "manifest.json"
@@ -111,8 +126,7 @@ def same_configuration(run_dir: Path, attempt: str) -> None:
                          if (k in old, old.get(k)) != (k in new, new.get(k))
                          and (attempt == "skip" or k.split(".", 1)[0] in TRAINED))
         if changed:
-            for f in record.glob("*.yaml"):
-                shutil.copy2(f, hydra_dir / f.name)
+            put_back_started(run_dir)
             shown = ", ".join(f"{k}: {_value(old, k)} -> {_value(new, k)}" for k in changed[:5])
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise RunRefused(
@@ -127,6 +141,47 @@ def same_configuration(run_dir: Path, attempt: str) -> None:
 
 def _value(config: dict[str, Any], key: str) -> str:
     return repr(config[key]) if key in config else "(unset)"
+
+
+def put_back_started(run_dir: Path) -> None:
+    """Put the record of the attempt that started the run back over .hydra/, which Hydra rewrote
+    for an attempt that is now turned away."""
+    hydra_dir = run_dir / ".hydra"
+    for f in (hydra_dir / STARTED_RECORD).glob("*.yaml"):
+        shutil.copy2(f, hydra_dir / f.name)
+
+
+# -- one process per run directory ----------------------------------------------------------
+# genlab-train's exit code when runs were left alone because another process trains them
+BUSY_EXIT = 3
+
+
+def _trains_the_run() -> bool:
+    """Whether this process is the one that writes the run directory: global rank 0. The other
+    ranks of a DDP run (Lightning's children, the tasks of a SLURM job) take no lock."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """train()'s hold on its run directory (genlab.runs.hold_run) from its first look at the folder
+    to its end. Refused (RunBusy), it has touched nothing but what Hydra wrote before any genlab
+    code ran: .hydra/, which it puts back, and the job's log, which keeps the refusal's line.
+    In a multirun, SweepManifest already holds the lock from on_job_start to on_job_end."""
+    if not _trains_the_run():
+        yield
+        return
+    try:
+        hold_run(run_dir)
+    except RunBusy:
+        put_back_started(run_dir)
+        raise
+    try:
+        yield
+    finally:
+        release_run(run_dir)
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -148,24 +203,44 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, dict]:
     return json.loads(path.read_text())["runs"]
 
 
-def update_manifest(sweep_dir: str | Path, key: str, entry: dict) -> None:
-    """Merge one run's entry into the manifest under an exclusive lock (read-modify-write)."""
+def update_manifest(sweep_dir: str | Path, key: str, entry: dict,
+                    if_status: tuple[str | None, ...] | None = None) -> None:
+    """Merge one run's entry into the manifest under an exclusive lock (read-modify-write); with
+    `if_status`, only if the entry's status is one of those (None: no entry yet)."""
     path = Path(sweep_dir) / MANIFEST
     with _locked(path):
         runs = read_manifest(sweep_dir)
-        runs[key] = {**runs.get(key, {}), **entry}
-        atomic_write_text(path, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
+        if if_status is None or runs.get(key, {}).get("status") in if_status:
+            runs[key] = {**runs.get(key, {}), **entry}
+            atomic_write_text(path, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
 
 
 class SweepManifest(Callback):
-    """Hydra callback: one manifest entry per job of a multirun, and a failing exit code when any
-    run did not end ok. Single runs (and DDP children) are left alone."""
+    """Hydra callback: one manifest entry per job of a multirun, and an exit code that says when
+    a run did not end ok. Single runs (and DDP children) are left alone.
+
+    The process that trains a job's run holds the run's lock (genlab.runs.hold_run) from
+    on_job_start, before it writes the entry, to on_job_end, after it wrote the outcome, so an
+    entry's status is written by the run's holder alone. A job whose run another process holds
+    is skipped (train() raises RunBusy); its entry then says `busy`, unless the holder has already
+    ended the run, and the holder's outcome replaces it when the holder ends."""
+
+    def __init__(self) -> None:
+        self._held: Path | None = None
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        self._release()  # a job that never reached on_job_end
+        run_dir = Path(config.hydra.runtime.output_dir)
+        if _trains_the_run():
+            try:
+                hold_run(run_dir)
+            except RunBusy:
+                return  # train() finds it held too and says so; on_job_end records it
+            self._held = run_dir
         update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), {
-            "dir": config.hydra.sweep.subdir if config.hydra.sweep.subdir else ".",
+            "dir": _subdir(config),
             "overrides": list(config.hydra.overrides.task),
             "status": "running",
             "started": datetime.now().isoformat(timespec="seconds"),
@@ -173,6 +248,20 @@ class SweepManifest(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            self._record(config, job_return)
+        finally:
+            self._release()
+
+    def _record(self, config: DictConfig, job_return: JobReturn) -> None:
+        key = str(config.hydra.job.num)
+        returned = job_return.status == JobStatus.COMPLETED and job_return.return_value
+        if isinstance(returned, RunBusy):  # the entry is the holder's, unless nobody ended it
+            update_manifest(config.hydra.sweep.dir, key, {
+                "dir": _subdir(config), "status": "busy",
+                "error": f"{returned}; skipped by {this_process()}",
+            }, if_status=(None, "running", "busy"))
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         try:
@@ -185,25 +274,46 @@ class SweepManifest(Callback):
             entry = {"status": "failed", "error": str(e)}
         if job_return.status == JobStatus.FAILED and entry["status"] == "ok":
             entry = {"status": "failed", "error": repr(job_error(job_return))}
-        refused = job_return.status == JobStatus.COMPLETED and job_return.return_value
-        if isinstance(refused, RunRefused):  # the folder keeps its own run and summary
-            entry = {"status": "failed", "error": f"RunRefused: {refused}"}
+        if isinstance(returned, RunRefused):  # the folder keeps its own run and summary
+            entry = {"status": "failed", "error": f"RunRefused: {returned}"}
         entry["ended"] = datetime.now().isoformat(timespec="seconds")
-        update_manifest(config.hydra.sweep.dir, str(config.hydra.job.num), entry)
+        update_manifest(config.hydra.sweep.dir, key, entry)
+
+    def _release(self) -> None:
+        if self._held is not None:
+            release_run(self._held)
+            self._held = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        runs = read_manifest(config.hydra.sweep.dir)
+        sweep = Path(config.hydra.sweep.dir)
+        runs = read_manifest(sweep)
+        status = {k: v.get("status") for k, v in runs.items()}
+        # runs left to another process: skipped (busy), or running under another's lock
+        holder = {k: run_holder(sweep / runs[k].get("dir", k)) for k, s in status.items()
+                  if s in ("busy", "running")}
+        busy = {k for k, h in holder.items() if h or status[k] == "busy"}
         # a pruned run is a search's verdict on its trial, not a failure
-        bad = {k: v for k, v in runs.items() if v.get("status") not in ("ok", "pruned")}
-        pruned = sum(v.get("status") == "pruned" for v in runs.values())
-        print(f"sweep {config.hydra.sweep.dir}: {len(runs) - len(bad) - pruned} of {len(runs)} "
-              f"runs ok" + (f", {pruned} pruned" if pruned else "") +
-              f" (manifest: {Path(config.hydra.sweep.dir) / MANIFEST})")
-        for k, v in sorted(bad.items(), key=lambda kv: int(kv[0])):
+        bad = {k for k, s in status.items() if s not in ("ok", "pruned") and k not in busy}
+        n_ok, pruned = (sum(s == x for s in status.values()) for x in ("ok", "pruned"))
+        print(f"sweep {sweep}: {n_ok} of {len(runs)} runs ok" + (f", {pruned} pruned" if pruned else "")
+              + (f", {len(busy)} left to another process" if busy else "")
+              + f" (manifest: {sweep / MANIFEST})")
+        for k in sorted(bad | busy, key=int):
+            v = runs[k]
+            if k in busy:
+                why = (f"being trained by another process ({holder[k]}); once that process has "
+                       "ended, the same command with resume=true runs what is left" if holder[k]
+                       else "skipped while another process held it, which has stopped since; the "
+                       "same command with resume=true continues it")
+                v = {**v, "status": "busy", "error": why}
             print(f"  run {k} {v.get('status')}: {' '.join(v.get('overrides', []))}: {v.get('error')}",
                   file=sys.stderr)
-        if bad:
-            raise SystemExit(1)
+        if bad or busy:
+            raise SystemExit(1 if bad else BUSY_EXIT)
+
+
+def _subdir(config: DictConfig) -> str:
+    return config.hydra.sweep.subdir if config.hydra.sweep.subdir else "."
 
 
 # -- DDP children ------------------------------------------------------------------------------

@@ -43,11 +43,20 @@ from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
 from genlab.optim import check_impl
-from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
+from genlab.runs import (
+    RunBusy,
+    RunReadError,
+    atomic_write_text,
+    git_commit,
+    read_summary,
+    write_summary,
+)
 from genlab.sweep import (
+    BUSY_EXIT,
     RunRefused,
     install_ddp_child_command,
     register_resolvers,
+    run_lock,
     same_configuration,
 )
 
@@ -174,7 +183,15 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
 
 
 def train(cfg: DictConfig) -> float | None:
+    """Train the run whose directory is cfg.paths.output_dir, holding the directory's lock
+    throughout (genlab.sweep.run_lock): RunBusy, with nothing touched, when another process
+    holds it."""
     run_dir = Path(cfg.paths.output_dir)
+    with run_lock(run_dir):
+        return _train_held(cfg, run_dir)
+
+
+def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
     rank_zero = rank_zero_only.rank == 0
     done, ckpt_path = _previous_run(cfg, run_dir)
     if rank_zero:
@@ -325,6 +342,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         except RunRefused as e:  # the sweep manifest records it; the folder keeps its own run
             log.error("run refused: %s", e)
             return e
+        except RunBusy as e:  # the run is another process's: the manifest records the skip
+            log.warning("run %s is being trained by another process (%s); skipped",
+                        HydraConfig.get().job.num, e.holder)
+            return e
         except Exception:
             log.exception("run failed; the sweep goes on")
             return None
@@ -333,6 +354,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return train(cfg)
     except USER_ERRORS as e:  # here, before Hydra adds its "Error executing job" line
         _user_error(e)
+    except RunBusy as e:  # one line, a code of its own: nothing is wrong, the run is taken
+        _user_error(e, code=BUSY_EXIT)
 
 
 def _check_run_keys(cfg: DictConfig) -> None:
@@ -345,7 +368,7 @@ def _check_run_keys(cfg: DictConfig) -> None:
             "trainer.max_epochs", "a positive integer, -1 (no limit) or null", epochs)
 
 
-def _user_error(e: BaseException) -> None:
+def _user_error(e: BaseException, code: int = 2) -> None:
     if _FULL_TRACE:
         raise e
     # Hydra's list of config search paths is about Hydra, not about the user's mistake
@@ -353,7 +376,7 @@ def _user_error(e: BaseException) -> None:
     if isinstance(e, OverrideParseException):  # its message leaves out the override itself
         text = f"{e.override!r}: {text}"
     print(f"genlab-train: {text}", file=sys.stderr)
-    raise SystemExit(2) from None
+    raise SystemExit(code) from None
 
 
 _FULL_TRACE = os.environ.get("HYDRA_FULL_ERROR") == "1"
