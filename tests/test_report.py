@@ -133,9 +133,13 @@ def test_table_values_counts_and_extractor_columns(sweep, tmp_path, capsys):
     assert table[b][f"val/fid [{INCEPTION}] mean"] == "" and table[b][f"val/fid [{INCEPTION}] n"] == "0"
 
     markdown = (out / "summary.md").read_text()
-    mean_a = statistics.fmean(ELBO[1].values())
-    assert f"{mean_a:.5g} ± {statistics.stdev(ELBO[1].values()):.2g} (4)" in markdown
-    assert f"val/fid [{INCEPTION}]" in markdown and f"{FID[1][3]:.5g} (1)" in markdown
+    # a column's numbers at the decimals of its finest interval, the std to two significant
+    # digits: val/elbo's stds are 1.49 and 1.80, so one decimal in every row
+    assert statistics.fmean(ELBO[1].values()) == -210.625
+    assert f"| -210.6 ± {statistics.stdev(ELBO[1].values()):.2g} (4) |" in markdown
+    assert f"| {statistics.fmean(ELBO[4].values()):.1f} ± 1.8 (3) |" in markdown
+    # a column without spread: four significant digits
+    assert f"val/fid [{INCEPTION}]" in markdown and f"| {FID[1][3]:.2f} (1) |" in markdown
 
     # Every broken file is named, on stderr and in the markdown, and nothing else is.
     err = capsys.readouterr().err
@@ -217,8 +221,9 @@ def test_baseline_gives_welch_intervals_and_paired_seeds(sweep, tmp_path):
     assert f"| {b} | " in markdown and cell in markdown
     page = (out / "report.html").read_text()
     assert '<table id="baseline" class="sortable">' in page and cell in page
-    for seed, value in ELBO[4].items():  # each run's own values, beside its folder
-        assert f"<tr><td>{seed}</td><td>ok</td>" in page and f"<td>{value:.5g}</td>" in page
+    for seed, value in ELBO[4].items():  # each run's own values, beside its folder, at the
+        # decimals of their column in the table (one: its finest std is 1.49)
+        assert f"<tr><td>{seed}</td><td>ok</td>" in page and f"<td>{value:.1f}</td>" in page
 
 
 @pytest.mark.parametrize(("baseline", "message"), [

@@ -65,9 +65,19 @@ def test_study_smoke_pipeline(name, narrow, tmp_path):
     # the preset's report.grids: one figure per named grid, besides the generated samples
     # named_factor: traversal_orientation; 2-D VAEs: the manifold and the aggregate posterior
     for grid in {"named_factor": ["traversal_orientation"], "aevb_fig2": ["manifold"],
-                 "reparam_uniform": ["aggregate_posterior", "manifold"]}.get(name, []):
+                 "reparam_uniform": ["aggregate_posterior", "manifold"],
+                 "prior_hole": ["aggregate_posterior"]}.get(name, []):
         assert (results / f"{grid}.png").is_file(), grid
         assert f'alt="{grid}"' in page
+    # the figures a study's claim rests on (the presets' report blocks): prior_hole's samples
+    # side by side, iwae_table's metrics against k, the GANs' FID per epoch before the criterion's
+    for figure in {"prior_hole": ["panels"], "iwae_table": ["test_loglik_vs_k"],
+                   "ablation_blur_d": ["curve_val_fid", "curve_val_stat_fd"],
+                   "d_head": ["curve_val_fid", "curve_val_stat_fd"]}.get(name, []):
+        assert (results / f"{figure}.png").is_file(), figure
+        assert f'alt="{figure}"' in page
+    if name in ("ablation_blur_d", "d_head"):
+        assert page.index('alt="curve_val_fid"') < page.index('alt="curve_val_stat_fd"')
 
 
 def test_study_smoke_writes_to_a_scratch_folder_and_full_runs_to_experiments():

@@ -2,8 +2,9 @@
 
     genlab-report DIR [DIR ...] --out OUTDIR [--metrics val/elbo test/elbo ...]
                   [--group-by model.d_mode corruption.kind ...] [--x KEY]
-                  [--step-metric val/elbo train/elbo ...]
-                  [--grids traversal_orientation ...] [--baseline KEY=VALUE ...] [--html]
+                  [--lines KEY] [--step-metric val/elbo train/elbo ...]
+                  [--grids traversal_orientation ...] [--panels generated reconstruction ...]
+                  [--baseline KEY=VALUE ...] [--html]
 
 Reads nothing but what a run directory holds (see genlab.runs): `.hydra/config.yaml`,
 `.hydra/overrides.yaml`, `summary.json`, `metrics.csv`, `samples/generated_final.png`, and tests
@@ -15,7 +16,9 @@ command-line overrides, so the seeds of one setting fall together and two swept 
 resolve to the same config are one row (the report says so); with --group-by, the values of the
 given dotted config keys. For every configuration and metric it reports mean, standard deviation
 (n-1) and the number of ok seeds; failed, diverged, running and pruned runs are counted apart
-and never averaged. FID-like metrics are split by the feature extractor that produced them, so "val/fid"
+and never averaged; a column's numbers are rounded alike, to two significant digits of its finest
+interval (508 ± 210, 0.437 ± 0.011). FID-like metrics are split by the feature extractor that
+produced them, so "val/fid"
 becomes "val/fid [genlab-fmnist-cnn]": numbers from different extractors are not comparable.
 With --baseline KEY=VALUE (one configuration), every other configuration also gets, per metric,
 its difference from the baseline's mean with Welch's 95% interval and p-value, and the seeds it
@@ -24,8 +27,10 @@ shares with the baseline counted by which way they went (genlab.stats).
 Writes runs.csv (one row per run: the keys that define its configuration, seed, status, every
 metric of its summary and its folder; the table is computed from these rows), summary.csv,
 summary.md, PNG and PDF figures (each step metric against the training step,
-metrics against --x, every configuration's generated samples, and with --grids any other named
-grid of the runs, such as a traversal) and, with --html, report.html: one self-contained page with
+metrics against --x, a config key or a value derived from the config, with one line per --lines
+value under the study's names for them; every configuration's generated samples, with --grids any
+other named grid of the runs, such as a traversal, and with --panels several grids of one seed per
+configuration side by side: genlab.report_figures) and, with --html, report.html: one self-contained page with
 the sortable table, the figures and each configuration's runs and samples.
 
 A file that cannot be read (corrupt summary, malformed metrics.csv, broken PNG) is named on stderr
@@ -59,7 +64,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image
 
-from genlab import runs
+from genlab import report_figures, runs
 from genlab.config import ArgumentParser
 from genlab.stats import BASELINE_TEXT, add_comparisons, comparison_cell, find_baseline, ok_values
 
@@ -109,13 +114,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="dotted config keys that define a configuration "
                              "(default: the overrides without seed and hydra.*)")
     parser.add_argument("--x", metavar="KEY",
-                        help="dotted config key to put on the x axis of a metric-vs-value figure")
+                        help="dotted config key to put on the x axis of a metric-vs-value figure "
+                             "(a preset's report.x may also derive it: genlab.report_figures)")
+    parser.add_argument("--lines", metavar="KEY",
+                        help="dotted config key: one line per value in the --x figures (default: "
+                             "one per setting of the grouping keys not on the x axis)")
     parser.add_argument("--step-metric", nargs="+", metavar="M",
                         help="metrics from metrics.csv to plot against training step, one figure "
                              "each (default: the runs' objective.metric)")
     parser.add_argument("--grids", nargs="+", metavar="NAME",
                         help="more sample grids to show, one figure each: samples/NAME_final.png "
                              "of each configuration's first ok seed (e.g. traversal_orientation)")
+    parser.add_argument("--panels", nargs="+", metavar="NAME",
+                        help="grids to show side by side, one row per configuration (one seed): "
+                             "samples/NAME_final.png, e.g. generated expost reconstruction")
     parser.add_argument("--baseline", nargs="+", metavar="KEY=VALUE",
                         help="the configuration to compare every other one with (difference, "
                              "Welch 95%% interval, p-value, seeds higher/lower), e.g. arm=plain; "
@@ -144,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(typo)
     baseline_given = args.baseline is not None
     apply_preset(args, loaded[0].config)
+    try:
+        axis = report_figures.parse_axis(args.x) if args.x else None
+        lines = report_figures.parse_lines(args.lines)
+        panels = report_figures.parse_panels(args.panels)
+        for run in loaded if axis else ():
+            axis.value(run.config)  # numbers where it takes the largest of several keys
+    except report_figures.SpecError as e:
+        return _user_error(str(e))
 
     notes: list[str] = []
     groups = group_runs(loaded, args.group_by, notes)
@@ -170,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.out / "runs.csv", per_run)
     write_csv(args.out / "summary.csv", rows)
     figures = [plot_curves(args.out, groups, m, skipped) for m in args.step_metric]
-    if args.x:
-        figures += [plot_against(args.out, groups, args.x, col) for col in columns]
+    if axis:
+        figures += [report_figures.plot_against(args.out, groups, axis, col, lines) for col in columns]
     images = final_grids(groups, skipped)
     figures.append(plot_samples(args.out, groups, images))
+    if panels:
+        figures.append(report_figures.plot_panels(args.out, groups, panels, skipped))
     for grid in args.grids or []:
         figures.append(plot_samples(args.out, groups, final_grids(groups, skipped, grid), grid))
     figures = [f for f in figures if f]
@@ -191,20 +213,23 @@ def _user_error(message: str) -> int:
 
 
 def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
-    """A --metrics, --x, --step-metric or --grids that no run has is a typo: say so rather than
+    """A --metrics, --x, --lines, --step-metric, --grids or --panels that no run has is a typo: say so rather than
     draw an empty column or no figure."""
     have = sorted({k for r in loaded for k in r.summary if "/" in k})
     grids = sorted({p.name[:-len("_final.png")] for r in loaded
                     for p in (r.path / "samples").glob("*_final.png")})
-    for g in args.grids or []:
-        if g not in grids:
-            return (f"--grids {g!r}: no run has samples/{g}_final.png; allowed: "
-                    f"{', '.join(grids) or 'none (no samples/*_final.png)'}")
+    for option in ("grids", "panels"):
+        for g in getattr(args, option) or []:
+            if g not in grids:
+                return (f"--{option} {g!r}: no run has samples/{g}_final.png; allowed: "
+                        f"{', '.join(grids) or 'none (no samples/*_final.png)'}")
     for m in args.metrics or []:
         if m not in have:
             return f"--metrics {m!r} is in no run's summary.json; allowed: {', '.join(have)}"
-    if args.x and all(lookup(r.config, args.x) is MISSING for r in loaded):
-        return f"--x {args.x!r} is a key of no run's .hydra/config.yaml (e.g. model.beta)"
+    for option in ("x", "lines"):
+        key = getattr(args, option)
+        if key and all(lookup(r.config, key) is MISSING for r in loaded):
+            return f"--{option} {key!r} is a key of no run's .hydra/config.yaml (e.g. model.beta)"
     if args.step_metric:
         logged: set[str] = set()
         for r in loaded:
@@ -222,10 +247,11 @@ def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
 
 def apply_preset(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Arguments not given on the command line come from the study's preset: its `report:` block
-    (group_by, metrics, x, step_metric, grids, baseline) in the runs' resolved config, then
-    objective.metric. step_metric and baseline may be one value or a list."""
+    (group_by, metrics, x, lines, step_metric, grids, panels, baseline) in the runs' resolved
+    config, then objective.metric. step_metric and baseline may be one value or a list; x, lines
+    and panels are read by genlab.report_figures."""
     preset = config.get("report") or {}
-    for key in ("group_by", "metrics", "x", "step_metric", "grids", "baseline"):
+    for key in ("group_by", "metrics", "x", "lines", "step_metric", "grids", "panels", "baseline"):
         if getattr(args, key) is None and preset.get(key):
             setattr(args, key, preset[key])
     if args.step_metric is None:
@@ -508,15 +534,38 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     runs.atomic_write_text(path, text.getvalue())
 
 
-def fmt(x: float | None, digits: int = 5) -> str:
-    return "—" if x is None else f"{x:.{digits}g}"
+def fmt(x: float | None, decimals: int) -> str:
+    return "—" if x is None else f"{x:.{decimals}f}"
 
 
-def cell(row: dict[str, Any], col: str) -> str:
+def significant(x: float, digits: int) -> int:
+    """Decimal places that show x to `digits` significant digits (0 for the integer places)."""
+    return max(0, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def column_decimals(rows: list[dict[str, Any]], col: str) -> int:
+    """One format per column: the decimal places of its finest interval at two significant
+    digits (508 ± 210, 0.437 ± 0.011); a column without spread, four significant digits of its
+    largest value."""
+    stds = [abs(row[f"{col} std"]) for row in rows
+            if row[f"{col} std"] is not None and math.isfinite(row[f"{col} std"]) and row[f"{col} std"] > 0]
+    if stds:
+        return significant(min(stds), 2)
+    means = [abs(row[f"{col} mean"]) for row in rows
+             if row[f"{col} mean"] is not None and math.isfinite(row[f"{col} mean"]) and row[f"{col} mean"] > 0]
+    return significant(max(means), 4) if means else 0
+
+
+def cell(row: dict[str, Any], col: str, decimals: int) -> str:
+    """mean ± std (n), the std rounded to two significant digits, both at `decimals` places."""
     mean, std, n = row[f"{col} mean"], row[f"{col} std"], row[f"{col} n"]
     if mean is None:
         return "—"
-    return f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if std is not None else f"{fmt(mean)} ({n})"
+    if std is None:
+        return f"{fmt(mean, decimals)} ({n})"
+    if std > 0 and math.isfinite(std):
+        std = round(std, 1 - math.floor(math.log10(std)))  # two significant digits
+    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)} ({n})"
 
 
 def intro(args: argparse.Namespace, loaded: list[Run]) -> list[str]:
@@ -545,6 +594,7 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
                    skipped: list[str], notes: list[str] = (),
                    base: dict[str, Any] | None = None) -> None:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    decimals = {col: column_decimals(rows, col) for col in columns}
     lines = [
         "# genlab report", "", *[line for p in intro(args, loaded) for line in (p, "")],
         "| configuration | " + " | ".join([*runs.STATUSES, *map(esc, columns)]) + " |",
@@ -552,7 +602,7 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
     ]
     for row in rows:
         cells = [esc(row["configuration"])] + [str(row[f"n_{s}"]) for s in runs.STATUSES]
-        cells += [cell(row, col) for col in columns]
+        cells += [cell(row, col, decimals[col]) for col in columns]
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
@@ -586,6 +636,7 @@ def write_markdown(path: Path, args: argparse.Namespace, loaded: list[Run],
 HTML_STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+div.scroll { overflow-x: auto; max-width: 100%; }  /* a wide table scrolls inside its box */
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 table.sortable th { cursor: pointer; background: #f2f2f2; white-space: nowrap; }
 table.sortable th[data-dir=asc]::after { content: " ▲"; }
@@ -647,11 +698,12 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
     the figures; and per configuration its runs (seed, status, values, folder, command) and their
     generated samples."""
     e = html.escape
+    decimals = {col: column_decimals(rows, col) for col in columns}
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>genlab report</title>", f"<style>{HTML_STYLE}</style></head><body>",
            "<h1>genlab report</h1>", *[f"<p>{e(p)}</p>" for p in intro(args, loaded)]]
 
-    out.append('<table id="summary" class="sortable"><thead><tr>')
+    out.append('<div class="scroll"><table id="summary" class="sortable"><thead><tr>')
     out += [f"<th>{e(h)}</th>" for h in ["configuration", *runs.STATUSES, *columns]]
     out.append("</tr></thead><tbody>")
     for row in rows:
@@ -660,14 +712,14 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
         out += [f'<td data-value="{row[f"n_{s}"]}">{row[f"n_{s}"]}</td>' for s in runs.STATUSES]
         for col in columns:
             mean = row[f"{col} mean"]
-            out.append(f'<td data-value="{"" if mean is None else repr(mean)}">{e(cell(row, col))}</td>')
+            out.append(f'<td data-value="{"" if mean is None else repr(mean)}">{e(cell(row, col, decimals[col]))}</td>')
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     if notes:
         out += ["<ul>", *[f"<li>{e(n)}</li>" for n in notes], "</ul>"]
     if base is not None:
         out += [f"<h2>Differences from the baseline: {e(base['configuration'])}</h2>",
-                f"<p>{e(BASELINE_TEXT)}</p>", '<table id="baseline" class="sortable"><thead><tr>',
+                f"<p>{e(BASELINE_TEXT)}</p>", '<div class="scroll"><table id="baseline" class="sortable"><thead><tr>',
                 *[f"<th>{e(h)}</th>" for h in ["configuration", *columns]], "</tr></thead><tbody>"]
         for row in rows:
             out.append(f'<tr><td data-value="{e(row["configuration"])}">{e(row["configuration"])}</td>')
@@ -676,7 +728,7 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
                 text = "baseline" if row is base else comparison_cell(row, col)
                 out.append(f'<td data-value="{"" if diff is None else repr(diff)}">{e(text)}</td>')
             out.append("</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
 
     out.append("<h2>Figures</h2>")
     for name in figures:
@@ -687,13 +739,13 @@ def write_html(path: Path, args: argparse.Namespace, loaded: list[Run],
     for ident, members in groups.items():
         name = label(ident)
         out += [f'<section class="configuration" id="{slug(name)}"><h3>{e(name)}</h3>',
-                "<table><tr><th>seed</th><th>status</th>", *[f"<th>{e(c)}</th>" for c in columns],
+                '<div class="scroll"><table><tr><th>seed</th><th>status</th>', *[f"<th>{e(c)}</th>" for c in columns],
                 "<th>run folder</th><th>command</th></tr>"]
         for r in members:  # each run's own values (runs.csv), beside its folder and command
             out += [f"<tr><td>{e(str(r.seed))}</td><td>{e(r.status)}</td>",
-                    *[f"<td>{fmt(r.values.get(c))}</td>" for c in columns],
+                    *[f"<td>{fmt(r.values.get(c), decimals[c])}</td>" for c in columns],
                     f"<td><code>{e(str(r.path))}</code></td><td><code>{e(command(r))}</code></td></tr>"]
-        out.append("</table>")
+        out.append("</table></div>")
         grids = [r for r in members if r.path in images]
         out += [f'<figure class="grid"><img src="{data_uri(runs.final_grid(r.path))}" '
                 f'alt="generated samples, seed {e(str(r.seed))}"><figcaption>generated samples, '
@@ -800,15 +852,17 @@ def curve_series(groups: dict[Identity, list[Run]], metric: str,
 def curve_figure(series: list[Curve], metric: str) -> Figure:
     """Each configuration's per-epoch line (± 1 std band) and, as an unconnected star at the
     right end, the mean of its best checkpoints' final validation."""
-    outside = len(series) > 6  # a legend this long goes beside the axes, not over the lines
+    names = [report_figures.wrap(c.label) for c in series]  # a long label would squash the axes
+    # a legend this long goes beside the axes, not over the lines
+    outside = len(series) > 6 or sum(n.count("\n") + 1 for n in names) > 8
     fig = Figure(figsize=(10 if outside else 7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     end = max(c.steps[-1] for c in series)
     # more lines than the default cycle's 10 colours would repeat a colour
     colours = matplotlib.colormaps["tab20"].colors if len(series) > 10 else [None] * len(series)
-    for c, colour in zip(series, colours, strict=False):
+    for c, name, colour in zip(series, names, colours, strict=False):
         line, = ax.plot(c.steps, c.mean, marker="." if len(c.steps) < 30 else None,
-                        label=f"{c.label} (n={c.n})", color=colour)
+                        label=f"{name} (n={c.n})", color=colour)
         if c.std is not None:
             ax.fill_between(c.steps, [m - s for m, s in zip(c.mean, c.std, strict=True)],
                             [m + s for m, s in zip(c.mean, c.std, strict=True)],
@@ -837,40 +891,6 @@ def plot_curves(out: Path, groups: dict[Identity, list[Run]], metric: str,
                 skipped: list[str]) -> str | None:
     series = curve_series(groups, metric, skipped)
     return save(curve_figure(series, metric), out, f"curve_{slug(metric)}") if series else None
-
-
-def plot_against(out: Path, groups: dict[Identity, list[Run]], x: str, column: str) -> str | None:
-    """column against the config value at x: one line per setting of everything else."""
-    points: dict[Identity, dict[Any, list[float]]] = {}
-    for ident, members in groups.items():
-        others = tuple(p for p in ident if p[0] != x)
-        for run in members:
-            if run.status == "ok" and column in run.values:
-                points.setdefault(others, {}).setdefault(lookup(run.config, x), []).append(
-                    run.values[column])
-    if not points:
-        return None
-    xs = {v for per_x in points.values() for v in per_x}
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
-    # Categorical values (a corruption kind, a model name) sit at evenly spaced ticks.
-    position = {v: v for v in xs} if numeric else {v: i for i, v in enumerate(sorted(xs, key=as_text))}
-
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    for others, per_x in sorted(points.items(), key=lambda item: _natural(item[0])):
-        keys = sorted(per_x, key=lambda v: position[v])
-        stats = [mean_std(per_x[k]) for k in keys]
-        ax.errorbar([position[k] for k in keys], [m for m, _ in stats],
-                    yerr=[s if s is not None else math.nan for _, s in stats],
-                    marker="o", capsize=3, label=label(others))
-    if not numeric:
-        ax.set_xticks(list(position.values()), [as_text(v) for v in position])
-        ax.set_xlim(-0.5, len(position) - 0.5)
-    ax.set(xlabel=x, ylabel=column, title=f"{column} against {x} (error bars: std over seeds)")
-    ax.grid(alpha=0.3)
-    if len(points) > 1:
-        ax.legend(fontsize="small")
-    return save(fig, out, f"{slug(column)}_vs_{slug(x)}")
 
 
 def final_grids(groups: dict[Identity, list[Run]], skipped: list[str],

@@ -35,11 +35,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
+import matplotlib
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.utils import save_image
 
 from genlab.capabilities import ClassLabels, Encoder, KnownFactors, Representation
 from genlab.config import ConfigError, require, require_choice, require_positive
@@ -201,8 +203,11 @@ class LatentDiagnostics(Evaluator):
     data the prior should match): val/active_units, val/mmd_prior (one posterior draw per image
     against prior draws), val/kl_aggregate, and val/fid_expost, the FID of samples decoded from a
     Gaussian mixture fitted to the codes (Ghosh et al. 2020), to put beside val/fid, the prior's.
-    With a 2-D latent space, the final validation also draws the aggregate posterior over the
-    subset into <run>/samples/aggregate_posterior_final.png (aggregate_posterior_figure).
+    The final validation also draws the codes of the subset into
+    <run>/samples/aggregate_posterior_final.png (aggregate_posterior_figure: the latent plane, or
+    with more than two latent units the plane of the means' first two principal directions;
+    coloured by class where the data has class labels), and the first GRID_N ex-post samples into
+    <run>/samples/expost_final.png, to set beside the prior samples (generated_final.png).
     subset: codes used for the MMD (its cost grows as the square), and the draws the aggregate KL
     scores against the mixture of all n_samples codes' posteriors; kl_max_gap: the widest bracket
     (nats) of the aggregate KL's two estimates at which it is logged (genlab.metrics.prior.
@@ -265,35 +270,78 @@ class LatentDiagnostics(Evaluator):
             gmm.fit(mu.float())
             k = math.ceil(ctx.n_samples / ctx.world)
             fake = ctx.generate(ctx.n_samples, gmm.sample(k * ctx.world))
+            if ctx.final and ctx.rank == 0:
+                write_grid(fake[:GRID_N], final_grid(ctx.trainer.default_root_dir, EXPOST))
             return {"val/fid_expost": ctx.score(fake, ["fid"])["fid"]}
 
         out.update(ctx.attempt(["val/fid_expost"], fid_expost))
-        if ctx.final and ctx.rank == 0 and mu.shape[1] == 2:
+        if ctx.final and ctx.rank == 0:
             z_q = model.sample_z(mu[sub], std[sub], generator=generator_for(ctx.seed, "latent_figure"))
+            labels = classes = None
+            if isinstance(ctx.data, ClassLabels):
+                labels = ctx.data.labels("train", n)[sub]
+                classes = getattr(ctx.data, "class_names", None) or [
+                    str(c) for c in range(ctx.data.num_classes)]
             path = final_grid(ctx.trainer.default_root_dir, AGGREGATE_POSTERIOR)
             path.parent.mkdir(parents=True, exist_ok=True)
-            aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian")).savefig(
-                path, dpi=100)
+            aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian"),
+                                       labels, classes).savefig(path, dpi=100)
         return out
 
 
 AGGREGATE_POSTERIOR = "aggregate_posterior"  # written as the run's final grid of this name
+EXPOST = "expost"  # the ex-post mixture's samples, written as the run's final grid of this name
+GRID_N = 64  # images in the ex-post grid, as many as the sample grids' default
 
 
-def aggregate_posterior_figure(mu: Tensor, z: Tensor, eps: str) -> Figure:
-    """A 2-D latent space seen two ways: the posterior means, and one draw z ~ q(z | x) per image
+def write_grid(images: Tensor, path: Path) -> None:
+    """uint8 images [n, C, H, W] as one grid, laid out as SampleGrids lays out its grids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float().div(255), path, nrow=max(1, int(len(images) ** 0.5)), padding=2)
+
+
+def principal_plane(mu: Tensor) -> Tensor:
+    """[D, 2]: the two orthonormal directions of the largest spread of the means (D > 2), the
+    identity for D = 2. Projections of N(0, I) onto orthonormal directions are N(0, I) again, so
+    the prior's circles keep their meaning in this plane."""
+    if mu.shape[1] == 2:
+        return torch.eye(2, dtype=mu.dtype)
+    _, _, vh = torch.linalg.svd(mu - mu.mean(0), full_matrices=False)
+    return vh[:2].T
+
+
+def aggregate_posterior_figure(mu: Tensor, z: Tensor, eps: str, labels: Tensor | None = None,
+                               classes: list[str] | None = None) -> Figure:
+    """The latent space seen two ways: the posterior means, and one draw z ~ q(z | x) per image
     (the aggregate posterior the prior should match), each with the prior N(0, I)'s 1-, 2- and
-    3-sigma circles."""
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    3-sigma circles; with more than two latent units, both projected on the means' first two
+    principal directions (principal_plane). With class labels, each point in its class's colour
+    and a legend of the classes."""
+    plane = principal_plane(mu)
+    pcs = mu.shape[1] > 2
+    fig = Figure(figsize=(10.5 if labels is not None else 9, 4.8), layout="constrained")
     circle = np.linspace(0, 2 * np.pi, 200)
+    colours = matplotlib.colormaps["tab10" if classes is None or len(classes) <= 10 else "tab20"]
     for i, (points, title) in enumerate([(mu, "posterior means"),
                                          (z, f"one draw per image from q(z|x), eps={eps}")]):
         ax = fig.add_subplot(1, 2, i + 1)
-        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.4, linewidths=0)
+        xy = (points @ plane).numpy()
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, linewidths=0)
+        else:
+            for c, name in enumerate(classes):
+                mine = (labels == c).numpy()
+                ax.scatter(xy[mine, 0], xy[mine, 1], s=3, alpha=0.6, linewidths=0,
+                           color=colours(c % colours.N), label=name)
         for r in (1, 2, 3):
             ax.plot(r * np.cos(circle), r * np.sin(circle), color="grey", linewidth=0.7)
-        ax.set(title=f"{title}\n{len(points)} images; circles: prior at 1, 2, 3 sigma",
-               xlabel="z_1", ylabel="z_2", aspect="equal")
+        where = f"; plane of the means' 2 principal directions ({mu.shape[1]}-D)" if pcs else ""
+        ax.set(title=f"{title}\n{len(points)} images{where}\ncircles: prior at 1, 2, 3 sigma",
+               xlabel="PC 1" if pcs else "z_1", ylabel="PC 2" if pcs else "z_2", aspect="equal")
+        ax.title.set_fontsize("small")
+    if labels is not None:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right center",
+                   title="class", markerscale=4, fontsize="small")
     return fig
 
 

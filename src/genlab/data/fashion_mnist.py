@@ -59,4 +59,7 @@ def ensure_fashion_mnist(root: str | Path, debian_dir: Path = DEBIAN_DIR, downlo
 
 class FashionMNISTDataModule(IdxDataModule):
     name = "fashion_mnist"
+    # the dataset's names of its labels 0 .. 9 (figure legends)
+    class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
     ensure = staticmethod(ensure_fashion_mnist)
