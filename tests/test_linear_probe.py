@@ -135,5 +135,5 @@ def test_data_without_class_labels_is_refused_before_training(smoke, tmp_path):
     assert "\n" not in message
     assert message == ("metrics.linear_probe is on, but data 'dsprites' does not declare ClassLabels; "
                        "allowed: metrics.linear_probe=null, or data that declares it "
-                       "(data=fashion_mnist | data=digits)")
+                       "(data=fashion_mnist | data=digits | data=mnist)")
     assert not (tmp_path / "run" / "checkpoints").exists()
