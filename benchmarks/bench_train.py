@@ -16,15 +16,17 @@ The MLP cases train on dynamically binarised Fashion-MNIST, as the papers' MNIST
 1. genlab: the run genlab-train composes (conf/, `logger=csv`: every default callback, the
    divergence guard, the interrupt checkpoint, gradient noise, the progress bar, both checkpoint
    callbacks, the evaluation), trained by Lightning for a fixed number of steps without
-   validation. Against it, a plain loop over the same module, batches and loss: it calls the
-   module's `training_step` and steps Adam by hand (the DCGAN case: the textbook update). The
-   plain loop runs twice: with torch's default Adam (the single-tensor loop on a CPU), what a
-   hand-written loop gets, and with the implementation genlab chose (`optim_impl=auto`), which
-   leaves only the framework's own cost. Ratios of steps/s, the median over rounds.
+   validation. Against it, plain loops over their own copies of the same module and batches:
+   each calls the module's `training_step` and steps Adam by hand (the DCGAN case: the textbook
+   update). One plain loop uses torch's default Adam (the single-tensor loop on a CPU), what a
+   hand-written loop gets; the other the implementation genlab chose (`optim.impl=auto`), which
+   leaves only the framework's own cost. The contenders are interleaved step by step (after each
+   genlab step, one step of each plain loop, timed apart), so load that comes and goes on the
+   machine hits all alike; a round's ratio is of the summed step times, the result the median
+   over rounds.
 2. conv-b128 also compares genlab's in-memory index batching with torchvision's Dataset +
-   ToTensor + DataLoader (0 and 2 workers) for whole plain training steps (`--skip-loaders`).
-Each round runs every contender for the same number of steps in turn, so a drift of the
-machine's speed hits all alike.
+   ToTensor + DataLoader (0 and 2 workers) for whole plain training steps, alternately
+   (`--skip-loaders` leaves it out).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def plain_contender(case: str, data_root: str, impl: str):
     dm = build_datamodule(cfg.data)
     dm.setup()
     model = build(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
-    model.optim_impl = impl
+    model.optim = {**cfg.optim, "impl": impl}
     step = gan_step(model) if case == "dcgan" else module_step(model)
     return step, forever(dm.train_dataloader())
 
@@ -132,37 +134,25 @@ def steps_per_s(case: str, data_root: str, steps: int, warmup: int) -> dict[str,
             cfg.trainer.max_steps = (1 if case != "dcgan" else 2) * (warmup + steps + 1)
         dm = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
-        model.optim_impl = cfg.optim_impl
+        model.optim = dict(cfg.optim)
         timer = Interleaved(plain, warmup, steps)
         trainer = build(cfg.trainer, callbacks=[timer, *_build_all(cfg, "callbacks")],
                         logger=_build_all(cfg, "logger"), enable_model_summary=False)
-        skip_empty_batch_hooks(trainer.callbacks)  # as genlab-train does
+        skip_empty_batch_hooks(trainer.callbacks, model)  # as genlab-train does
         trainer.fit(model, datamodule=dm)
     return {name: steps / t for name, t in timer.times.items()}
 
 
 def plain_steps(case: str, data_root: str, steps: int, warmup: int, impl: str,
                 batches=None) -> float:
-    """Steps/s of a plain loop over the same module and batches (`batches`: another loader)."""
-    with tempfile.TemporaryDirectory() as d:
-        cfg = config(case, d, data_root)
-        dm = build_datamodule(cfg.data)
-        dm.setup()
-        model = build(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
-        model.optim_impl = impl
-        step = gan_step(model) if case == "dcgan" else module_step(model)
-        loader = batches or dm.train_dataloader()
-        it = iter(loader)
-        for i in range(warmup + steps):
-            if i == warmup:
-                t0 = clock()
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-                batch = next(it)
-            step(batch, i)
-        return steps / (clock() - t0)
+    """Steps/s of a plain loop alone, over the module's batches or over `batches` (a loader)."""
+    step, own = plain_contender(case, data_root, impl)
+    it = own if batches is None else forever(batches)
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = clock()
+        step(next(it), i)
+    return steps / (clock() - t0)
 
 
 def module_step(model):

@@ -1,4 +1,4 @@
-"""Adam's implementations (genlab.optim): the same training, chosen by optim_impl."""
+"""Adam's implementations (genlab.optim): the same training, chosen by optim.impl."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 from genlab.config import ConfigError
 from genlab.models import VAE
-from genlab.optim import adam
+from genlab.optim import adam, check_settings
 
 
 def digits_batches(n_batches: int, batch: int = 20) -> list[torch.Tensor]:
@@ -20,7 +20,7 @@ def loss_curve(impl: str, batches: list[torch.Tensor]) -> torch.Tensor:
     """The training losses of the papers' MLP VAE, from one seed, with Adam's `impl`."""
     torch.manual_seed(0)
     model = VAE(image_shape=(1, 8, 8), arch="mlp", hidden=[64, 64], latent_dim=8, loglik_samples=0)
-    model.optim_impl = impl
+    model.optim = {"impl": impl, "eps": 1e-8}
     opt = model.configure_optimizers()
     losses = []
     for i, x in enumerate(batches):
@@ -53,6 +53,14 @@ def test_auto_fuses_cpu_parameters_and_each_choice_is_what_it_says():
     assert single["foreach"] is False and not single["fused"]
 
 
-def test_a_bad_implementation_names_the_key():
-    with pytest.raises(ConfigError, match=r"^optim_impl='nope' is invalid; allowed: auto \| fused"):
+def test_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match=r"^optim.impl='nope' is invalid; allowed: auto \| fused"):
         adam([torch.nn.Parameter(torch.zeros(1))], "nope", lr=1e-3)
+    with pytest.raises(ConfigError, match=r"^optim.eps=0 is invalid; allowed: a number > 0"):
+        check_settings({"eps": 0})
+    with pytest.raises(ConfigError, match=r"^optim.lr is not an option of optim; allowed: impl, eps"):
+        check_settings({"lr": 1e-3})
+
+
+def test_epsilon_reaches_the_optimizer():
+    assert adam([torch.nn.Parameter(torch.zeros(1))], eps=1e-4, lr=1e-3).defaults["eps"] == 1e-4

@@ -42,7 +42,7 @@ from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import read_genlab_checkpoint
-from genlab.optim import check_impl
+from genlab.optim import check_settings
 from genlab.runs import (
     RunBusy,
     RunReadError,
@@ -221,7 +221,7 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
         datamodule = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
-        model.optim_impl = check_impl(cfg.optim_impl)
+        model.optim = check_settings(cfg.optim)
         callbacks = _build_all(cfg, "callbacks")
         evaluation = next((cb for cb in callbacks if isinstance(cb, Evaluation)), None)
         if evaluation is not None:
@@ -230,7 +230,7 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
         summary["precision"] = resolve_precision(cfg.trainer)
         trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                         precision=summary["precision"])
-        skip_empty_batch_hooks(trainer.callbacks)  # Lightning's own callbacks too
+        skip_empty_batch_hooks(trainer.callbacks, model)  # Lightning's own callbacks too
         if ckpt_path:
             for lg in loggers:  # metrics.csv and W&B hold each row once across attempts
                 if isinstance(lg, RunCSVLogger | RunWandbLogger):

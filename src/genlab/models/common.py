@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from genlab.compat import attached_trainer, should_write_step_logs
 from genlab.corruption import Corruption, as_corruption
-from genlab.optim import adam
+from genlab.optim import DEFAULTS, adam
 from genlab.seeding import ExampleNoise, run_seed
 
 
@@ -23,7 +23,7 @@ class GenerativeModule(pl.LightningModule):
     module's keyword arguments, so a checkpoint alone is enough for genlab-sample."""
 
     data_config: dict | None = None  # set by genlab-train: {'name': dataset, **its keyword arguments}
-    optim_impl: str = "auto"  # set by genlab-train from the run's optim_impl (genlab.optim.IMPLS)
+    optim: dict = DEFAULTS  # set by genlab-train: the run's `optim` settings (genlab.optim)
 
     def generate(self, n: int) -> Tensor:
         raise NotImplementedError
@@ -39,8 +39,8 @@ class GenerativeModule(pl.LightningModule):
         return {}
 
     def adam(self, params, **kwargs) -> torch.optim.Adam:
-        """torch.optim.Adam over `params` in the run's implementation (genlab.optim.adam)."""
-        return adam(params, self.optim_impl, **kwargs)
+        """torch.optim.Adam over `params` with the run's `optim` settings (genlab.optim.adam)."""
+        return adam(params, **self.optim, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from genlab.models import family_name  # the registry imports every family, this one too
