@@ -361,18 +361,26 @@ class _Counting(pl.Callback):
         self.calls["on_validation_batch_end"] += 1
 
 
+class _ProbeWithHook(_Probe):
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.batch_ends = getattr(self, "batch_ends", 0) + 1
+
+
 def test_skipped_empty_hooks_are_never_called_and_the_others_still_are(tmp_path):
-    """A fit with the empty batch hooks set aside calls the implemented ones as often as a fit
-    without: Lightning passes over a None hook, and the callback's other hooks still run."""
+    """A fit with the empty batch hooks set aside calls the implemented ones, of the callbacks
+    and of the module, as often as a fit without: Lightning passes over a None hook, and the
+    other hooks still run."""
     counts = []
     for skip in (False, True):
-        kept, empty = _Counting(), pl.Callback()
+        kept, empty, model = _Counting(), pl.Callback(), _ProbeWithHook()
         trainer = _trainer(tmp_path, max_epochs=2, callbacks=[kept, empty])
         if skip:
-            compat.skip_empty_batch_hooks(trainer.callbacks)
+            compat.skip_empty_batch_hooks(trainer.callbacks, model)
             assert kept.on_after_backward is None and empty.on_train_batch_end is None
+            assert model.on_before_backward is None
             assert callable(kept.on_train_batch_end) and callable(empty.on_fit_start)
-        trainer.fit(_Probe(), datamodule=_digits())
-        counts.append(kept.calls)
+            assert callable(model.on_train_batch_end)
+        trainer.fit(model, datamodule=_digits())
+        counts.append({**kept.calls, "module": model.batch_ends, "steps": len(model.seen)})
     assert counts[0] == counts[1] and counts[0]["on_train_batch_end"] > 0
-    assert counts[0]["on_validation_batch_end"] > 0
+    assert counts[0]["on_validation_batch_end"] > 0 and counts[0]["module"] == counts[0]["steps"]

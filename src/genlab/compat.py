@@ -102,30 +102,37 @@ def cuda_check_without_nvml() -> None:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
 
-# the callback hooks Lightning calls at every training, validation and test batch
-BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward",
-               "on_before_optimizer_step", "on_before_zero_grad", "on_train_batch_end",
-               "on_validation_batch_start", "on_validation_batch_end",
+# the hooks Lightning calls at every training step, and (callbacks only: Lightning reads the
+# module's own evaluation hooks' signatures) at every validation and test batch
+STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward",
+              "on_before_optimizer_step", "on_before_zero_grad", "on_train_batch_end")
+BATCH_HOOKS = (*STEP_HOOKS, "on_validation_batch_start", "on_validation_batch_end",
                "on_test_batch_start", "on_test_batch_end")
 
 
-def skip_empty_batch_hooks(callbacks) -> None:
-    """Spare Lightning its per-batch calls of the hooks a callback leaves empty.
+def skip_empty_batch_hooks(callbacks, module=None) -> None:
+    """Spare Lightning its per-batch calls of the hooks that callbacks and the module leave empty.
 
-    Lightning calls six hooks of every callback at each training step, and for each call
-    formats a profiler label (for ModelCheckpoint a repr of its settings) and enters a profiler
-    context, also for the base class's empty hooks: with genlab's ten callbacks, 60 calls a step,
-    a few per cent of a small network's step on a CPU (benchmarks/bench_train.py). Each hook in
-    BATCH_HOOKS that a callback's class does not override is set to None on the instance.
+    Lightning calls six hooks of every callback and of the LightningModule at each training step,
+    and for each call formats a profiler label (for ModelCheckpoint a repr of its settings), enters
+    a profiler context and sets the module's `_current_fx_name` twice, also for the base classes'
+    empty hooks: with genlab's default callbacks, over 50 calls a step, a few per cent of a small network's
+    step on a CPU (benchmarks/bench_train.py). Each hook in BATCH_HOOKS that a callback's class
+    does not override, and each in STEP_HOOKS that the module's does not, is set to None on the
+    instance.
 
-    Private: `pytorch_lightning.trainer.call._call_callback_hooks` skips a hook attribute that is
-    not callable. Checked against pytorch-lightning 2.6.6."""
-    from pytorch_lightning import Callback
+    Private: `pytorch_lightning.trainer.call._call_callback_hooks` and
+    `_call_lightning_module_hook` skip a hook attribute that is not callable, and
+    `is_overridden` reads None as not overridden. Checked against pytorch-lightning 2.6.6."""
+    from pytorch_lightning import Callback, LightningModule
 
-    for callback in callbacks:
-        for hook in BATCH_HOOKS:
-            if getattr(type(callback), hook) is getattr(Callback, hook):
-                setattr(callback, hook, None)
+    pairs = [(callback, Callback, BATCH_HOOKS) for callback in callbacks]
+    if module is not None:
+        pairs.append((module, LightningModule, STEP_HOOKS))
+    for obj, base, hooks in pairs:
+        for hook in hooks:
+            if getattr(type(obj), hook) is getattr(base, hook):
+                setattr(obj, hook, None)
 
 
 def attached_trainer(module) -> Any | None:
