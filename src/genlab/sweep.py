@@ -82,10 +82,17 @@ def sweep_id(resume: Any, sweeps_dir: str) -> str:
     return str(resume)
 
 
+def trained_bound(iwae_k: int) -> str:
+    """The validation metric of the bound a VAE trains on: val/iwae when model.iwae_k > 1."""
+    return "val/iwae" if int(iwae_k) > 1 else "val/elbo"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("genlab_sweep_id"):
         # cached: every reference in one process sees the same id
         OmegaConf.register_new_resolver("genlab_sweep_id", sweep_id, use_cache=True)
+    if not OmegaConf.has_resolver("genlab_trained_bound"):
+        OmegaConf.register_new_resolver("genlab_trained_bound", trained_bound)
 
 
 # -- one configuration per run directory -----------------------------------------------------

@@ -7,7 +7,7 @@ KL is >= 0.
 Options: beta weights the KL term in the training loss (beta=1 is the plain VAE; the logged
 train/elbo is always the beta=1 bound so runs with different beta compare on one scale);
 iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016 (and validation logs it
-as val/iwae, which such a run's checkpoints are chosen by: objective=iwae), elbo_k > 1 on the ELBO
+as val/iwae, which such a run's checkpoints are chosen by: conf/objective/vae.yaml), elbo_k > 1 on the ELBO
 averaged over k posterior samples (their "VAE" with k samples: the same k log weights, their mean
 in place of the log of their mean); eps chooses the
 reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
@@ -252,7 +252,7 @@ class VAE(GenerativeModule, Encoder):
         for ckpt in self.trainer.checkpoint_callbacks:
             monitor = getattr(ckpt, "monitor", None)
             require(not (k > 1 and monitor == "val/elbo"), "objective.metric",
-                    f"val/iwae (objective=iwae) or another metric than val/elbo: model.iwae_k={k} "
+                    f"val/iwae (model=vae's objective then) or another metric than val/elbo: model.iwae_k={k} "
                     f"trains the {k}-sample bound, which val/elbo does not measure", monitor)
             require(not (k == 1 and monitor == "val/iwae"), "objective.metric",
                     "a metric the run logs; val/iwae needs model.iwae_k > 1", monitor)
