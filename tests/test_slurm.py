@@ -18,6 +18,7 @@ import pytest
 from conftest import BIN, DATA
 
 from genlab import runs
+from genlab.search import open_storage
 from genlab.sweep import read_manifest
 
 TESTS = Path(__file__).parent
@@ -181,7 +182,7 @@ def finished_trials(multiruns: Path) -> int:
     if not sweeps or "ok" not in [v["status"] for v in read_manifest(sweeps[0]).values()]:
         return 0
     study = optuna.load_study(study_name="vae_elbo_search",
-                              storage=f"sqlite:///{sweeps[0] / 'optuna.db'}")
+                              storage=open_storage(sweeps[0] / "optuna.journal"))
     return sum(t.state.is_finished() for t in study.trials)
 
 
@@ -203,7 +204,7 @@ def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
     while slurm_cluster.jobs():
         time.sleep(1)
     sweep = sweep_dir(tmp_path, "vae_elbo_search")
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    storage = open_storage(sweep / "optuna.journal")
     done_before = [t for t in optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
                    if t.state.is_finished()]
     assert 2 <= len(done_before) < 4

@@ -1,0 +1,185 @@
+"""genlab's Optuna search (genlab.search and the sweeper in hydra_plugins.genlab_plugins): Hydra's
+sweep syntax becomes Optuna distributions, samplers are chosen by name, and the study lives in a
+journal file or in a real PostgreSQL server, which this module starts and stops itself."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_cli
+
+from genlab import runs
+from genlab.config import ConfigError
+from genlab.search import SAMPLERS, make_sampler, open_storage, search_space, tell, trial_overrides
+
+D = optuna.distributions
+
+
+def test_search_space_from_params_and_command_line():
+    params = {"model.lr": "tag(log, interval(1e-4, 1e-2))", "model.beta": "interval(0.5, 2.0)",
+              "model.latent_dim": "choice(8, 16, 32)", "data.batch_size": "int(interval(16, 64))",
+              "seed": "range(0, 3)"}
+    distributions, fixed = search_space(params, ["model.beta=1.5", "model.act=choice(relu,elu)"])
+    assert distributions == {
+        "model.lr": D.FloatDistribution(1e-4, 1e-2, log=True),
+        "model.latent_dim": D.CategoricalDistribution([8, 16, 32]),
+        "data.batch_size": D.IntDistribution(16, 64),
+        "seed": D.IntDistribution(0, 2),
+        "model.act": D.CategoricalDistribution(["relu", "elu"]),
+    }
+    assert fixed == {"model.beta": "1.5"}  # the command line fixes a swept key
+    study = optuna.create_study(sampler=make_sampler({"name": "random", "seed": 0}, distributions))
+    trial = study.ask(fixed_distributions=distributions)
+    overrides = trial_overrides(trial.params, fixed)
+    assert f"model.lr={trial.params['model.lr']}" in overrides and "model.beta=1.5" in overrides
+    assert len(overrides) == 6
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_by_name_is_seeded(name):
+    distributions = {"x": D.CategoricalDistribution([1, 2, 3])} if name == "grid" else \
+        {"x": D.FloatDistribution(0.0, 1.0), "y": D.FloatDistribution(-1.0, 1.0)}
+
+    def draws(seed):
+        study = optuna.create_study(sampler=make_sampler({"name": name, "seed": seed}, distributions))
+        out = []
+        for _ in range(3):
+            trial = study.ask(fixed_distributions=distributions)
+            tell(study, trial.number, trial.params["x"], optuna.trial.TrialState.COMPLETE)
+            out.append(trial.params)
+        return study.sampler, out
+
+    sampler, first = draws(7)
+    assert type(sampler).__name__ == SAMPLERS[name]
+    assert draws(7)[1] == first  # the same seed draws the same trials
+    if name == "grid":
+        assert sorted(p["x"] for p in first) == [1, 2, 3]
+
+
+def test_sampler_is_checked_in_one_line():
+    space = {"x": D.FloatDistribution(0.0, 1.0)}
+    # the older form of the presets
+    sampler = make_sampler({"_target_": "optuna.samplers.TPESampler", "seed": 1,
+                            "n_startup_trials": 5}, space)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    for cfg, message in [
+        ({"name": "tpee"}, r"hydra.sweeper.sampler.name='tpee' is invalid; allowed: tpe \| random"),
+        ({"_target_": "optuna.samplers.NSGAIISampler"},
+         r"hydra.sweeper.sampler._target_='optuna.samplers.NSGAIISampler' is invalid; allowed:"),
+        ({"name": "random", "_target_": "optuna.samplers.TPESampler"}, r"disagrees with its _target_"),
+        ({"name": "tpe", "n_startup_trial": 3}, r"hydra.sweeper.sampler=.* is invalid for sampler tpe"),
+        ({"name": "grid"}, r"hydra.sweeper.params.x is FloatDistribution.*invalid for the grid"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as e:
+            make_sampler(cfg, space)
+        assert "\n" not in str(e.value)
+
+
+def _ask_and_tell(spec: str, n: int, queue) -> None:
+    study = optuna.load_study(study_name="s", storage=open_storage(spec))
+    for _ in range(n):
+        trial = study.ask({"x": D.FloatDistribution(0.0, 1.0)})
+        queue.put(trial.number)
+        study.tell(trial, trial.params["x"])
+
+
+def check_shared_study(spec: str) -> None:
+    """Three processes ask and tell trials of one study at once: every trial is asked once."""
+    optuna.create_study(study_name="s", storage=open_storage(spec), direction="minimize")
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ask_and_tell, args=(spec, 5, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    numbers = sorted(queue.get(timeout=120) for _ in range(15))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert numbers == list(range(15))
+    trials = optuna.load_study(study_name="s", storage=open_storage(spec)).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 15
+
+
+def test_journal_file_is_shared_by_processes(tmp_path):
+    check_shared_study(str(tmp_path / "optuna.journal"))
+
+
+# -- a real PostgreSQL server, started and stopped here --------------------------------------------
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if found:
+        return found[-1].parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+@pytest.fixture(scope="module")
+def postgresql():
+    """The URL of a database on a PostgreSQL server of its own (a unix socket in a temporary
+    folder, no TCP), stopped afterwards."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install genlab[postgresql])")
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; make install)")
+    # not under pytest's folder, which only root may enter
+    root = Path(tempfile.mkdtemp(prefix="genlab-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: its own user owns the folder
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    with socket.socket() as s:  # a free port number names the socket file
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "genlab", "--auth=trust"],
+                   check=True, capture_output=True, cwd=root)
+    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
+                    f"-c listen_addresses='' -c unix_socket_directories={root} -p {port}", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://genlab@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root)
+
+
+def test_postgresql_is_shared_by_processes(postgresql):
+    check_shared_study(postgresql)
+    # leave the server as found for the next test
+    optuna.delete_study(study_name="s", storage=open_storage(postgresql))
+
+
+# slow (22 s): tests/test_pruning.py runs a pruned search on the journal file in CI
+@pytest.mark.slow
+def test_pruned_search_on_postgresql(postgresql, tmp_path):
+    """A search whose study is on the server: the runs report through it, and the median pruner
+    stops the hopeless trial."""
+    t0 = time.time()
+    proc = run_cli("hparams_search=vae_elbo", "debug=smoke", "data=digits", "logger=csv",
+                   "callbacks.evaluation=null", "trainer.max_epochs=2", "model.latent_dim=8",
+                   "model.beta=1.0", "model.lr=choice(0.003,1e-06)", "hydra.sweeper.sampler.seed=1240",
+                   "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage='{postgresql}'",
+                   "callbacks.pruning.pruner=median",
+                   "callbacks.pruning.pruner_args={n_startup_trials: 1, n_warmup_steps: 0}",
+                   f"paths.log_dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "vae_elbo_search" / "multiruns").iterdir()
+    assert not (sweep / "optuna.journal").exists()
+    trials = optuna.load_study(study_name="vae_elbo_search", storage=open_storage(postgresql)).trials
+    assert [t.params["model.lr"] for t in trials] == [0.003, 1e-06]
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE,
+                                         optuna.trial.TrialState.PRUNED]
+    assert trials[0].value == runs.read_summary(sweep / "0")["val/elbo"]
+    assert sorted(trials[0].intermediate_values) == [0, 1]  # reported through the server
+    assert runs.read_summary(sweep / "1")["status"] == "pruned"
+    print(f"search on postgresql: {time.time() - t0:.1f} s")
