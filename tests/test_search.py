@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import BIN, DATA, run_cli
 
 from genlab import runs
 from genlab.config import ConfigError
 from genlab.search import SAMPLERS, make_sampler, open_storage, search_space, tell, trial_overrides
+from genlab.sweep import read_manifest
+from hydra_plugins.genlab_plugins import RETRY_ATTR, RUN_ATTR
 
 D = optuna.distributions
 
@@ -183,3 +186,61 @@ def test_pruned_search_on_postgresql(postgresql, tmp_path):
     assert sorted(trials[0].intermediate_values) == [0, 1]  # reported through the server
     assert runs.read_summary(sweep / "1")["status"] == "pruned"
     print(f"search on postgresql: {time.time() - t0:.1f} s")
+
+
+# -- asynchronous workers ----------------------------------------------------------------------------
+def descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [d for c in map(int, children) for d in (c, *descendants(c))]
+
+
+# slow (about 1 min on a shared 2-core machine): local worker processes, one killed mid-trial
+@pytest.mark.slow
+def test_asynchronous_workers_replace_a_killed_trial(tmp_path):
+    """Two local worker processes (the SLURM preset on submitit's local executor): a new trial
+    starts as soon as one ends, not when the pair has ended; a worker SIGKILLed mid-trial leaves
+    its trial failed and its parameters asked again, and the study still completes n_trials."""
+    progress = tmp_path / "progress"
+    cmd = [str(BIN / "genlab-train"), "hparams_search=vae_elbo", "debug=smoke", "data=digits",
+           "logger=csv", "callbacks.evaluation=null", "trainer.max_epochs=1",
+           "hydra.sweeper.n_trials=3", "hydra.sweeper.workers=2", "hydra/launcher=slurm",
+           "hydra.launcher.cluster=local", "hydra.launcher.gpus_per_node=null",
+           # each run waits 3 s at step 2 (the killed one is killed there)
+           "+callbacks.stall._target_=stall_at.StallAt", "+callbacks.stall.steps=[2]",
+           f"+callbacks.stall.progress={progress}", "+callbacks.stall.max_wait_s=3",
+           f"paths.log_dir={tmp_path}", f"paths.data_dir={DATA}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not progress.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    (sweep,) = (tmp_path / "vae_elbo_search" / "multiruns").iterdir()
+    # a submitit local job is named by its process id; kill one that is still running
+    running = sorted(int(p.name) for p in (sweep / ".submitit").iterdir() if p.name.isdigit()
+                     and not list(p.glob("*_result.pkl")))
+    for pid in [running[0], *descendants(running[0])]:  # the job's controller and its task
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 1, out[-3000:]  # a run was lost: the sweep says so
+
+    study = optuna.load_study(study_name="vae_elbo_search",
+                              storage=open_storage(sweep / "optuna.journal"))
+    State = optuna.trial.TrialState
+    failed = [t for t in study.trials if t.state == State.FAIL]
+    complete = [t for t in study.trials if t.state == State.COMPLETE]
+    assert len(failed) == 1 and len(complete) == 3 and len(study.trials) == 4
+    (retry,) = [t for t in complete if t.user_attrs.get(RETRY_ATTR) == failed[0].number]
+    assert retry.params == failed[0].params
+    manifest = read_manifest(sweep)
+    for t in study.trials:  # each trial its own run folder; manifest and study agree
+        entry = manifest[str(t.user_attrs[RUN_ATTR])]
+        assert entry["status"] == ("ok" if t.state == State.COMPLETE else "failed")
+        if t.state == State.COMPLETE:
+            assert t.value == runs.read_summary(sweep / str(t.user_attrs[RUN_ATTR]))["val/elbo"]
+    assert "job lost" in manifest[str(failed[0].user_attrs[RUN_ATTR])]["error"]
+    # no batch barrier: the third trial started before the first two had both ended
+    first_two = sorted(study.trials, key=lambda t: t.number)[:2]
+    third = sorted(study.trials, key=lambda t: t.datetime_start)[2]
+    assert third.datetime_start < max(t.datetime_complete for t in first_two)

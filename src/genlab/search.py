@@ -16,6 +16,8 @@ from typing import Any
 
 from genlab.config import ConfigError, require_choice
 
+# the study's journal file in a search's sweep folder (the default hydra.sweeper.storage)
+JOURNAL = "optuna.journal"
 # hydra.sweeper.sampler.name -> the optuna.samplers class
 SAMPLERS = {
     "tpe": "TPESampler",

@@ -170,6 +170,7 @@ class ResumableOptunaSweeper(Sweeper):
         import optuna
 
         from genlab.search import tell
+        from genlab.sweep import update_manifest
 
         in_flight: dict[cf.Future, object] = {}
         told = failed = 0
@@ -186,6 +187,8 @@ class ResumableOptunaSweeper(Sweeper):
                         (ret,) = future.result()
                     except Exception as e:  # the job died without a result
                         log.warning("trial %d lost its job (%s)", trial.number, e)
+                        update_manifest(self.config.hydra.sweep.dir, str(trial.user_attrs[RUN_ATTR]),
+                                        {"status": "failed", "error": f"job lost: {e}"[:500]})
                         tell(study, trial.number, None, optuna.trial.TrialState.FAIL)
                         if RETRY_ATTR not in trial.user_attrs:  # asked again, once
                             study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
