@@ -4,6 +4,7 @@ journal file or in a real PostgreSQL server, which this module starts and stops 
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -244,3 +246,50 @@ def test_asynchronous_workers_replace_a_killed_trial(tmp_path):
     first_two = sorted(study.trials, key=lambda t: t.number)[:2]
     third = sorted(study.trials, key=lambda t: t.datetime_start)[2]
     assert third.datetime_start < max(t.datetime_complete for t in first_two)
+
+
+# -- optuna-dashboard on a study's journal file ------------------------------------------------------
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+def test_dashboard_serves_a_finished_study(tmp_path):
+    """optuna-dashboard, as the README opens it, on a search's journal file: its API lists the
+    study and its trials, and its page, rendered by headless Chromium, shows the study."""
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="vae_elbo_search", storage=open_storage(journal),
+                                direction="maximize")
+    for x in (0.1, 0.7, 0.4):
+        trial = study.ask({"model.lr": D.FloatDistribution(0.0, 1.0)})
+        study.tell(trial, -abs(trial.params["model.lr"] - x))
+    dashboard = BIN / "optuna-dashboard"
+    if not dashboard.exists():
+        pytest.skip("optuna-dashboard is not installed (pip install genlab[dashboard])")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([dashboard, str(journal), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=5))
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "the dashboard did not start"
+                time.sleep(0.3)
+        (summary,) = studies["study_summaries"]
+        assert summary["study_name"] == "vae_elbo_search" and summary["directions"] == ["maximize"]
+        detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}"))
+        values = [t["values"][0] for t in detail["trials"]]
+        assert values == [t.value for t in study.trials]
+        if CHROMIUM is not None:
+            dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                  "--virtual-time-budget=10000", "--dump-dom",
+                                  f"{base}/dashboard/studies/{summary['study_id']}"],
+                                 capture_output=True, text=True, timeout=120).stdout
+            assert "vae_elbo_search" in dom
+    finally:
+        proc.kill()
+        proc.wait()
