@@ -47,6 +47,8 @@ def sampler_config(cfg: Mapping | None) -> tuple[str, dict[str, Any]]:
     old form `{_target_: optuna.samplers.TPESampler, ...}` of the same five samplers."""
     args = dict(cfg or {})
     name = args.pop("name", None)
+    if name is not None:
+        require_choice(name, "hydra.sweeper.sampler.name", list(SAMPLERS))
     target = args.pop("_target_", None)
     if target is not None:
         by_class = {f"optuna.samplers.{cls}": n for n, cls in SAMPLERS.items()}
@@ -55,9 +57,7 @@ def sampler_config(cfg: Mapping | None) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"hydra.sweeper.sampler.name={name!r} disagrees with its _target_ "
                               f"{target}; allowed: one of them")
         name = by_class[target]
-    name = name or "tpe"
-    require_choice(name, "hydra.sweeper.sampler.name", list(SAMPLERS))
-    return name, args
+    return name or "tpe", args
 
 
 def make_sampler(cfg: Mapping | None, distributions: dict, seed_offset: int = 0):

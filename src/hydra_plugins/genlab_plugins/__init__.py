@@ -98,12 +98,12 @@ class ResumableOptunaSweeper(Sweeper):
                 raise ConfigError("hydra.sweeper.workers needs hydra/launcher=slurm (with "
                                   "hydra.launcher.cluster=slurm or local), whose jobs run in "
                                   "their own processes; allowed: that, or hydra.sweeper.n_jobs")
-        sampler_config(self.sampler_cfg)  # a bad sampler name stops the search before any run
+        sampler_name, _ = sampler_config(self.sampler_cfg)  # a bad name stops it before any run
         distributions, fixed = search_space(self.params, arguments)
         if not distributions:
             raise ConfigError("hydra.sweeper.params has no sweep (choice, range, interval); "
                               "allowed: at least one, e.g. model.lr: interval(1e-4, 1e-2)")
-        if sampler_config(self.sampler_cfg)[0] == "grid" and self.n_trials > grid_size(distributions):
+        if sampler_name == "grid" and self.n_trials > grid_size(distributions):
             log.info("the grid has %d points: n_trials %d -> %d", grid_size(distributions),
                      self.n_trials, grid_size(distributions))
             self.n_trials = grid_size(distributions)
@@ -135,7 +135,8 @@ class ResumableOptunaSweeper(Sweeper):
         return None
 
     def _ask(self, study, distributions: dict, fixed: dict) -> tuple[object, list[str]]:
-        """A new trial (a re-queued one first), its run folder's number and its overrides."""
+        """A new trial (an enqueued one first) and its run's overrides; the run's folder is the
+        next job number."""
         from genlab.search import trial_overrides
         from genlab.sweep import TRIAL_ENV
 
