@@ -237,7 +237,8 @@ class ResumableOptunaSweeper(Sweeper):
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 study.enqueue_trial(t.params)
                 asked_again += 1
-        done = len(trials) - asked_again
+        # a trial whose job was lost is not done: its replacement (retry_of) stands for it
+        done = len(trials) - asked_again - sum(RETRY_ATTR in t.user_attrs for t in trials)
         # new run folders are numbered after the old ones; a seeded sampler started afresh would
         # propose the first trials again: its seed moves on by the trials already made
         self.job_idx = max([-1, *(int(t.user_attrs.get(RUN_ATTR, -1)) for t in trials)]) + 1
