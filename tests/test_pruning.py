@@ -95,6 +95,10 @@ def test_hopeless_trials_are_pruned_kept_on_resume_and_counted_apart(tmp_path):
         if int(r["n_ok"]) == 0:  # a configuration whose runs were all pruned has no mean
             assert r["val/elbo mean"] == ""
     assert f"pruned {pruned}" in (out / "summary.md").read_text()
+    # the search's own figures, drawn by Optuna from the study
+    for kind in ("history", "importances"):
+        png = out / f"search_{kind}_vae_elbo_search.png"
+        assert png.stat().st_size > 10_000 and f"]({png.name})" in (out / "summary.md").read_text()
     assert json.loads((sweep / "manifest.json").read_text())["runs"]["4"]["status"] in (
         "ok", "pruned")
 
