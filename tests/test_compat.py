@@ -183,14 +183,18 @@ def test_job_error_is_what_a_failed_job_raised():
 
 # -- Optuna ------------------------------------------------------------------------------------
 def test_open_running_trial_reports_through_the_study(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=storage)
+    from genlab.search import open_storage
+
+    def storage():  # each handle its own, as in the sweeper's and the runs' processes
+        return open_storage(tmp_path / "optuna.journal")
+
+    study = optuna.create_study(study_name="s", storage=storage())
     asked = [study.ask() for _ in range(2)]
-    again = optuna.load_study(study_name="s", storage=storage)  # what a run of the search opens
+    again = optuna.load_study(study_name="s", storage=storage())  # what a run of the search opens
     trial, state = compat.open_running_trial(again, 1)
     assert state == optuna.trial.TrialState.RUNNING and trial.number == asked[1].number == 1
     trial.report(0.5, step=3)
-    fresh = optuna.load_study(study_name="s", storage=storage)
+    fresh = optuna.load_study(study_name="s", storage=storage())
     assert fresh.trials[1].intermediate_values == {3: 0.5}
     study.tell(0, 1.0)
     trial, state = compat.open_running_trial(again, 0)
