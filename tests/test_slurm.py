@@ -221,7 +221,7 @@ def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tmp_path):
-    """hydra.sweeper.workers=2 on SLURM: a job scancelled (SIGKILL) mid-trial leaves its trial
+    """hydra.sweeper.workers=2 on SLURM: a job scancelled mid-trial leaves its trial
     failed in the study and the manifest, its parameters are asked again, and the study still
     ends with n_trials complete; no two trials share a run folder."""
     progress = tmp_path / "progress"
@@ -234,7 +234,7 @@ def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tm
         while not progress.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         running = slurm_cluster.run("squeue", "-h", "-t", "R", "-o", "%i").split()
-        slurm_cluster.run("scancel", "--signal=KILL", "--full", running[0])
+        slurm_cluster.run("scancel", running[0])
         proc.wait(400)
     finally:
         if proc.poll() is None:
