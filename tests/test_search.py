@@ -293,3 +293,27 @@ def test_dashboard_serves_a_finished_study(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_resume_counts_a_lost_trials_replacement_not_the_lost_trial(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.genlab_plugins import ResumableOptunaSweeper
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=open_storage(journal))
+    space = {"x": D.FloatDistribution(0.0, 1.0)}
+    lost = study.ask(space)  # its job died: told FAIL, its parameters enqueued again
+    lost.set_user_attr(RUN_ATTR, 0)
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(lost.params, user_attrs={RETRY_ATTR: lost.number})
+    for run in (1, 2):
+        trial = study.ask(space)
+        trial.set_user_attr(RUN_ATTR, run)
+        study.tell(trial, 0.5)
+    assert study.trials[1].params == lost.params
+    sweeper = ResumableOptunaSweeper(direction="minimize", storage=str(journal), study_name="s",
+                                     n_trials=3)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    assert sweeper._resume(optuna.load_study(study_name="s", storage=open_storage(journal))) == 2
+    assert sweeper.job_idx == 3

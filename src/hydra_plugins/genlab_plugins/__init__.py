@@ -1,10 +1,11 @@
 """genlab's Hydra plugins. Hydra instantiates sweepers and launchers only from classes defined
 in the hydra_plugins namespace, so these two live here rather than in genlab.sweep.
 
-- ResumableOptunaSweeper (hydra/sweeper=genlab_optuna): Hydra's Optuna sweeper, taught to continue
-  an interrupted search (it counts the trials the study already holds, re-queues the ones an
-  interruption cut off, runs only the remaining trials and numbers their run folders after the
-  existing ones) and to prune: runs report to the study, and a pruned run is a PRUNED trial.
+- ResumableOptunaSweeper (hydra/sweeper=genlab_optuna): genlab's Optuna sweeper (ask-and-tell),
+  in batches or with asynchronous workers; it continues an interrupted search (it counts the
+  trials the study already holds, re-queues the ones an interruption cut off, runs only the
+  remaining trials and numbers their run folders after the existing ones) and prunes: runs report
+  to the study, and a pruned run is a PRUNED trial.
 - SlurmLauncher (hydra/launcher=slurm): hydra-submitit's SLURM launcher, plus cluster=local;
   inside each job one handler owns the stop signals (see `StopSignals`).
 """
@@ -165,42 +166,51 @@ class ResumableOptunaSweeper(Sweeper):
 
     def _asynchronous(self, study, distributions: dict, fixed: dict, to_go: int) -> None:
         """Keep `workers` runs in flight until `to_go` trials are told; no batch waits for its
-        slowest run. A job lost without a result is told FAIL and its parameters asked again."""
-        import concurrent.futures as cf
+        slowest run. Each run is one launch, waited on by a thread of its own (a daemon: Ctrl-C
+        or a crash of the sweeper does not wait for the jobs); only this thread asks and tells,
+        so no two runs get the same trial. A job lost without a result is told FAIL and its
+        parameters asked again, once."""
+        import queue
+        import threading
 
         import optuna
 
         from genlab.search import tell
         from genlab.sweep import update_manifest
 
-        in_flight: dict[cf.Future, object] = {}
-        told = failed = 0
-        with cf.ThreadPoolExecutor(max_workers=int(self.workers)) as pool:
-            while told < to_go:
-                while len(in_flight) < int(self.workers) and told + len(in_flight) < to_go:
-                    trial, overrides = self._ask(study, distributions, fixed)
-                    in_flight[pool.submit(self.launcher.launch, [overrides],
-                                          initial_job_idx=self.job_idx - 1)] = trial
-                finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-                for future in finished:
-                    trial = in_flight.pop(future)
-                    try:
-                        (ret,) = future.result()
-                    except Exception as e:  # the job died without a result
-                        log.warning("trial %d lost its job (%s)", trial.number, e)
-                        update_manifest(self.config.hydra.sweep.dir, str(trial.user_attrs[RUN_ATTR]),
-                                        {"status": "failed", "error": f"job lost: {e}"[:500]})
-                        tell(study, trial.number, None, optuna.trial.TrialState.FAIL)
-                        if RETRY_ATTR not in trial.user_attrs:  # asked again, once
-                            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
-                            continue
-                        state, value = optuna.trial.TrialState.FAIL, None
-                    else:
-                        state, value = _outcome(ret)
-                        tell(study, trial.number, value, state)
-                    told += 1
-                    failed += state == optuna.trial.TrialState.FAIL
-                    self._check_failures(failed, told)
+        ended: queue.Queue = queue.Queue()
+
+        def launch(trial, overrides: list[str], idx: int) -> None:
+            try:
+                (ret,) = self.launcher.launch([overrides], initial_job_idx=idx)
+                ended.put((trial, ret, None))
+            except Exception as e:  # the job died without a result
+                ended.put((trial, None, e))
+
+        in_flight = told = failed = 0
+        while told < to_go:
+            while in_flight < int(self.workers) and told + in_flight < to_go:
+                trial, overrides = self._ask(study, distributions, fixed)
+                threading.Thread(target=launch, args=(trial, overrides, self.job_idx - 1),
+                                 daemon=True).start()
+                in_flight += 1
+            trial, ret, error = ended.get()
+            in_flight -= 1
+            if error is not None:
+                log.warning("trial %d lost its job (%s)", trial.number, error)
+                update_manifest(self.config.hydra.sweep.dir, str(trial.user_attrs[RUN_ATTR]),
+                                {"status": "failed", "error": f"job lost: {error}"[:500]})
+                tell(study, trial.number, None, optuna.trial.TrialState.FAIL)
+                if RETRY_ATTR not in trial.user_attrs:  # asked again, once
+                    study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+                    continue
+                state = optuna.trial.TrialState.FAIL
+            else:
+                state, value = _outcome(ret)
+                tell(study, trial.number, value, state)
+            told += 1
+            failed += state == optuna.trial.TrialState.FAIL
+            self._check_failures(failed, told)
 
     def _check_failures(self, failed: int, told: int) -> None:
         if failed > self.max_failure_rate * told:
