@@ -196,7 +196,7 @@ def descendants(pid: int) -> list[int]:
     return [d for c in map(int, children) for d in (c, *descendants(c))]
 
 
-# slow (92 s on a shared 2-core machine): local worker processes, one killed mid-trial
+# slow (55-92 s on a shared 2-core machine): local worker processes, one killed mid-trial
 @pytest.mark.slow
 def test_asynchronous_workers_replace_a_killed_trial(tmp_path):
     """Two local worker processes (the SLURM preset on submitit's local executor): a new trial
