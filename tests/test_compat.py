@@ -17,7 +17,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from genlab import compat
@@ -60,7 +59,7 @@ def test_check_versions_accepts_any_version_inside_the_range(monkeypatch):
                         lambda p: "2.6.99" if p == "pytorch-lightning" else real(p))
     compat.check_versions()
     monkeypatch.setattr(compat, "installed_version",
-                        lambda p: None if p == "hydra-optuna-sweeper" else real(p))
+                        lambda p: None if p == "hydra-submitit-launcher" else real(p))
     compat.check_versions()  # an optional plugin that is not installed is not checked
 
 
@@ -174,7 +173,7 @@ def test_ddp_child_command_replaces_the_one_lightning_calls(monkeypatch):
     assert "_hydra_subprocess_cmd(local_rank)" in source
 
 
-# -- Hydra and its Optuna sweeper --------------------------------------------------------------
+# -- Hydra ---------------------------------------------------------------------------------------
 def test_job_error_is_what_a_failed_job_raised():
     ret = JobReturn(overrides=["a=1"])
     ret.status, ret.return_value = JobStatus.FAILED, ValueError("bad lr")
@@ -183,46 +182,20 @@ def test_job_error_is_what_a_failed_job_raised():
         ret.return_value  # noqa: B018
 
 
-def _sweeper(**kw):
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-
-    args = dict(sampler=optuna.samplers.RandomSampler(seed=0), direction="minimize", storage=None,
-                study_name="s", n_trials=2, n_jobs=2, max_failure_rate=0.0, search_space=None,
-                custom_search_space=None,
-                params=OmegaConf.create({"model.lr": "interval(0.001, 0.1)", "seed": "choice(1,2)"}))
-    return OptunaSweeperImpl(**{**args, **kw})
-
-
-def test_sweeper_search_space_and_trial_overrides():
-    impl = _sweeper()
-    assert compat.sweeper_directions(impl) == ["minimize"]
-    assert compat.sweeper_directions(_sweeper(direction=["maximize"])) == ["maximize"]
-    distributions, fixed = compat.sweeper_search_space(impl, ["data.batch_size=choice(16,32)",
-                                                              "seed=3"])
-    assert set(distributions) == {"model.lr", "data.batch_size"}  # seed=3 fixes the choice
-    assert isinstance(distributions["model.lr"], optuna.distributions.UniformDistribution)
-    assert list(fixed) == ["seed"] and str(fixed["seed"]) == "3"
-    study = optuna.create_study(sampler=impl.sampler)
-    trials = [study.ask() for _ in range(2)]
-    overrides = compat.sweeper_trial_overrides(impl, trials, distributions, fixed)
-    assert len(overrides) == 2
-    for trial, override in zip(trials, overrides, strict=True):
-        values = dict(o.split("=") for o in override)
-        assert set(values) == {"model.lr", "data.batch_size", "seed"} and values["seed"] == "3"
-        assert 0.001 <= float(values["model.lr"]) <= 0.1
-        assert float(values["model.lr"]) == trial.params["model.lr"]
-
-
 # -- Optuna ------------------------------------------------------------------------------------
 def test_open_running_trial_reports_through_the_study(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=storage)
+    from genlab.search import open_storage
+
+    def storage():  # each handle its own, as in the sweeper's and the runs' processes
+        return open_storage(tmp_path / "optuna.journal")
+
+    study = optuna.create_study(study_name="s", storage=storage())
     asked = [study.ask() for _ in range(2)]
-    again = optuna.load_study(study_name="s", storage=storage)  # what a run of the search opens
+    again = optuna.load_study(study_name="s", storage=storage())  # what a run of the search opens
     trial, state = compat.open_running_trial(again, 1)
     assert state == optuna.trial.TrialState.RUNNING and trial.number == asked[1].number == 1
     trial.report(0.5, step=3)
-    fresh = optuna.load_study(study_name="s", storage=storage)
+    fresh = optuna.load_study(study_name="s", storage=storage())
     assert fresh.trials[1].intermediate_values == {3: 0.5}
     study.tell(0, 1.0)
     trial, state = compat.open_running_trial(again, 0)
@@ -314,9 +287,7 @@ def test_torch_fidelity_functions_genlab_uses_exist():
 # the private names genlab.compat wraps; none may appear in another module of genlab
 PRIVATE = [r"\._trainer\b", r"_logger_connector", r"batch_progress", r"PL_GLOBAL_SEED",
            r"_signal_connector", r"received_sigterm\s*=", r"_hydra_subprocess_cmd",
-           r"\._return_value", r"hydra_optuna_sweeper\._impl", r"\._get_directions",
-           r"\._process_searchspace_config", r"\._parse_sweeper_params_config",
-           r"\._configure_trials", r"\._storage\b", r"\._study_id", r"_usr_sig",
+           r"\._return_value", r"\._storage\b", r"\._study_id", r"_usr_sig",
            r"SlurmInfoWatcher", r"SlurmJob\.watcher", r"\._info_dict", r"\._make_command",
            r"submitit\.AutoExecutor\s*="]
 

@@ -16,6 +16,7 @@ from conftest import run_cli
 from genlab import report, runs
 from genlab.callbacks.pruning import make_pruner
 from genlab.config import ConfigError
+from genlab.search import open_storage
 from genlab.sweep import read_manifest
 
 GOOD, HOPELESS = 0.003, 1e-06
@@ -47,7 +48,7 @@ def test_hopeless_trials_are_pruned_kept_on_resume_and_counted_apart(tmp_path):
                    cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]  # pruned runs are not failures
     (sweep,) = (tmp_path / "vae_elbo_search" / "multiruns").iterdir()
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    storage = open_storage(sweep / "optuna.journal")
     trials = optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
     assert [t.params["model.lr"] for t in trials] == [GOOD, HOPELESS, GOOD, HOPELESS]
     manifest = read_manifest(sweep)
@@ -94,6 +95,10 @@ def test_hopeless_trials_are_pruned_kept_on_resume_and_counted_apart(tmp_path):
         if int(r["n_ok"]) == 0:  # a configuration whose runs were all pruned has no mean
             assert r["val/elbo mean"] == ""
     assert f"pruned {pruned}" in (out / "summary.md").read_text()
+    # the search's own figures, drawn by Optuna from the study
+    for kind in ("history", "importances"):
+        png = out / f"search_{kind}_vae_elbo_search.png"
+        assert png.stat().st_size > 10_000 and f"]({png.name})" in (out / "summary.md").read_text()
     assert json.loads((sweep / "manifest.json").read_text())["runs"]["4"]["status"] in (
         "ok", "pruned")
 
@@ -129,7 +134,7 @@ def test_resume_settles_trials_whose_runs_ended_before_the_sweeper_told_them(tmp
     from genlab.sweep import update_manifest
     from hydra_plugins.genlab_plugins import RUN_ATTR, ResumableOptunaSweeper
 
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(tmp_path / "optuna.journal")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     for i, (status, objective) in enumerate([("pruned", None), ("ok", -40.5), ("running", None)]):
         trial = study.ask()
@@ -141,15 +146,13 @@ def test_resume_settles_trials_whose_runs_ended_before_the_sweeper_told_them(tmp
         if objective is not None:
             entry["objective"] = {"val/elbo": objective}
         update_manifest(tmp_path, str(i), entry)
-    sweeper = ResumableOptunaSweeper(
-        sampler=None, direction="maximize", storage=storage, study_name="s", n_trials=5, n_jobs=1,
-        max_failure_rate=1.0, search_space=None, custom_search_space=None, params=None)
-    sweeper.sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
-                                                         "sweeper": {"sampler": None}}})
-    assert sweeper._resume(optuna.load_study(study_name="s", storage=storage))
+    sweeper = ResumableOptunaSweeper(direction="maximize", storage=str(tmp_path / "optuna.journal"),
+                                     study_name="s", n_trials=5)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    assert sweeper._resume(optuna.load_study(study_name="s", storage=storage)) == 2
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.state for t in trials] == [State.PRUNED, State.COMPLETE, State.FAIL, State.WAITING]
     assert trials[0].value == -50.0 and trials[1].value == -40.5
     # only the cut-off run is asked again (an enqueued trial holds its params until asked)
     assert trials[3].system_attrs["fixed_params"] == trials[2].params
-    assert sweeper.sweeper.n_trials == 3 and sweeper.sweeper.job_idx == 3
+    assert sweeper.job_idx == 3  # new runs are numbered after the old ones

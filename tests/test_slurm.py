@@ -18,6 +18,7 @@ import pytest
 from conftest import BIN, DATA
 
 from genlab import runs
+from genlab.search import open_storage
 from genlab.sweep import read_manifest
 
 TESTS = Path(__file__).parent
@@ -184,7 +185,7 @@ def finished_trials(multiruns: Path) -> int:
     if not sweeps or "ok" not in [v["status"] for v in read_manifest(sweeps[0]).values()]:
         return 0
     study = optuna.load_study(study_name="vae_elbo_search",
-                              storage=f"sqlite:///{sweeps[0] / 'optuna.db'}")
+                              storage=open_storage(sweeps[0] / "optuna.journal"))
     return sum(t.state.is_finished() for t in study.trials)
 
 
@@ -206,7 +207,7 @@ def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
     while slurm_cluster.jobs():
         time.sleep(1)
     sweep = sweep_dir(tmp_path, "vae_elbo_search")
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    storage = open_storage(sweep / "optuna.journal")
     done_before = [t for t in optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
                    if t.state.is_finished()]
     assert 2 <= len(done_before) < 4
@@ -250,3 +251,40 @@ def test_a_second_job_on_a_held_run_leaves_it_to_the_first(slurm_cluster, tmp_pa
             os.killpg(first.pid, signal.SIGKILL)
     assert read_manifest(sweep)["0"]["status"] == "ok"
     assert job_logs(sweep).count("status: ok") == 1  # trained once
+
+
+@pytest.mark.slow
+def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tmp_path):
+    """hydra.sweeper.workers=2 on SLURM: a job scancelled mid-trial leaves its trial
+    failed in the study and the manifest, its parameters are asked again, and the study still
+    ends with n_trials complete; no two trials share a run folder."""
+    progress = tmp_path / "progress"
+    args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=3", "hydra.sweeper.workers=2",
+            "trainer.max_epochs=1", "callbacks.evaluation=null", *launcher(slurm_cluster), *SMOKE,
+            *stall_at(2, progress=progress), "+callbacks.stall.max_wait_s=3"]
+    proc = genlab_train(slurm_cluster, tmp_path, *args, wait=False)
+    try:
+        deadline = time.time() + 300
+        while not progress.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        running = slurm_cluster.run("squeue", "-h", "-t", "R", "-o", "%i").split()
+        slurm_cluster.run("scancel", running[0])
+        proc.wait(400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, output(tmp_path)[-3000:]  # a run was lost: the sweep says so
+    sweep = sweep_dir(tmp_path, "vae_elbo_search")
+    State = optuna.trial.TrialState
+    trials = optuna.load_study(study_name="vae_elbo_search",
+                               storage=open_storage(sweep / "optuna.journal")).trials
+    (lost,) = [t for t in trials if t.state == State.FAIL]
+    complete = [t for t in trials if t.state == State.COMPLETE]
+    assert len(complete) == 3 and len(trials) == 4
+    (retry,) = [t for t in complete if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.params == lost.params
+    manifest = read_manifest(sweep)
+    assert sorted(manifest, key=int) == [str(t.number) for t in trials]  # one folder per trial
+    for t in trials:
+        assert manifest[str(t.number)]["status"] == ("ok" if t in complete else "failed")

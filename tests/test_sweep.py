@@ -19,6 +19,7 @@ import yaml
 from conftest import BIN, DATA, run_cli
 
 from genlab import report, runs
+from genlab.search import open_storage
 from genlab.sweep import RunRefused, read_manifest, same_configuration, update_manifest
 
 SMOKE = ("debug=smoke", "data=digits", "logger=csv")
@@ -153,7 +154,7 @@ def test_optuna_search_interrupted_and_resumed(tmp_path):
     finally:
         proc.wait()
     sweep = sweep_dir(tmp_path, "vae_elbo_search")
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    storage = open_storage(sweep / "optuna.journal")
     study = optuna.load_study(study_name="vae_elbo_search", storage=storage)
     done_before = [t for t in study.trials if t.state.is_finished()]
     # the kill can fall after a run ended ok but before its trial was told: resume settles that
@@ -174,7 +175,7 @@ def test_failed_runs_are_failed_trials(tmp_path):
     run_cli("hparams_search=vae_elbo", "hydra.sweeper.n_trials=2", *SMOKE, "data.val_size=5000",
             f"paths.log_dir={tmp_path}", cwd=tmp_path, check=False)
     sweep = sweep_dir(tmp_path, "vae_elbo_search")
-    study = optuna.load_study(study_name="vae_elbo_search", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    study = optuna.load_study(study_name="vae_elbo_search", storage=open_storage(sweep / "optuna.journal"))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     assert all(t.value is None for t in study.trials)
 

@@ -1,6 +1,6 @@
 """Every use genlab makes of a private API of its libraries, one small function each.
 
-Lightning, Hydra (and its Optuna sweeper and submitit launcher plugins), Optuna and submitit each
+Lightning, Hydra (and its submitit launcher plugin), Optuna and submitit each
 lack a public way to do a few things genlab needs. Those uses live here and nowhere else, so an
 upgrade breaks this module and its test (tests/test_compat.py), not a training run. Each function
 names the private API it uses, why genlab needs it, and the versions it was checked against;
@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,9 +28,8 @@ from typing import Any
 SUPPORTED: dict[str, tuple[str, str]] = {
     "pytorch-lightning": ("2.6.0", "2.7"),
     "hydra-core": ("1.3.0", "1.4"),
-    "hydra-optuna-sweeper": ("1.3.0", "1.4"),
     "hydra-submitit-launcher": ("1.2.0", "1.3"),
-    "optuna": ("2.10.0", "2.11"),
+    "optuna": ("5.0.0", "6"),
     "submitit": ("1.5.0", "1.6"),
     # not private, but functions and a registry that the package does not export (metrics/fid.py)
     "torch-fidelity": ("0.4.0", "0.5"),
@@ -229,42 +229,6 @@ def job_error(job_return) -> Any:
     return job_return._return_value
 
 
-# -- Hydra's Optuna sweeper plugin (hydra-optuna-sweeper) --------------------------------------
-def sweeper_directions(impl) -> list:
-    """The optimisation direction(s) of the configured Optuna sweep.
-
-    Private: `OptunaSweeperImpl._get_directions` (hydra_plugins.hydra_optuna_sweeper._impl), which
-    genlab's resumable sweeper reuses rather than re-reading the sweeper's config. Checked against
-    hydra-optuna-sweeper 1.3.0."""
-    return impl._get_directions()
-
-
-def sweeper_search_space(impl, arguments: list[str]) -> tuple[dict, dict]:
-    """(distributions, fixed): the search space of the sweep, from the sweeper's `params` and
-    `custom_search_space` and the command-line `arguments`, as the plugin's own sweep builds it;
-    a fixed value overrides a distribution of the same name.
-
-    Private: `_impl.create_params_from_overrides`, `OptunaSweeperImpl._process_searchspace_config`
-    and `_parse_sweeper_params_config`. Checked against hydra-optuna-sweeper 1.3.0."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-    impl._process_searchspace_config()
-    distributions, fixed = create_params_from_overrides(
-        [*impl._parse_sweeper_params_config(), *arguments])
-    distributions = {**(impl.search_space_distributions or {}), **distributions}
-    for name in fixed:
-        distributions.pop(name, None)
-    return distributions, fixed
-
-
-def sweeper_trial_overrides(impl, trials: list, distributions: dict, fixed: dict) -> list:
-    """The Hydra overrides of each of `trials`: each trial samples `distributions` (Optuna's
-    define-and-run) and adds `fixed`.
-
-    Private: `OptunaSweeperImpl._configure_trials`. Checked against hydra-optuna-sweeper 1.3.0."""
-    return impl._configure_trials(trials, distributions, fixed)
-
-
 # -- Optuna ------------------------------------------------------------------------------------
 def open_running_trial(study, number: int):
     """(trial, state): trial `number` of `study` as an optuna.trial.Trial whose report() and
@@ -273,7 +237,7 @@ def open_running_trial(study, number: int):
     number (genlab's sweeper hands it over in the environment).
 
     Private: `Study._storage`, `Study._study_id`, and building optuna.trial.Trial(study, trial_id)
-    directly. Checked against optuna 2.10.1."""
+    directly (its documentation advises against it). Checked against optuna 5.1.0."""
     import optuna
 
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
@@ -352,19 +316,30 @@ def install_slurm_watcher(log: logging.Logger) -> None:
         SlurmJob.watcher = squeue_fallback_watcher(log)
 
 
+_local_executor = {"users": 0, "auto": None, "lock": threading.Lock()}
+
+
 @contextlib.contextmanager
 def local_submitit_executor():
     """While inside, hydra-submitit's launchers get submitit's local executor whatever cluster
     they ask for, so genlab's SLURM preset runs unchanged on a machine without SLURM (the
-    SLURM-prefixed parameters are ignored by the local executor).
+    SLURM-prefixed parameters are ignored by the local executor). Threads may be inside together
+    (the sweeper's asynchronous workers): the last one out restores submitit.
 
     Private: replaces `submitit.AutoExecutor`, which the launcher looks up on the submitit module
     at each launch. Checked against submitit 1.5.4 and hydra-submitit-launcher 1.2.0."""
     import submitit
 
-    auto = submitit.AutoExecutor
-    submitit.AutoExecutor = lambda folder, cluster, **kw: auto(folder, cluster="local", **kw)
+    state = _local_executor
+    with state["lock"]:
+        if state["users"] == 0:
+            auto = state["auto"] = submitit.AutoExecutor
+            submitit.AutoExecutor = lambda folder, cluster, **kw: auto(folder, cluster="local", **kw)
+        state["users"] += 1
     try:
         yield
     finally:
-        submitit.AutoExecutor = auto
+        with state["lock"]:
+            state["users"] -= 1
+            if state["users"] == 0:
+                submitit.AutoExecutor = state["auto"]

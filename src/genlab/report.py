@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(report_figures.plot_panels(args.out, groups, panels, skipped))
     for grid in args.grids or []:
         figures.append(plot_samples(args.out, groups, final_grids(groups, skipped, grid), grid))
+    figures += search_figures(args.out, args.dirs)
     figures = [f for f in figures if f]
     write_markdown(args.out / "summary.md", args, loaded, rows, columns, figures, skipped, notes, base)
     if args.html:
@@ -776,6 +777,40 @@ def save(fig: Figure, out: Path, name: str) -> str:
     # no creation date: a report rebuilt from the same runs writes the same PDF bytes
     fig.savefig(out / f"{name}.pdf", dpi=DPI, metadata={"CreationDate": None})
     return name
+
+
+def search_figures(out: Path, dirs: list[str]) -> list[str]:
+    """For each Optuna search folder among `dirs` (its study in optuna.journal): the optimisation
+    history and, from two complete trials on, the parameter importances, drawn by Optuna's own
+    matplotlib functions."""
+    from genlab.search import JOURNAL, open_storage
+
+    names = []
+    for d in dirs:
+        if not (Path(d) / JOURNAL).is_file():
+            continue
+        import warnings
+
+        import matplotlib.pyplot as plt
+        import optuna
+        import optuna.visualization.matplotlib as ovm
+
+        storage = open_storage(Path(d) / JOURNAL)
+        for summary in optuna.get_all_study_summaries(storage):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+            for kind, plot, needs in [("history", ovm.plot_optimization_history, 1),
+                                      ("importances", ovm.plot_param_importances, 2)]:
+                if done < needs:
+                    continue
+                with warnings.catch_warnings():  # the functions are marked experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    fig = plot(study).figure
+                fig.set_size_inches(6.4, 4.2)
+                fig.tight_layout()
+                names.append(save(fig, out, slug(f"search_{kind}_{study.study_name}")))
+                plt.close(fig)
+    return names
 
 
 def read_curve(path: Path, metric: str, epochs: int | None = None) -> dict[int, float]:

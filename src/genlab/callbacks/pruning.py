@@ -1,8 +1,8 @@
 """Pruning of an Optuna search: each run of the search reports its objective to the study after
 every validation, and stops early when the study's pruner says the trial is hopeless.
 
-The run and the sweeper share nothing but the study's storage (the sqlite optuna.db in the sweep
-folder), so this works for runs in the sweeper's process, in joblib workers and in SLURM jobs.
+The run and the sweeper share nothing but the study's storage (by default the journal file
+optuna.journal in the sweep folder; genlab.search.open_storage), so this works for runs in the sweeper's process, in joblib workers and in SLURM jobs.
 genlab's Optuna sweeper (hydra_plugins.genlab_plugins) hands each run its trial number in the
 environment (genlab.sweep.TRIAL_ENV); the hparams_search presets wire storage, study and trial
 into this callback. A pruned run raises RunPruned: genlab-train writes status `pruned`, and the sweeper
@@ -58,7 +58,9 @@ def _open_trial(storage: str, study_name: str, number: int, pruner):
     Optuna has no public way from a trial number to its Trial (genlab.compat.open_running_trial)."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    from genlab.search import open_storage
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage), pruner=pruner)
     trial, state = open_running_trial(study, number)
     if trial is None:
         log.warning("optuna trial %d is %s, not running: this run reports nothing", number,

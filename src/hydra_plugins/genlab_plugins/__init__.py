@@ -1,17 +1,17 @@
 """genlab's Hydra plugins. Hydra instantiates sweepers and launchers only from classes defined
 in the hydra_plugins namespace, so these two live here rather than in genlab.sweep.
 
-- ResumableOptunaSweeper (hydra/sweeper=genlab_optuna): Hydra's Optuna sweeper, taught to continue
-  an interrupted search (it counts the trials the study already holds, re-queues the ones an
-  interruption cut off, runs only the remaining trials and numbers their run folders after the
-  existing ones) and to prune: runs report to the study, and a pruned run is a PRUNED trial.
+- ResumableOptunaSweeper (hydra/sweeper=genlab_optuna): genlab's Optuna sweeper (ask-and-tell),
+  in batches or with asynchronous workers; it continues an interrupted search (it counts the
+  trials the study already holds, re-queues the ones an interruption cut off, runs only the
+  remaining trials and numbers their run folders after the existing ones) and prunes: runs report
+  to the study, and a pruned run is a PRUNED trial.
 - SlurmLauncher (hydra/launcher=slurm): hydra-submitit's SLURM launcher, plus cluster=local;
   inside each job one handler owns the stop signals (see `StopSignals`).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import logging
@@ -22,18 +22,27 @@ import sys
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from hydra.plugins.sweeper import Sweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
 log = logging.getLogger("genlab.sweep")
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    """Hydra's Optuna sweeper with genlab's own trial loop, which adds resuming and pruning.
+class ResumableOptunaSweeper(Sweeper):
+    """genlab's Optuna sweeper, on Optuna's public ask-and-tell interface.
 
-    Resuming: re-running the same command on the same storage (the sqlite file inside the sweep
+    The search space is Hydra's sweep syntax in `params` and on the command line
+    (genlab.search.search_space); the sampler is chosen by name (genlab.search.SAMPLERS) and
+    seeded; the direction is the objective's (objective.mode). Trials run either in batches of
+    `n_jobs` through the launcher (the next batch is asked once the whole batch has ended), or,
+    with `workers=N`, asynchronously: N runs are in flight at any time, and whenever one ends its
+    result is told and the next trial asked at once (each run a job of the SLURM launcher, on the
+    cluster or, with hydra.launcher.cluster=local, as a process on this machine). A job that dies
+    without a result (killed, cancelled, its node lost) is told FAIL and its parameters are asked
+    again once.
+
+    Resuming: re-running the same command on the same storage (the journal file inside the sweep
     folder, reached again with resume=true) continues the search instead of starting it over. A
     trial an interruption left running is settled from its run's manifest entry when the run had
     ended (ok, pruned, failed), and otherwise asked again before any new trial.
@@ -41,89 +50,188 @@ class ResumableOptunaSweeper(OptunaSweeper):
     Pruning: each run gets its trial number in the environment (genlab.sweep.TRIAL_ENV, through
     hydra.job.env_set, so it reaches joblib workers and SLURM jobs alike) and reports to the study
     through its storage (genlab.callbacks.pruning); a run its pruner stopped (status pruned in its
-    summary) is told to Optuna as PRUNED, a failed or diverged one as FAIL.
+    summary) is told to Optuna as PRUNED, a failed or diverged one as FAIL."""
 
-    One objective only (genlab optimises objective.metric); GridSampler is refused: a grid is a
-    plain multirun (`-m key=a,b,c`)."""
+    def __init__(self, sampler=None, direction: str | None = None, storage: str | None = None,
+                 study_name: str = "genlab", n_trials: int = 20, n_jobs: int = 1,
+                 workers: int | None = None, max_failure_rate: float = 1.0,
+                 params: dict | None = None):
+        self.sampler_cfg = OmegaConf.to_container(sampler) if OmegaConf.is_config(sampler) \
+            else sampler
+        self.direction, self.storage, self.study_name = direction, storage, study_name
+        self.n_trials, self.n_jobs, self.workers = int(n_trials), int(n_jobs), workers
+        self.max_failure_rate = max_failure_rate
+        self.params = OmegaConf.to_container(params) if OmegaConf.is_config(params) else params
+        self.config = self.launcher = self.hydra_context = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from genlab.compat import sweeper_directions, sweeper_search_space, sweeper_trial_overrides
-        from genlab.sweep import TRIAL_ENV
+        from genlab.config import ConfigError, require_choice
+        from genlab.search import (
+            grid_size,
+            make_sampler,
+            open_storage,
+            sampler_config,
+            search_space,
+        )
 
-        impl = self.sweeper
-        if isinstance(impl.sampler, functools.partial):  # how Hydra's plugin passes GridSampler
-            raise ValueError("hydra.sweeper.sampler=GridSampler is not supported by genlab_optuna;"
-                             " allowed: TPESampler | RandomSampler | CmaEsSampler (for a grid, "
-                             "run a plain multirun: -m key=a,b,c)")
-        directions = sweeper_directions(impl)
-        if len(directions) != 1:
-            raise ValueError(f"hydra.sweeper.direction={directions} is invalid; allowed: "
-                             "maximize | minimize (one objective: objective.metric)")
-        storage = None
-        if impl.storage:
-            Path(impl.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)  # holds the db
-            # one connection for the whole search; each handle on it (load_study) reads afresh
-            storage = optuna.storages.RDBStorage(impl.storage)
-            try:
-                old = optuna.load_study(study_name=impl.study_name, storage=storage)
-            except KeyError:  # a new study
-                old = None
-            if old is not None and old.get_trials(deepcopy=False) and not self._resume(old):
+        direction = DIRECTIONS.get(self.direction, self.direction)
+        require_choice(direction, "hydra.sweeper.direction", ["maximize", "minimize"])
+        mode = OmegaConf.select(self.config, "objective.mode")
+        if mode is not None and DIRECTIONS.get(mode) != direction:
+            raise ConfigError(f"hydra.sweeper.direction={self.direction!r} disagrees with "
+                              f"objective.mode={mode!r}; allowed: {DIRECTIONS.get(mode)}")
+        if self.workers is not None:
+            if int(self.workers) < 1 or self.n_jobs != 1:
+                raise ConfigError(f"hydra.sweeper.workers={self.workers!r} is invalid with "
+                                  f"n_jobs={self.n_jobs}; allowed: workers >= 1 with n_jobs=1 "
+                                  "(workers run asynchronously, n_jobs in batches)")
+            if not isinstance(self.launcher, SlurmLauncher):
+                raise ConfigError("hydra.sweeper.workers needs hydra/launcher=slurm (with "
+                                  "hydra.launcher.cluster=slurm or local), whose jobs run in "
+                                  "their own processes; allowed: that, or hydra.sweeper.n_jobs")
+        sampler_name, _ = sampler_config(self.sampler_cfg)  # a bad name stops it before any run
+        distributions, fixed = search_space(self.params, arguments)
+        if not distributions:
+            raise ConfigError("hydra.sweeper.params has no sweep (choice, range, interval); "
+                              "allowed: at least one, e.g. model.lr: interval(1e-4, 1e-2)")
+        if sampler_name == "grid" and self.n_trials > grid_size(distributions):
+            log.info("the grid has %d points: n_trials %d -> %d", grid_size(distributions),
+                     self.n_trials, grid_size(distributions))
+            self.n_trials = grid_size(distributions)
+
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)  # holds the storage
+        storage = open_storage(self.storage)
+        done = 0
+        if storage is not None and self.study_name in {
+                s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            study = optuna.load_study(study_name=self.study_name, storage=storage)
+            done = self._resume(study)
+            if done >= self.n_trials:
+                log.info("the search is complete; nothing to run")
                 return None
-        study = optuna.create_study(study_name=impl.study_name, storage=storage,
-                                    sampler=impl.sampler, direction=directions[0],
-                                    load_if_exists=True)
-
-        distributions, fixed = sweeper_search_space(impl, arguments)
-
-        to_go = impl.n_trials
-        while to_go > 0:
-            trials = [study.ask() for _ in range(min(to_go, impl.n_jobs))]
-            for i, trial in enumerate(trials):  # the trial's run folder, for a later _resume
-                trial.set_user_attr(RUN_ATTR, impl.job_idx + i)
-            overrides = [(*o, f"++hydra.job.env_set.{TRIAL_ENV}={t.number}") for t, o in zip(
-                trials, sweeper_trial_overrides(impl, trials, distributions, fixed), strict=True)]
-            returns = impl.launcher.launch(overrides, initial_job_idx=impl.job_idx)
-            impl.job_idx += len(returns)
-            if storage is not None:
-                # optuna caches the trials a handle asked as it last wrote them; what the runs
-                # reported through the storage (the curve a pruned trial ends with, which the
-                # sampler reads) only a fresh handle sees
-                study = optuna.load_study(study_name=impl.study_name, storage=storage,
-                                          sampler=impl.sampler)
-            failed = 0
-            for trial, ret in zip(trials, returns, strict=True):
-                state, value = _outcome(ret)
-                study.tell(trial.number, value, state)
-                failed += state == optuna.trial.TrialState.FAIL
-            if failed > impl.max_failure_rate * len(returns):
-                raise RuntimeError(f"{failed} of {len(returns)} trials failed, more than "
-                                   f"hydra.sweeper.max_failure_rate={impl.max_failure_rate}")
-            to_go -= len(trials)
+        sampler = make_sampler(self.sampler_cfg, distributions, seed_offset=self.job_idx)
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+                                    direction=direction, load_if_exists=True)
+        if self.workers is None:
+            self._batches(study, distributions, fixed, self.n_trials - done)
+        else:
+            self._asynchronous(study, distributions, fixed, self.n_trials - done)
 
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             best = study.best_trial
             log.info("best trial %d: %s -> %s", best.number, best.params, best.value)
             OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                              "best_value": best.value}),
-                           Path(impl.config.hydra.sweep.dir) / "optimization_results.yaml")
+                           Path(self.config.hydra.sweep.dir) / "optimization_results.yaml")
         return None
 
-    def _resume(self, study) -> bool:
-        """Settle the trials an interruption left running and set the sweeper up for the rest;
-        False when the search is already complete."""
+    def _ask(self, study, distributions: dict, fixed: dict) -> tuple[object, list[str]]:
+        """A new trial (an enqueued one first) and its run's overrides; the run's folder is the
+        next job number."""
+        from genlab.search import trial_overrides
+        from genlab.sweep import TRIAL_ENV
+
+        trial = study.ask(fixed_distributions=distributions)
+        trial.set_user_attr(RUN_ATTR, self.job_idx)  # the trial's run folder, for a later _resume
+        self.job_idx += 1
+        return trial, [*trial_overrides(trial.params, fixed),
+                       f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+
+    def _batches(self, study, distributions: dict, fixed: dict, to_go: int) -> None:
+        import optuna
+
+        from genlab.search import tell
+
+        while to_go > 0:
+            first = self.job_idx
+            asked = [self._ask(study, distributions, fixed) for _ in range(min(to_go, self.n_jobs))]
+            returns = self.launcher.launch([o for _, o in asked], initial_job_idx=first)
+            failed = 0
+            for (trial, _), ret in zip(asked, returns, strict=True):
+                state, value = _outcome(ret)
+                tell(study, trial.number, value, state)
+                failed += state == optuna.trial.TrialState.FAIL
+            self._check_failures(failed, len(returns))
+            to_go -= len(asked)
+
+    def _asynchronous(self, study, distributions: dict, fixed: dict, to_go: int) -> None:
+        """Keep `workers` runs in flight until `to_go` trials are told; no batch waits for its
+        slowest run. Each run is one launch, waited on by a thread of its own (a daemon: Ctrl-C
+        or a crash of the sweeper does not wait for the jobs); only this thread asks and tells,
+        so no two runs get the same trial. A job lost without a result is told FAIL and its
+        parameters asked again, once."""
+        import queue
+        import threading
+
+        import optuna
+
+        from genlab.search import tell
+        from genlab.sweep import update_manifest
+
+        ended: queue.Queue = queue.Queue()
+
+        def launch(trial, overrides: list[str], idx: int) -> None:
+            try:
+                (ret,) = self.launcher.launch([overrides], initial_job_idx=idx)
+                ended.put((trial, ret, None))
+            except Exception as e:  # the job died without a result
+                ended.put((trial, None, e))
+
+        in_flight = told = failed = 0
+        while told < to_go:
+            while in_flight < int(self.workers) and told + in_flight < to_go:
+                trial, overrides = self._ask(study, distributions, fixed)
+                threading.Thread(target=launch, args=(trial, overrides, self.job_idx - 1),
+                                 daemon=True).start()
+                in_flight += 1
+            trial, ret, error = ended.get()
+            in_flight -= 1
+            if error is not None:
+                log.warning("trial %d lost its job (%s)", trial.number, error)
+                update_manifest(self.config.hydra.sweep.dir, str(trial.user_attrs[RUN_ATTR]),
+                                {"status": "failed", "error": f"job lost: {error}"[:500]})
+                tell(study, trial.number, None, optuna.trial.TrialState.FAIL)
+                if RETRY_ATTR not in trial.user_attrs:  # asked again, once
+                    study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+                    continue
+                state = optuna.trial.TrialState.FAIL
+            else:
+                state, value = _outcome(ret)
+                tell(study, trial.number, value, state)
+            told += 1
+            failed += state == optuna.trial.TrialState.FAIL
+            self._check_failures(failed, told)
+
+    def _check_failures(self, failed: int, told: int) -> None:
+        if failed > self.max_failure_rate * told:
+            raise RuntimeError(f"{failed} of {told} trials failed, more than "
+                               f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+
+    def _resume(self, study) -> int:
+        """Settle the trials an interruption left running, number new run folders after the old
+        ones, and return how many trials are done."""
         import optuna
 
         from genlab.sweep import read_manifest
 
-        impl = self.sweeper
-        manifest = read_manifest(impl.config.hydra.sweep.dir)
+        manifest = read_manifest(self.config.hydra.sweep.dir)
         trials = study.get_trials(deepcopy=False)
         asked_again = 0
         for t in trials:
-            if t.state != optuna.trial.TrialState.RUNNING:
+            if t.state not in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+                continue
+            if t.state == optuna.trial.TrialState.WAITING:  # enqueued, never asked
+                asked_again += 1
                 continue
             entry = manifest.get(str(t.user_attrs.get(RUN_ATTR)), {})
             values = list(entry.get("objective", {}).values())
@@ -139,23 +247,24 @@ class ResumableOptunaSweeper(OptunaSweeper):
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 study.enqueue_trial(t.params)
                 asked_again += 1
-        done = len(trials) - asked_again
-        # a seeded sampler started afresh would propose the first trials again: continue
-        # with a seed derived from the configured one and the trials already made
-        sampler_cfg = impl.config.hydra.sweeper.get("sampler")
-        if sampler_cfg is not None and sampler_cfg.get("seed") is not None:
-            impl.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
-        impl.n_trials = max(0, impl.n_trials - done)
-        impl.job_idx = len(trials)  # new run folders are numbered after the old ones
-        log.info("resuming study %s: %d trials done, %d to go", impl.study_name, done,
-                 impl.n_trials)
-        if impl.n_trials == 0:
-            log.info("the search is complete; nothing to run")
-        return impl.n_trials > 0
+        # a trial whose job was lost is not done: its replacement (retry_of) stands for it
+        done = len(trials) - asked_again - sum(RETRY_ATTR in t.user_attrs for t in trials)
+        # new run folders are numbered after the old ones; a seeded sampler started afresh would
+        # propose the first trials again: its seed moves on by the trials already made
+        self.job_idx = max([-1, *(int(t.user_attrs.get(RUN_ATTR, -1)) for t in trials)]) + 1
+        log.info("resuming study %s: %d trials done, %d to go", self.study_name, done,
+                 max(0, self.n_trials - done))
+        return done
+
+
+# objective.mode (or the direction itself) -> Optuna's direction
+DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 
 # the user attribute of a trial that names its run folder (the job number) inside the sweep
 RUN_ATTR = "genlab_run"
+# the user attribute of a trial asked again after its job died: the number of the lost trial
+RETRY_ATTR = "retry_of"
 
 
 def _outcome(ret: JobReturn):
