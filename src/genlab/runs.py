@@ -26,8 +26,8 @@ STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
 # traversals) keep their own names, and genlab-report --grids shows them by name
 GENERATED = "generated"
 # top-level config keys that say where or how a run started, not which run it is (with the seed,
-# which tells runs apart but not configurations)
-STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags")
+# which tells runs apart but not configurations); allow_unused only lets a setting through a check
+STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags", "allow_unused")
 
 
 def flat_config(config: Any, skip: tuple[str, ...] = STARTED, prefix: str = "") -> dict[str, Any]:

@@ -40,7 +40,7 @@ from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
-from genlab.models import read_genlab_checkpoint
+from genlab.models import check_corruption_read, read_genlab_checkpoint
 from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
 from genlab.sweep import (
     RunRefused,
@@ -202,6 +202,7 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = build_datamodule(cfg.data)
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
+        check_corruption_read(model, cfg)
         callbacks = _build_all(cfg, "callbacks")
         evaluation = next((cb for cb in callbacks if isinstance(cb, Evaluation)), None)
         if evaluation is not None:
