@@ -41,7 +41,17 @@ from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import check_corruption_read, read_genlab_checkpoint
-from genlab.runs import RunReadError, atomic_write_text, git_commit, read_summary, write_summary
+from genlab.runs import (
+    DiskFull,
+    RunReadError,
+    atomic_write_text,
+    disk_full,
+    disk_full_message,
+    git_commit,
+    read_summary,
+    remove_partial_files,
+    write_summary,
+)
 from genlab.sweep import (
     RunRefused,
     install_ddp_child_command,
@@ -166,7 +176,8 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
     if old and old["status"] == "ok" and cfg.get("resume"):
         return old, None
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("ckpt_path") and old and old["status"] in ("running", "interrupted") and last.is_file():
+    stopped = old and (old["status"] in ("running", "interrupted") or old.get("disk_full"))
+    if not cfg.get("ckpt_path") and stopped and last.is_file():
         return None, str(last)
     return None, cfg.get("ckpt_path")
 
@@ -186,6 +197,7 @@ def train(cfg: DictConfig) -> float | None:
     summary = {"status": "running", "seed": cfg.seed, "git_commit": git_commit(),
                "objective": cfg.objective.metric}
     if rank_zero:
+        remove_partial_files(run_dir)
         write_summary(run_dir, summary)
     trainer = evaluation = None
     try:
@@ -242,6 +254,10 @@ def train(cfg: DictConfig) -> float | None:
             raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for SIGTERM
         raise
     except BaseException as e:
+        full = disk_full(e)
+        if full is not None:  # one line, what was kept is whole, and the next attempt continues
+            summary.update(status="failed", error=f"{type(full).__name__}: {full}", disk_full=True)
+            raise DiskFull(disk_full_message(run_dir, full)) from None
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         if not isinstance(e, ConfigError):
             summary["traceback"] = traceback.format_exc(limit=20)
@@ -322,6 +338,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         except RunRefused as e:  # the sweep manifest records it; the folder keeps its own run
             log.error("run refused: %s", e)
             return e
+        except DiskFull as e:
+            log.error("run failed: %s", e)
+            return None
         except Exception:
             log.exception("run failed; the sweep goes on")
             return None
@@ -330,6 +349,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return train(cfg)
     except USER_ERRORS as e:  # here, before Hydra adds its "Error executing job" line
         _user_error(e)
+    except DiskFull as e:  # not the user's mistake (exit code 1), but as plain
+        print(f"genlab-train: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _check_run_keys(cfg: DictConfig) -> None:

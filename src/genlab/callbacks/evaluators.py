@@ -28,6 +28,7 @@ Randomness: every draw is seeded from the run seed and a phase name of its own
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from genlab.data import DATASETS
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
-from genlab.runs import final_grid
+from genlab.runs import atomic_path, atomic_write_bytes, final_grid
 from genlab.seeding import generator_for, mix_seed
 
 log = logging.getLogger("genlab")
@@ -263,9 +264,9 @@ class LatentDiagnostics(Evaluator):
         if ctx.final and ctx.rank == 0 and mu.shape[1] == 2:
             z_q = model.sample_z(mu[sub], std[sub], generator=generator_for(ctx.seed, "latent_figure"))
             path = final_grid(ctx.trainer.default_root_dir, AGGREGATE_POSTERIOR)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian")).savefig(
-                path, dpi=100)
+            figure = aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian"))
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
         return out
 
 
@@ -403,8 +404,10 @@ class SaveSamples(Evaluator):
         fake = ctx.samples()  # on every rank: generating them gathers across ranks
         if ctx.rank == 0:
             path = Path(ctx.trainer.default_root_dir) / SAMPLES_FILE
+            data = io.BytesIO()  # torch.save to a file would hide a full disk in a RuntimeError
             torch.save({"samples": fake, "extractor": ctx.extractor, "real_split": ctx.real.split,
-                        "n_real": ctx.real.n, "metrics": dict(ctx.logged)}, path)
+                        "n_real": ctx.real.n, "metrics": dict(ctx.logged)}, data)
+            atomic_write_bytes(path, data.getbuffer())
         return {}
 
 
