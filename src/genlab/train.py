@@ -34,7 +34,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from genlab.callbacks.evaluation import Evaluation
-from genlab.callbacks.guard import DivergedError
+from genlab.callbacks.guard import DivergedError, stop_if_requested
 from genlab.callbacks.pruning import RunPruned
 from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
@@ -237,6 +237,7 @@ def train(cfg: DictConfig) -> float | None:
         # val/* and test/* in the summary both describe the best checkpoint; each starts from
         # the run's seed, so an attempt that resumed (or reran) them draws what one run draws
         for final in (trainer.validate, trainer.test):
+            stop_if_requested(trainer)  # a stop after the last check of the fit (or validation)
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             results = final(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             summary.update({k: float(v) for k, v in results[0].items()})
