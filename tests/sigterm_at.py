@@ -13,9 +13,12 @@ Phases (each fires once, in the first matching hook):
   evaluation       inside the sample-quality evaluation of epoch `epoch` (between generating the
                    images and scoring them)
   train_epoch_end  at the end of training epoch `epoch`
+  train_end        in on_train_end, after the fit's last check: before the final validation
   checkpoint       while the first checkpoint of epoch `epoch` is being written
   final_validate   after the first batch of the final validation of the best checkpoint
   final_test       after the first batch of the final test
+  wandb_log        at the W&B call of the row logged at step `step`: just before it (the row's
+                   line in the W&B ledger written, W&B not called) or, with after=true, just after
 """
 
 import os
@@ -24,15 +27,15 @@ import signal
 import pytorch_lightning as pl
 
 PHASES = ("train_step", "sanity", "val_batch", "val_last_batch", "evaluation", "train_epoch_end",
-          "checkpoint", "final_validate", "final_test")
+          "train_end", "checkpoint", "final_validate", "final_test", "wandb_log")
 
 
 class SigtermAt(pl.Callback):
     def __init__(self, step: int | None = None, phase: str = "train_step", epoch: int = 0,
-                 signal_name: str = "SIGTERM"):
+                 signal_name: str = "SIGTERM", after: bool = False):
         if phase not in PHASES:
             raise ValueError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
-        self.step, self.phase, self.epoch = step, phase, epoch
+        self.step, self.phase, self.epoch, self.after = step, phase, epoch, after
         self.signum = signal.Signals[signal_name]
         self.fired = False
 
@@ -42,6 +45,8 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
     def setup(self, trainer, pl_module, stage):
+        if self.phase == "wandb_log" and stage == "fit":
+            self._wrap_wandb_log(trainer)
         if self.phase != "evaluation" or stage != "fit":
             return
         from genlab.callbacks.evaluation import Evaluation
@@ -54,6 +59,22 @@ class SigtermAt(pl.Callback):
             return score(*args, **kwargs)
 
         evaluation.score = interrupted_score
+
+    def _wrap_wandb_log(self, trainer) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        (logger,) = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        run = logger.experiment
+        log = run.log
+
+        def log_and_signal(data, *args, **kwargs):
+            here = data.get("trainer/global_step") == self.step
+            self._fire("wandb_log", here and not self.after)
+            out = log(data, *args, **kwargs)
+            self._fire("wandb_log", here and self.after)
+            return out
+
+        run.log = log_and_signal
 
     def on_train_batch_end(self, trainer, *_):
         self._fire("train_step", trainer.global_step == self.step)
@@ -72,6 +93,9 @@ class SigtermAt(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         self._fire("train_epoch_end", trainer.current_epoch == self.epoch)
+
+    def on_train_end(self, trainer, pl_module):
+        self._fire("train_end")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._fire("checkpoint", trainer.current_epoch == self.epoch and trainer.state.fn == "fit")

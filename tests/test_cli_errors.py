@@ -51,6 +51,16 @@ TRAIN = {
     "Adam epsilon 0": (["optim.eps=0"], "optim.eps"),
     "negative corruption level": (["model=dae", "corruption=gaussian", "corruption.level=-1"],
                                   "corruption.level"),
+    # a setting no part of the run reads is refused, and validated all the same (issue 25 item 2)
+    "corruption for a model that reads none": (
+        ["corruption=gaussian"], "corruption=gaussian has no effect with model=vae; it is read by model=dae, "
+        "model=dcgan model.d_mode=instance_noise|three_class|noise_head, model=restoration_gan"),
+    "corruption for the plain discriminator": (["model=dcgan", "corruption=blur"],
+                                               "corruption=blur has no effect with model=dcgan model.d_mode=plain;"),
+    "corruption kind typo for a model that reads none": (["corruption.kind=gausian"], "corruption.kind='gausian'"),
+    "negative corruption level for a model that reads none": (["corruption=gaussian", "corruption.level=-1",
+                                                               "allow_unused=[corruption]"], "corruption.level=-1"),
+    "allow_unused names no such group": (["allow_unused=[data]"], "allow_unused"),
     "named factor on data without factors": (["model=named_vae"], "model.named_factors"),
     "named factor the data lacks": (["model=named_vae", "data=dsprites", "+model.named_factors.angle=circle"],
                                     "model.named_factors='angle'"),

@@ -196,7 +196,7 @@ def test_rbm_trains_tests_and_samples(smoke, tmp_path, binarize, extra):
 def test_rbm_refuses_grey_level_data(tmp_path):
     from genlab.train import train
 
-    cfg = make_cfg(tmp_path / "run", "debug=smoke", "logger=csv", *SMOKE, *NO_EVAL)
+    cfg = make_cfg(tmp_path / "run", "debug=smoke", "logger=csv", *SMOKE, *NO_EVAL, "data.binarize=none")
     with pytest.raises(ConfigError, match=r"data.binarize='none' is invalid for model=rbm; "
                                           r"allowed: static \| dynamic"):
         train(cfg)

@@ -30,6 +30,7 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     run_cli("-m", "model=dcgan", "data=digits", "debug=smoke", "logger=csv",
             "callbacks.evaluation=null", f"trainer.max_epochs={EPOCHS}", "corruption=blur",
+            "allow_unused=[corruption]",  # d_mode=plain ignores the blur
             "model.d_mode=plain,instance_noise", "model.lr=0.0002,2e-4", "seed=0",
             f"paths.log_dir={root}", cwd=root)
     (sweep_dir,) = root.glob("*/multiruns/*")

@@ -74,6 +74,7 @@ def assert_same_run(run_dir: Path, whole: Path) -> None:
     ("evaluation", {"epoch": 0}),
     ("train_epoch_end", {"epoch": 0}),
     ("checkpoint", {"epoch": 0}),
+    ("train_end", {}),  # between fit and the final validation (issue 25 item 4)
     ("final_validate", {}),
     ("final_test", {}),
 ])

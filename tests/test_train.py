@@ -10,12 +10,13 @@ import pytest
 import torch
 import wandb_offline
 import yaml
-from conftest import NO_EVAL, make_cfg, run_cli
+from conftest import CONF, NO_EVAL, make_cfg, run_cli
 from omegaconf import OmegaConf
 
 from genlab import runs
 from genlab import train as genlab_train
 from genlab.config import ConfigError
+from genlab.models import FAMILIES
 from genlab.sample import main as sample_main
 from genlab.train import train
 
@@ -33,6 +34,22 @@ def test_vae_smoke_on_each_dataset(smoke, tmp_path, data):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "samples" / "generated_final.png").is_file()
     assert (run / "samples" / "reconstruction_final.png").is_file()
+
+
+def test_every_family_has_a_config_of_its_own():
+    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_runs_with_its_defaults(tmp_path, family):
+    """`genlab-train debug=smoke model=<family>` and nothing else (issue 25 item 3): a family's
+    config picks what it needs from the other groups (the RBM binarises its data, the named-factor
+    VAE takes dSprites, the classifier leaves out the sample grids and the FID evaluation)."""
+    cfg = make_cfg(tmp_path / family, "debug=smoke", f"model={family}")
+    train(cfg)
+    s = runs.read_summary(tmp_path / family)
+    assert s["status"] == "ok", s
+    assert math.isfinite(s[cfg.objective.metric])
 
 
 def test_run_directory_contract_through_the_cli(tmp_path):

@@ -16,6 +16,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import DATA, REPO
 
 # what a build reads (pyproject.toml names README.md); src/genlab/conf links to conf/
@@ -71,3 +72,14 @@ def test_genlab_train_runs_from_the_installed_wheel(tmp_path):
     where = _run(py, "-c", "import genlab, hydra_plugins.genlab_plugins as p; "
                  "print(genlab.__file__); print(p.__file__)", cwd=outside).stdout.split()
     assert all(str(venv) in w for w in where), where
+
+
+def test_what_a_wheel_build_leaves_in_a_checkout_is_ignored_by_git():
+    """`pip wheel .` writes build/ and `python -m build` dist/ next to pyproject.toml (issue 25
+    item 5): neither may show up as untracked files."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["build/lib/genlab/train.py", "dist/genlab-0.1.0-py3-none-any.whl"]
+    ignored = subprocess.run(["git", "check-ignore", *outputs], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == outputs

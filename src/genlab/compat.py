@@ -41,8 +41,6 @@ SUPPORTED: dict[str, tuple[str, str]] = {
 OVERRIDDEN: dict[str, str] = {
     "pytorch_lightning.loggers.csv_logs:ExperimentWriter._check_log_dir_exists":
         "genlab.loggers._RunWriter: a resumed run keeps the rows of metrics.csv it saved",
-    "pytorch_lightning.loggers.csv_logs:ExperimentWriter._rewrite_with_new_header":
-        "genlab.loggers._RunWriter: a new column rewrites metrics.csv atomically",
     "pytorch_lightning.loggers:CSVLogger._experiment":
         "genlab.loggers.RunCSVLogger: its experiment is a _RunWriter, created on first use",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher:BaseSubmititLauncher._EXECUTOR":

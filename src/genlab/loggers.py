@@ -1,11 +1,12 @@
 """Loggers for runs that stop and continue in their own folder: metrics.csv and the W&B run keep
 every row once, whatever attempt logged it.
 
-Lightning's CSV logger deletes an existing metrics.csv when it starts, and rewrites the whole file
-in place whenever a new column appears: a run killed at the wrong moment loses the rows of its
-earlier attempts. RunCSVLogger keeps them: a resumed run keeps the rows logged before its
-checkpoint's step (the rows after it are logged again), and every rewrite goes through a temporary
-file and a rename, so the file on disk is always a whole, earlier or later, version of itself.
+Lightning's CSV logger deletes an existing metrics.csv when it starts, appends rows in place, and
+rewrites the whole file in place whenever a new column appears: a run killed at the wrong moment,
+or a disk that fills up, loses the rows of its earlier attempts or leaves half a row. RunCSVLogger
+keeps them: a resumed run keeps the rows logged before its checkpoint's step (the rows after it are
+logged again), and every write of metrics.csv (and of hparams.yaml) goes through a temporary file
+and a rename, so the file on disk is always a whole, earlier or later, version of itself.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from genlab.runs import atomic_write_text
+from genlab.runs import atomic_path, atomic_write_text
 
 
 class RunCSVLogger(CSVLogger):
@@ -49,6 +51,7 @@ class RunCSVLogger(CSVLogger):
 class _RunWriter(ExperimentWriter):
     def __init__(self, log_dir: str, keep_before: int | None):
         self._keep_before = keep_before
+        self._rows: list[dict] = []  # the rows metrics.csv holds
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
@@ -66,13 +69,23 @@ class _RunWriter(ExperimentWriter):
             rows = [r for r in reader if None not in r.values() and r.get("step", "").isdigit()
                     and int(r["step"]) < self._keep_before]
             header = list(reader.fieldnames or [])
-        self.metrics_keys = header  # later rows are appended under the same header
+        self.metrics_keys, self._rows = header, rows  # later rows join them under that header
         atomic_write_text(path, _csv_text(header, rows))
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        with open(self.metrics_file_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        atomic_write_text(self.metrics_file_path, _csv_text(fieldnames, rows))
+    def save(self) -> None:
+        """Write metrics.csv whole with the rows logged since the last save (Lightning calls it
+        after every log): a write of the whole file, small beside a checkpoint's."""
+        if not self.metrics:
+            return
+        keys = sorted(set(self.metrics_keys).union(*self.metrics))
+        rows = self._rows + self.metrics
+        atomic_write_text(self.metrics_file_path, _csv_text(keys, rows))
+        self.metrics_keys, self._rows, self.metrics = keys, rows, []
+
+    def log_hparams(self, params: dict) -> None:
+        self.hparams.update(params)
+        with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
+            save_hparams_to_yaml(tmp, self.hparams)
 
 
 def _csv_text(header: list[str], rows: list[dict]) -> str:
@@ -84,18 +97,25 @@ def _csv_text(header: list[str], rows: list[dict]) -> str:
 
 
 class RunWandbLogger(WandbLogger):
-    """WandbLogger(...) whose resumed run holds every (metric, step) once. A W&B run cannot take a
-    row back, and an attempt killed after its checkpoint (SIGKILL, or a stop in the final
+    """WandbLogger(...) whose resumed run holds every (metric, step) at most once. A W&B run cannot
+    take a row back, and an attempt killed after its checkpoint (SIGKILL, or a stop in the final
     validation or test) has already logged rows that the next attempt computes again, with the same
     values (resume is exact). So each row's step and keys go to <save_dir>/wandb/logged-rows.jsonl
     before the row goes to W&B, and a resumed attempt (`resume_at(step)`) skips the values an
-    earlier attempt logged at or after its checkpoint's step."""
+    earlier attempt logged at or after its checkpoint's step.
+
+    The ledger is rewritten whole at each row, through a temporary file and a rename, so a kill or
+    a full disk never leaves a line cut short (the next attempt's first line, appended to it, would
+    be unreadable, and a third attempt would log that row again). A kill between the ledger and the
+    W&B call loses that one row in W&B rather than logging it twice; the other order would double it.
+    """
 
     _ledger_ready = False  # set once the ledger is read (resumed) or cleared (fresh)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._ledger = Path(self.save_dir or ".") / "wandb" / "logged-rows.jsonl"
+        self._lines: list[str] = []  # what the ledger holds
         self._logged: set[tuple[str, int]] = set()
 
     def resume_at(self, step: int) -> None:
@@ -105,8 +125,9 @@ class RunWandbLogger(WandbLogger):
         for line in self._ledger.read_text().splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill: that row never reached W&B
+            except json.JSONDecodeError:  # cut short (by an earlier genlab's append): never logged
                 continue
+            self._lines.append(line + "\n")
             if row["step"] >= step:
                 self._logged.update((key, row["step"]) for key in row["keys"])
 
@@ -119,7 +140,7 @@ class RunWandbLogger(WandbLogger):
             metrics = {k: v for k, v in metrics.items() if (k, step) not in self._logged}
             if not metrics:
                 return
-            self._ledger.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._ledger, "a") as f:
-                f.write(json.dumps({"step": step, "keys": sorted(metrics)}) + "\n")
+            lines = [*self._lines, json.dumps({"step": step, "keys": sorted(metrics)}) + "\n"]
+            atomic_write_text(self._ledger, "".join(lines))
+            self._lines = lines
         super().log_metrics(metrics, step)

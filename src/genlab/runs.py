@@ -8,6 +8,7 @@ this module.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,8 @@ STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
 # traversals) keep their own names, and genlab-report --grids shows them by name
 GENERATED = "generated"
 # top-level config keys that say where or how a run started, not which run it is (with the seed,
-# which tells runs apart but not configurations)
-STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags")
+# which tells runs apart but not configurations); allow_unused only lets a setting through a check
+STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags", "allow_unused")
 
 
 def flat_config(config: Any, skip: tuple[str, ...] = STARTED, prefix: str = "") -> dict[str, Any]:
@@ -62,22 +65,87 @@ _UMASK = os.umask(0o022)  # reading the umask means setting it: put the same val
 os.umask(_UMASK)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+TEMPORARY = ".tmp"  # a file being written is .<name>.<random>.tmp beside <name>
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file in `path`'s folder to write the new version to: when the block ends, it is
+    synced and renamed over `path`; when the block (or the sync) fails, it is removed. `path` is
+    therefore always a whole file, the old one or the new one, whether the writer crashes or the
+    disk fills up (the OSError then names `path`). A SIGKILL can leave the hidden temporary file,
+    which nothing reads; remove_partial_files clears it when the run starts again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
+    os.close(fd)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
-        with os.fdopen(fd, "w") as f:
-            # mkstemp makes the file private (0600); give it the mode a plain open() would
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            f.write(text)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def remove_partial_files(run_dir: str | Path) -> None:
+    """Remove the temporary files of writes that a kill interrupted (atomic_path), in the run
+    folder and its subfolders; call it only while no other process writes into the folder."""
+    for tmp in Path(run_dir).rglob(f".*{TEMPORARY}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+# while a run's summary says "running", RESERVE holds room for its last summary: a disk that fills
+# up during the run still takes the summary that says why the run ended
+RESERVE, RESERVE_BYTES = ".summary-reserve", 64 * 1024
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException | None) -> OSError | None:
+    """The first full-disk OSError (ENOSPC, or a quota: EDQUOT) among `error` and the exceptions
+    it was raised from or while handling; None when the disk was not full."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:  # a chain can loop back on itself
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            found = error  # keep going: a later write that failed the same way hides the first
+        error = error.__cause__ or error.__context__
+    return found
+
+
+class DiskFull(RuntimeError):
+    """A run ended because its folder's disk is full; what it kept is whole (see disk_full_message)."""
+
+
+def disk_full_message(run_dir: str | Path, error: OSError) -> str:
+    """One line: the folder, the file that did not fit, what the run kept and how to go on."""
+    run_dir, name = Path(run_dir), Path(error.filename or "")
+    what = f" writing {name.relative_to(run_dir) if name.is_relative_to(run_dir) else name}" \
+        if error.filename else ""
+    kept = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    kept += [n for n in ("metrics.csv", f"{SUMMARY} (status failed)") if (run_dir / n.split()[0]).is_file()]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    go_on = (f"with room again, ckpt_path={last} continues from it, as do the same command in the "
+             "same folder and resume=true in a sweep" if last.is_file() else "run it again with room")
+    return f"no space left on the disk of {run_dir}{what}; kept whole: {', '.join(kept) or 'nothing'}; {go_on}"
 
 
 def _jsonable(v: Any) -> Any:
@@ -89,12 +157,23 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
-    """Write summary.json atomically; keys sorted, values plain JSON."""
+    """Write summary.json atomically; keys sorted, values plain JSON. While the status is running,
+    RESERVE keeps room for the summary that ends the run, which a full disk would otherwise refuse."""
     if summary.get("status") not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}, got {summary.get('status')!r}")
-    path = Path(run_dir) / SUMMARY
-    atomic_write_text(path, json.dumps({k: _jsonable(v) for k, v in summary.items()},
-                                       indent=2, sort_keys=True) + "\n")
+    path, reserve = Path(run_dir) / SUMMARY, Path(run_dir) / RESERVE
+    text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2, sort_keys=True) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        if e.errno not in NO_SPACE or not reserve.is_file():
+            raise
+        reserve.unlink()  # the room kept for this moment
+        atomic_write_text(path, text)
+    if summary["status"] != "running":
+        reserve.unlink(missing_ok=True)
+    elif not reserve.is_file():
+        atomic_write_bytes(reserve, bytes(RESERVE_BYTES))
     return path
 
 

@@ -34,21 +34,25 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from genlab.callbacks.evaluation import Evaluation
-from genlab.callbacks.guard import DivergedError
+from genlab.callbacks.guard import DivergedError, stop_if_requested
 from genlab.callbacks.pruning import RunPruned
 from genlab.compat import cuda_check_without_nvml, skip_empty_batch_hooks
 from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
-from genlab.models import read_genlab_checkpoint
+from genlab.models import check_corruption_read, read_genlab_checkpoint
 from genlab.optim import check_settings
 from genlab.runs import (
+    DiskFull,
     RunBusy,
     RunReadError,
     atomic_write_text,
+    disk_full,
+    disk_full_message,
     git_commit,
     read_summary,
+    remove_partial_files,
     write_summary,
 )
 from genlab.sweep import (
@@ -177,7 +181,8 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
     if old and old["status"] == "ok" and cfg.get("resume"):
         return old, None
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("ckpt_path") and old and old["status"] in ("running", "interrupted") and last.is_file():
+    stopped = old and (old["status"] in ("running", "interrupted") or old.get("disk_full"))
+    if not cfg.get("ckpt_path") and stopped and last.is_file():
         return None, str(last)
     return None, cfg.get("ckpt_path")
 
@@ -205,6 +210,7 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
     summary = {"status": "running", "seed": cfg.seed, "git_commit": git_commit(),
                "objective": cfg.objective.metric}
     if rank_zero:
+        remove_partial_files(run_dir)
         write_summary(run_dir, summary)
     trainer = evaluation = None
     try:
@@ -222,6 +228,7 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
         model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         model.optim = check_settings(cfg.optim)
+        check_corruption_read(model, cfg)
         callbacks = _build_all(cfg, "callbacks")
         evaluation = next((cb for cb in callbacks if isinstance(cb, Evaluation)), None)
         if evaluation is not None:
@@ -245,6 +252,7 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
         # val/* and test/* in the summary both describe the best checkpoint; each starts from
         # the run's seed, so an attempt that resumed (or reran) them draws what one run draws
         for final in (trainer.validate, trainer.test):
+            stop_if_requested(trainer)  # a stop after the last check of the fit (or validation)
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             results = final(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             summary.update({k: float(v) for k, v in results[0].items()})
@@ -262,6 +270,10 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
             raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for SIGTERM
         raise
     except BaseException as e:
+        full = disk_full(e)
+        if full is not None:  # one line, what was kept is whole, and the next attempt continues
+            summary.update(status="failed", error=f"{type(full).__name__}: {full}", disk_full=True)
+            raise DiskFull(disk_full_message(run_dir, full)) from None
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         if not isinstance(e, ConfigError):
             summary["traceback"] = traceback.format_exc(limit=20)
@@ -346,6 +358,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             log.warning("run %s is being trained by another process (%s); skipped",
                         HydraConfig.get().job.num, e.holder)
             return e
+        except DiskFull as e:
+            log.error("run failed: %s", e)
+            return None
         except Exception:
             log.exception("run failed; the sweep goes on")
             return None
@@ -356,6 +371,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _user_error(e)
     except RunBusy as e:  # one line, a code of its own: nothing is wrong, the run is taken
         _user_error(e, code=BUSY_EXIT)
+    except DiskFull as e:  # not the user's mistake (exit code 1), but as plain
+        print(f"genlab-train: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _check_run_keys(cfg: DictConfig) -> None:

@@ -28,6 +28,7 @@ Randomness: every draw is seeded from the run seed and a phase name of its own
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from genlab.data import DATASETS
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
-from genlab.runs import final_grid
+from genlab.runs import atomic_path, atomic_write_bytes, final_grid
 from genlab.seeding import generator_for, mix_seed
 
 log = logging.getLogger("genlab")
@@ -284,8 +285,10 @@ class LatentDiagnostics(Evaluator):
                     str(c) for c in range(ctx.data.num_classes)]
             path = final_grid(ctx.trainer.default_root_dir, AGGREGATE_POSTERIOR)
             path.parent.mkdir(parents=True, exist_ok=True)
-            aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian"),
-                                       labels, classes).savefig(path, dpi=100)
+            figure = aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian"),
+                                                labels, classes)
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
         return out
 
 
@@ -459,8 +462,10 @@ class SaveSamples(Evaluator):
         fake = ctx.samples()  # on every rank: generating them gathers across ranks
         if ctx.rank == 0:
             path = Path(ctx.trainer.default_root_dir) / SAMPLES_FILE
+            data = io.BytesIO()  # torch.save to a file would hide a full disk in a RuntimeError
             torch.save({"samples": fake, "extractor": ctx.extractor, "real_split": ctx.real.split,
-                        "n_real": ctx.real.n, "metrics": dict(ctx.logged)}, path)
+                        "n_real": ctx.real.n, "metrics": dict(ctx.logged)}, data)
+            atomic_write_bytes(path, data.getbuffer())
         return {}
 
 

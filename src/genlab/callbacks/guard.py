@@ -134,6 +134,16 @@ class CheckpointOnInterrupt(pl.Callback):
 _RUNNING: weakref.WeakSet[CheckpointOnInterrupt] = weakref.WeakSet()
 
 
+def stop_if_requested(trainer: pl.Trainer) -> None:
+    """Raise SIGTERMException, as Lightning does at its own checks, when a stop reached `trainer`
+    after the last check of its fit, validation or test (in its last step or batch, or in
+    on_train_end). Lightning forgets such a stop when the trainer's next fit, validation or test
+    starts, so genlab-train calls this between fit and the final validation and test. Every
+    rank stops when one does."""
+    if trainer.strategy.reduce_boolean_decision(bool(trainer.received_sigterm), all=False):
+        raise SIGTERMException
+
+
 def request_stop() -> bool:
     """Stop the running fit (or final validation or test) as SIGTERM does: at Lightning's next
     check a fit saves last.ckpt (see CheckpointOnInterrupt), the run ends with status interrupted

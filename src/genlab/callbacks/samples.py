@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
-from genlab.runs import GENERATED
+from genlab.runs import GENERATED, atomic_path
 
 
 class SampleGrids(pl.Callback):
@@ -66,7 +66,8 @@ class SampleGrids(pl.Callback):
             images = images.detach().float().cpu().clamp(0, 1)
             nrow = max(1, int(len(images) ** 0.5))
             path = out / f"{name}_{tag}.png"
-            save_image(images, path, nrow=nrow, padding=2)
+            with atomic_path(path) as tmp:  # a whole grid or none, also on a full disk
+                save_image(images, tmp, format="png", nrow=nrow, padding=2)
             paths.append(path)
             grid = make_grid(images, nrow=nrow, padding=2)
             for logger in trainer.loggers:

@@ -9,11 +9,14 @@ entry here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from genlab.config import ConfigError
+from omegaconf import OmegaConf
+
+from genlab.config import ConfigError, require
+from genlab.corruption import as_corruption
 from genlab.data import DATASETS, data_kwargs
 from genlab.models.common import GenerativeModule
 from genlab.models.dae import DAE
@@ -154,5 +157,42 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
     return model.to(device).eval(), ckpt
 
 
+# the config groups a run may set for a model that ignores them, when its top-level key
+# allow_unused names them (e.g. a sweep over d_mode whose plain arm ignores the corruption)
+UNUSED_OK = ("corruption",)
+
+
+def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
+    """Validate the run's corruption whether or not the model applies it, and refuse one that it
+    does not apply (a user who sets corruption=gaussian with model=vae would believe it was
+    applied) unless the run's allow_unused names the group: one ConfigError line that says which
+    families and hyper-parameters read it."""
+    allow_unused = run_config.get("allow_unused") or []
+    ok = isinstance(allow_unused, Sequence) and not isinstance(allow_unused, str)
+    require(ok and all(g in UNUSED_OK for g in allow_unused), "allow_unused",
+            f"a list of groups from [{', '.join(UNUSED_OK)}]", allow_unused)
+    corruption = run_config.get("corruption")
+    if corruption is None:
+        return
+    # the checks a model that reads it makes: corruption.kind, corruption.level, ...
+    if OmegaConf.is_config(corruption):
+        corruption = OmegaConf.to_container(corruption, resolve=True)
+    kind = as_corruption(corruption).kind
+    when = type(model).reads_corruption_when()
+    if kind == "none" or "corruption" in allow_unused or (
+            when is not None and all(model.hparams.get(k) in v for k, v in when.items())):
+        return
+
+    def described(name: str, values: Mapping) -> str:
+        return " ".join([f"model={name}", *(f"model.{k}={'|'.join(map(str, v))}" for k, v in values.items())])
+
+    name = next((n for n, c in FAMILIES.items() if c is type(model)), type(model).__qualname__)
+    this = described(name, {k: [model.hparams.get(k)] for k in when or {}})
+    readers = [described(n, c.reads_corruption_when()) for n, c in FAMILIES.items()
+               if c.reads_corruption_when() is not None]
+    raise ConfigError(f"corruption={kind} has no effect with {this}; "
+                      f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")
+
+
 __all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint", "NamedFactorVAE",
-           "RestorationGAN", "family_name", "load_model", "read_genlab_checkpoint"]
+           "RestorationGAN", "UNUSED_OK", "check_corruption_read", "family_name", "load_model", "read_genlab_checkpoint"]

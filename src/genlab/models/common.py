@@ -28,6 +28,14 @@ class GenerativeModule(pl.LightningModule):
     def generate(self, n: int) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
+        """When a model of this family applies the run's corruption (`model.corruption:
+        ${corruption}`): None never, {} always, {name: values} when its hyper-parameter `name`
+        is one of `values`. A corruption that the run's model does not apply is refused
+        (genlab.models.check_corruption_read)."""
+        return None
+
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """Extra named grids beside the generated samples, which the sample-grid callback draws
         itself from generate(n) (genlab.callbacks.samples): reconstructions, chains, ..."""

@@ -69,6 +69,10 @@ CHAIN_DRAWS = ("mean", "sample")
 
 
 class DAE(GenerativeModule, Representation):
+    @classmethod
+    def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
+        return {}  # its inputs
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],

@@ -49,6 +49,10 @@ class DCGAN(AdversarialModule):
     ConvT(128, 64)-BN-ReLU-ConvT(64, 1)-tanh, Radford et al. 2016); D: Discriminator with
     D_MODES[d_mode].outputs outputs per location."""
 
+    @classmethod
+    def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
+        return {"d_mode": tuple(name for name, mode in D_MODES.items() if mode.uses_corruption)}
+
     def __init__(
         self,
         image_shape: tuple[int, int, int],
@@ -214,6 +218,10 @@ class RestorationGAN(AdversarialModule):
     Not a d_mode: the generator's input, its metrics (PSNR, not stat_fd) and `generate` all differ
     from the DCGAN's, while the adversarial pieces are shared.
     """
+
+    @classmethod
+    def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
+        return {}  # the degradation it undoes
 
     def __init__(
         self,
