@@ -56,7 +56,7 @@ def check_run(run_dir, metric: str) -> dict:
 # penalty, schedule, EMA, D normalisation and head is exercised once without multiplying the runs
 # (the penalties need a D normalisation other than the preset's batch norm)
 DCGAN_RUNS = [  # the first keeps the sample-quality callback on: it must work with generate()
-    ("plain", "blur", ["model.loss=hinge"]),
+    ("plain", "blur", ["allow_unused=[corruption]", "model.loss=hinge"]),
     ("plain", "gaussian", ["allow_unused=[corruption]", "model.ema_decay=0.9", "model.d_head=patch", "model.d_norm=spectral"]),
     ("instance_noise", "blur", ["corruption.schedule.kind=linear", "corruption.schedule.images=100"]),
     ("instance_noise", "gaussian", ["corruption.schedule.kind=adaptive", "model.r1_gamma=1.0",
