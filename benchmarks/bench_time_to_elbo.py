@@ -7,8 +7,8 @@ pythae is installed into its own folder, outside genlab's dependencies. Both sid
 quickstart's network (genlab.nets.conv: latent 16, 32 base channels, Bernoulli likelihood) on the
 same 55,000 Fashion-MNIST training images at batch 128, each validating on the same 5,000
 held-out images every epoch as its trainer does. pythae trains with Adam 1e-3 for `--epochs`;
-genlab runs the composed quickstart as `make train` does (`experiment=quickstart`: Adam 2e-3,
-precision auto, i.e. bfloat16 autocast where the CPU has it; its FID comes once, after training)
+genlab runs the composed quickstart as `make train` does (`experiment=quickstart`: Adam 3e-3
+decayed by 0.8 each epoch, precision auto, i.e. bfloat16 autocast where the CPU has it; its FID comes once, after training)
 with any genlab-train overrides given, for `--genlab-epochs`. After every
 epoch, with the clock stopped, one function scores both: the single-sample ELBO of all 10,000
 test images, its noise from one seeded generator. Printed: each epoch's cumulative training wall
