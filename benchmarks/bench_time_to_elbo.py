@@ -27,7 +27,7 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from bench_train import run_config  # this folder is on sys.path when a script here runs
 from omegaconf import open_dict
 from torch import nn
 
@@ -35,7 +35,7 @@ from genlab.compat import cuda_check_without_nvml, skip_empty_batch_hooks
 from genlab.data import build_datamodule
 from genlab.models.vae import VAE
 from genlab.nets import ConvDecoder, ConvEncoder
-from genlab.train import CONF_DIR, _build_all, build, resolve_precision
+from genlab.train import _build_all, build, resolve_precision
 
 warnings.filterwarnings("ignore")
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -54,9 +54,7 @@ def test_elbo(encoder: nn.Module, decoder: nn.Module, x: torch.Tensor) -> float:
 
 
 def quickstart(data_root: str, out: str, epochs: int, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"paths.data_dir={data_root}",
-                                          "experiment=quickstart", "logger=csv", *overrides])
+    cfg = run_config(out, data_root, ["experiment=quickstart", *overrides])
     with open_dict(cfg):
         cfg.trainer.max_epochs = epochs
     return cfg

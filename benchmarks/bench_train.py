@@ -96,14 +96,17 @@ class Interleaved(pl.Callback):
                 self.times[name] += spent
 
 
+def run_config(out: str, data_root: str, overrides: list[str]):
+    """genlab-train's composed config, writing into `out`, with metrics.csv only."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={out}", f"paths.data_dir={data_root}",
+                                           "logger=csv", *overrides])
+
+
 def config(case: str, out: str, data_root: str):
     overrides, batch, _ = CASES[case]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"paths.data_dir={data_root}",
-                                          "logger=csv", f"data.batch_size={batch}",
-                                          "+trainer.limit_val_batches=0", "trainer.accelerator=cpu",
-                                          *overrides])
-    return cfg
+    return run_config(out, data_root, [f"data.batch_size={batch}", "+trainer.limit_val_batches=0",
+                                       "trainer.accelerator=cpu", *overrides])
 
 
 def plain_contender(case: str, data_root: str, impl: str):
