@@ -27,7 +27,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.utilities import rank_zero_only
@@ -41,7 +41,7 @@ from genlab.config import ConfigError, one_line, require
 from genlab.data import build_datamodule
 from genlab.loggers import RunCSVLogger, RunWandbLogger
 from genlab.metrics.extractors import ExtractorUnavailable
-from genlab.models import check_corruption_read, read_genlab_checkpoint
+from genlab.models import build_model, check_corruption_read, family_of, read_genlab_checkpoint
 from genlab.optim import check_settings
 from genlab.runs import (
     DiskFull,
@@ -219,13 +219,13 @@ def _train_held(cfg: DictConfig, run_dir: Path) -> float | None:
             # a clear error now, not mid-way in fit: the checkpoint's names are checked against
             # genlab's registries and this run's model and data
             resume_step = read_genlab_checkpoint(
-                ckpt_path, key="ckpt_path", expect_family=get_class(cfg.model._target_),
+                ckpt_path, key="ckpt_path", expect_family=family_of(cfg.model),
                 expect_data=cfg.data.name).raw["global_step"]
             summary["resumed_from"] = ckpt_path
         _sweep_logging(cfg)
         _wandb_run_id(cfg, run_dir, resuming=bool(ckpt_path))
         datamodule = build_datamodule(cfg.data)
-        model = build(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+        model = build_model(cfg.model, datamodule.image_shape)
         model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
         model.optim = check_settings(cfg.optim)
         check_corruption_read(model, cfg)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +15,12 @@ from torchmetrics import MeanMetric
 from genlab.compat import attached_trainer, should_write_step_logs
 from genlab.corruption import Corruption, as_corruption
 from genlab.optim import DEFAULTS, adam
+from genlab.registry import Registry
 from genlab.seeding import ExampleNoise, run_seed
+from genlab.settings import Settings
+
+# name -> family class; `model.family` in a config and the family name in a checkpoint choose from it
+FAMILIES: Registry[type[GenerativeModule]] = Registry("model family", "model.family")
 
 
 class GenerativeModule(pl.LightningModule):
@@ -24,6 +31,24 @@ class GenerativeModule(pl.LightningModule):
 
     data_config: dict | None = None  # set by genlab-train: {'name': dataset, **its keyword arguments}
     optim: dict = DEFAULTS  # set by genlab-train: the run's `optim` settings (genlab.optim)
+    Settings: type[Settings] = Settings  # the family's settings: its own keys and its component nodes
+    registry_name: str = ""  # set by @FAMILIES.register
+
+    # -- composition ------------------------------------------------------------------------------
+    def configure(self, image_shape, settings: Mapping) -> Settings:
+        """The family's settings checked once (`model.<key>` in errors), and the image shape.
+        A family's __init__(image_shape, **settings) calls this first, then builds its components
+        from the checked settings and hands them to `save_settings`."""
+        self.image_shape = tuple(image_shape)
+        return type(self).Settings.from_node(settings, "model", skip=())
+
+    def save_settings(self, settings: Settings, **components) -> None:
+        """The hyper-parameters a checkpoint stores: the image shape, every setting, and each
+        built component (or corruption) as its full config node (`config()`: name and every
+        setting), so genlab.models.load_model rebuilds the same model through the registries."""
+        hp = {"image_shape": list(self.image_shape), **dataclasses.asdict(settings)}
+        hp.update({name: c.config() for name, c in components.items()})
+        self.save_hyperparameters(hp)
 
     def generate(self, n: int) -> Tensor:
         raise NotImplementedError
