@@ -53,13 +53,13 @@ warnings.filterwarnings("ignore")
 clock = time.perf_counter  # --clock cpu: time.process_time
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
-MLP = ["model.arch=mlp", "model.hidden=[200,200]", "model.activation=tanh",
+MLP = ["model/net=mlp", "model.net.hidden=[200,200]", "model.net.activation=tanh",
        "model.latent_dim=50", "data.binarize=dynamic"]
 # case -> (overrides of genlab-train's config, batch size, steps per contender and round)
 CASES = {
     "conv-b128": ([], 128, 150),
     "mlp-b20-k1": (MLP, 20, 600),
-    "mlp-b20-k50": ([*MLP, "model.iwae_k=50"], 20, 150),
+    "mlp-b20-k50": ([*MLP, "model/objective=iwae", "model.objective.k=50"], 20, 150),
     "mlp-b100-k1": (MLP, 100, 400),
     "dcgan": (["model=dcgan"], 64, 60),
 }

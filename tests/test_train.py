@@ -134,7 +134,7 @@ def test_genlab_sample_writes_grids(smoke, tmp_path, capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("model.latent_dim=0", "model.latent_dim=0 is invalid; allowed: a positive integer"),
-    ("model.beta=-1", "model.beta=-1 is invalid; allowed: a number >= 0"),
+    ("model.objective.beta=-1", "model.objective.beta=-1 is invalid; allowed: a number >= 0"),
     ("model.likelihood=poisson", "model.likelihood='poisson' is invalid; allowed: bernoulli | gaussian"),
     ("data.batch_size=0", "data.batch_size=0 is invalid; allowed: a positive integer"),
 ])

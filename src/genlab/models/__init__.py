@@ -157,8 +157,15 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
                else list(inspect.signature(ckpt.family.__init__).parameters)[1:])
     unknown = [k for k in hp if k not in allowed]
     if unknown:
+        # a family composed of components stores each as a node (`net: {name: conv, ...}`); a
+        # checkpoint with flat keys in their place (arch, beta, iwae_k, d_mode's settings, ...)
+        # predates that, and its settings cannot be mapped without guessing
+        old = ckpt.family.Settings is not Settings and not all(
+            k in hp for k in ckpt.family.Settings.names() if k in COMPONENT_SLOTS)
+        hint = (" (written by genlab before its families were composed of components; retrain "
+                "it with this version)") if old else ""
         raise RunReadError(f"{where}: unknown hyper-parameter {_named(unknown[0])} of family "
-                           f"{family_name(ckpt.family)!r}; allowed: {', '.join(allowed)}")
+                           f"{family_name(ckpt.family)!r}{hint}; allowed: {', '.join(allowed)}")
     try:
         model = ckpt.family(**hp)
         model.load_state_dict(ckpt.raw["state_dict"])
@@ -168,6 +175,10 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
                            f"from it ({first})") from None
     return model.to(device).eval(), ckpt
 
+
+# the settings that hold component nodes in some family (a checkpoint without them is older)
+COMPONENT_SLOTS = ("net", "likelihood", "posterior", "prior", "objective", "d_mode", "loss",
+                   "generator", "discriminator", "optimizer")
 
 # the config groups a run may set for a model that ignores them, when its top-level key
 # allow_unused names them (e.g. a sweep over d_mode whose plain arm ignores the corruption)
