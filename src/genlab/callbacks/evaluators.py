@@ -32,7 +32,6 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,7 +50,7 @@ from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_co
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
 from genlab.runs import atomic_path, atomic_write_bytes, final_grid
-from genlab.seeding import generator_for, mix_seed
+from genlab.seeding import forked_rng, generator_for, mix_seed
 
 log = logging.getLogger("genlab")
 
@@ -94,7 +93,7 @@ class EvalContext:
         the shares are gathered in rank order."""
         per_rank = math.ceil(n / self.world)
         b, m = self.generate_batch_size, self.model
-        with _seeded(mix_seed(self.seed, "generate", self.rank), m.device):
+        with forked_rng(m.device, mix_seed(self.seed, "generate", self.rank)):
             if z is None:
                 local = torch.cat([m.generate(min(b, per_rank - i)) for i in range(0, per_rank, b)])
             else:
@@ -473,11 +472,3 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
-
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Run a block with the global RNGs seeded, and give the random state back after. For
-    generation: families' generate(n) draw from the global generators and take none of their own."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
