@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.capabilities import BinaryImages
 from genlab.compat import attached_trainer
 from genlab.config import (
     ConfigError,
@@ -252,7 +253,10 @@ class RBM(GenerativeModule):
         dm = self.trainer.datamodule if attached_trainer(self) is not None else None
         if dm is None:
             return
-        if dm.binarize == "none" and not dm.binary:
+        if not isinstance(dm, BinaryImages):
+            raise ConfigError("model=rbm needs data that declares BinaryImages; "
+                              f"{type(dm).__name__} does not")
+        if not dm.binary_images:
             raise ConfigError("data.binarize='none' is invalid for model=rbm; allowed: static | "
                               "dynamic (the RBM's visible units are binary)")
         if stage == "fit":
