@@ -242,7 +242,7 @@ def _evaluator(name: str, node, settings: list[str]) -> Evaluator:
         except Exception as e:
             raise ConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {one_line(e)}") from None
         ok = isinstance(evaluator, type) and issubclass(evaluator, Evaluator)
-        require(ok and getattr(evaluator, "name", None) == name, f"metrics.{name}._target_",
+        require(ok and evaluator.registry_name == name, f"metrics.{name}._target_",
                 f"an Evaluator subclass whose name is {name!r}", target)
     allowed = _keywords(evaluator.__init__)
     for key in node:
