@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from test_report import make_run
 
 from genlab import report, report_figures
-from genlab.callbacks.evaluators import aggregate_posterior_figure
+from genlab.metrics.figures import aggregate_posterior_figure
 
 PANELS = {"generated": "prior samples", "expost": "ex-post mixture samples",
           "reconstruction": "reconstructions"}

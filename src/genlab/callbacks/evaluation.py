@@ -36,7 +36,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from functools import partial
 
 import pytorch_lightning as pl
@@ -50,6 +49,7 @@ from genlab.config import ConfigError, one_line, require, require_choice, requir
 from genlab.data import DATASETS
 from genlab.metrics.extractors import DOMAIN, extractor_image_shape, known_extractors, weights_hash
 from genlab.metrics.fid import RealReference, sample_metrics
+from genlab.seeding import forked_rng
 
 log = logging.getLogger("genlab")
 
@@ -182,7 +182,7 @@ class Evaluation(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad(), _forked(pl_module.device):
+            with torch.no_grad(), forked_rng(pl_module.device):
                 self.evaluate(trainer, pl_module, final)
         finally:
             pl_module.train(was_training)
@@ -242,7 +242,7 @@ def _evaluator(name: str, node, settings: list[str]) -> Evaluator:
         except Exception as e:
             raise ConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {one_line(e)}") from None
         ok = isinstance(evaluator, type) and issubclass(evaluator, Evaluator)
-        require(ok and getattr(evaluator, "name", None) == name, f"metrics.{name}._target_",
+        require(ok and evaluator.registry_name == name, f"metrics.{name}._target_",
                 f"an Evaluator subclass whose name is {name!r}", target)
     allowed = _keywords(evaluator.__init__)
     for key in node:
@@ -259,10 +259,3 @@ def _keywords(init) -> list[str]:
     params = list(inspect.signature(init).parameters.values())[1:]
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-
-@contextmanager
-def _forked(device: torch.device):
-    """Give the global random state back after the block, whatever the block draws (a
-    safety net: the draws inside are seeded on their own)."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield

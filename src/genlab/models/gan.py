@@ -28,6 +28,7 @@ from genlab.capabilities import RealImages
 from genlab.config import require, require_choice, require_nonnegative, require_positive
 from genlab.corruption import Corruption
 from genlab.metrics.image_stats import image_statistics, moments, stat_fd
+from genlab.metrics.psnr import psnr
 from genlab.models.adversarial import (
     AdversarialModule,
     d_adversarial,
@@ -190,13 +191,6 @@ class DCGAN(AdversarialModule):
 
 
 # --- restoration GAN ----------------------------------------------------------------------------
-
-
-def psnr(x: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio per image [B] in dB for images in [0, 1]: 10 log10(1 / MSE);
-    higher is better (capped at 100 dB for identical images)."""
-    mse = (x - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
 
 
 class RestorationGAN(AdversarialModule):

@@ -118,6 +118,11 @@ class VAE(GenerativeModule, Encoder):
         """The posterior mean: what disentanglement scores and the linear probe read."""
         return self.posterior(x)[0]
 
+    @property
+    def posterior_family(self) -> str:
+        """q(z | x)'s family by name (Encoder): model.eps, gaussian | uniform."""
+        return self.hparams.eps
+
     def unit_noise(self, mu: Tensor, k: int | None = None,
                    generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
         """The reparameterisation noise eps with unit variance, shape [B, D] or [k, B, D] (the
