@@ -120,8 +120,8 @@ class VAE(GenerativeModule, Encoder):
 
     @property
     def posterior_family(self) -> str:
-        """q(z | x)'s family by name (Encoder): model.eps, gaussian | uniform."""
-        return self.hparams.eps
+        """q(z | x)'s family by name (Encoder): model.posterior, gaussian | uniform."""
+        return self.q.registry_name
 
     def unit_noise(self, mu: Tensor, k: int | None = None,
                    generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
