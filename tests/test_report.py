@@ -288,6 +288,64 @@ def test_group_by_config_keys(sweep, tmp_path):
     assert list(read_table(out)) == [f"model.nope={load.MISSING}"]
 
 
+def test_a_component_given_as_a_mapping_is_keyed_by_its_name_and_its_settings(tmp_path):
+    """A model component is a string (`model.d_mode: plain`) or a mapping with a name
+    (`model.d_mode: {name: noise_head, aux_weight_d: 1.0}`): either way model.d_mode is its name,
+    and the mapping's other keys are model.d_mode.aux_weight_d, ... for grouping, labels, --x
+    and --baseline. A top-level group's name (data.name) keeps its key."""
+    config = {"seed": 0, "data": {"name": "digits"},
+              "model": {"name": "vae", "d_mode": {"name": "noise_head", "aux_weight_d": 1.0}}}
+    assert load.lookup(config, "model.d_mode") == "noise_head"
+    assert load.lookup(config, "model.d_mode.aux_weight_d") == 1.0
+    assert load.lookup({"model": {"d_mode": "plain"}}, "model.d_mode") == "plain"
+    assert load.lookup(config, "data.name") == "digits"
+    assert groups.flat(config) == {"data.name": "digits", "model.name": "vae",
+                                   "model.d_mode": "noise_head", "model.d_mode.aux_weight_d": 1}
+    # a name that is an interpolation is resolved, as any value is
+    arms = {**config, "arm": "b", "arms": {"b": "noise_head"},
+            "model": {"d_mode": {"name": "${arms.${arm}}", "aux_weight_d": 0.5}}}
+    assert load.lookup(arms, "model.d_mode") == "noise_head"
+
+    root = tmp_path / "sweep"
+    modes = {"plain": "plain", "head1": {"name": "noise_head", "aux_weight_d": 1.0},
+             "head05": {"name": "noise_head", "aux_weight_d": 0.5}}
+    spelled = {"plain": "plain", "head1": "{name:noise_head,aux_weight_d:1.0}",
+               "head05": "{name:noise_head,aux_weight_d:0.5}"}
+    elbo = {"plain": -200.0, "head1": -190.0, "head05": -195.0}
+    for job, (arm, seed) in enumerate((a, s) for a in modes for s in (0, 1)):
+        run = make_run(root, str(job), 1, seed, {"status": "ok", "val/elbo": elbo[arm] - seed},
+                       curve=False, samples=False)
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["model"]["d_mode"] = modes[arm]
+        write_config(run, config)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            [f"model.d_mode={spelled[arm]}", f"seed={seed}"]))
+
+    # by config (labelled by the overrides): the mapping's name and settings, each its own column
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--baseline", "model.d_mode=plain",
+                        "--x", "model.d_mode"]) == 0
+    table = read_table(out)
+    head05, head1 = (f"model.d_mode=noise_head, model.d_mode.aux_weight_d={w}" for w in ("0.5", "1.0"))
+    assert list(table) == [head05, head1, "model.d_mode=plain"]
+    assert [(r["model.d_mode"], r["model.d_mode.aux_weight_d"]) for r in table.values()] == \
+        [("noise_head", "0.5"), ("noise_head", "1.0"), ("plain", "")]
+    assert float(table[head1]["val/elbo diff"]) == pytest.approx(10.0)  # against plain
+    assert (out / "val_elbo_vs_model.d_mode.png").is_file()  # x: the components' names
+
+    # --group-by the component: its name, the settings pooled and named in a note
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.d_mode",
+                        "--baseline", "model.d_mode=plain"]) == 0
+    table = read_table(out)
+    assert list(table) == ["model.d_mode=noise_head", "model.d_mode=plain"]
+    assert table["model.d_mode=noise_head"]["n_ok"] == "4"
+    assert "model.d_mode=noise_head pools 2 distinct configurations; they differ in " \
+           "model.d_mode.aux_weight_d" in (out / "summary.md").read_text()
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.d_mode.aux_weight_d"]) == 0
+    assert list(read_table(out)) == ["model.d_mode.aux_weight_d=0.5", "model.d_mode.aux_weight_d=1.0",
+                                     f"model.d_mode.aux_weight_d={load.MISSING}"]
+
+
 def test_group_by_resolves_a_presets_interpolation(tmp_path):
     # a preset that sweeps named arms saves `model.k: ${arms.${arm}.k}`: grouping by model.k
     # means the value each run ran with
