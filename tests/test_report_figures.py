@@ -37,15 +37,15 @@ def sweep(tmp_path_factory):
 
 def drawn(monkeypatch) -> dict[str, Figure]:
     """Every figure genlab-report saves, by name, as it saves them."""
-    figures: dict[str, Figure] = {}
+    saved: dict[str, Figure] = {}
     save = figures.save
 
     def keep(fig, out, name):
-        figures[name] = fig
+        saved[name] = fig
         return save(fig, out, name)
 
     monkeypatch.setattr(figures, "save", keep)
-    return figures
+    return saved
 
 
 def assert_readable(name: str, fig: Figure) -> None:
@@ -77,24 +77,24 @@ def test_every_figure_of_a_real_sweep_is_labelled_and_fits_its_canvas(sweep, tmp
                          "step_metric": ["val/elbo", "val/fid"], "panels": PANELS,
                          "grids": ["aggregate_posterior"]}
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the panels in their order
-    figures = drawn(monkeypatch)
+    saved = drawn(monkeypatch)
     out = tmp_path / "report"
     assert report.main([str(sweep), "--out", str(out), "--html"]) == 0
     extractor = "genlab-digits-cnn"
-    assert set(figures) == {"curve_val_elbo", "curve_val_fid", "samples", "panels",
+    assert set(saved) == {"curve_val_elbo", "curve_val_fid", "samples", "panels",
                             "aggregate_posterior", "val_elbo_vs_beta_the_KL_s_weight",
                             f"val_fid_{extractor}_vs_beta_the_KL_s_weight",
                             f"val_fid_expost_{extractor}_vs_beta_the_KL_s_weight"}
-    for name, fig in figures.items():
+    for name, fig in saved.items():
         assert_readable(name, fig)
         assert (out / f"{name}.png").is_file() and f'alt="{name}"' in (out / "report.html").read_text()
 
     # the line is named in the study's words, over the axis's label
-    ax = figures["val_elbo_vs_beta_the_KL_s_weight"].axes[0]
+    ax = saved["val_elbo_vs_beta_the_KL_s_weight"].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["2-D VAE (n=1)"]
     assert ax.get_xlabel() == "beta (the KL's weight)" and ax.get_ylabel() == "val/elbo"
     # the panels: one row per beta, the three grids of its seed in the preset's order
-    fig = figures["panels"]
+    fig = saved["panels"]
     assert [t.get_text().replace("\n", " ") for t in fig.texts[:3]] == list(PANELS.values())
     assert len(fig.axes) == 2 * 3
     shown = [ax.images[0].get_array() for ax in fig.axes[:3]]
