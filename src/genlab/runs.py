@@ -338,3 +338,85 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RunReadError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+# -- the files genlab-report reads besides summary.json ------------------------------------------
+
+def _read_yaml(path: Path, kind: type) -> Any:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunReadError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if data is None:
+        data = kind()
+    if not isinstance(data, kind):
+        raise RunReadError(f"{path}: expected a YAML {kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's saved config (.hydra/config.yaml) as plain YAML, interpolations unresolved;
+    RunReadError ("PATH: reason") for a file that is unreadable or not a mapping."""
+    return _read_yaml(Path(run_dir) / ".hydra" / "config.yaml", dict)
+
+
+def read_overrides(run_dir: str | Path) -> list[str]:
+    """The run's command-line overrides (.hydra/overrides.yaml) as text; [] without the file,
+    RunReadError ("PATH: reason") for one that is unreadable or not a list."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in _read_yaml(path, list)] if path.is_file() else []
+
+
+METRICS = "metrics.csv"  # Lightning's CSVLogger: a row per logging call, most cells empty
+
+
+def metrics_header(run_dir: str | Path) -> list[str]:
+    """The columns of the run's metrics.csv (step, epoch and every metric it logged); OSError
+    where the file is missing or cannot be opened."""
+    import csv
+
+    with open(Path(run_dir) / METRICS, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def read_curve(run_dir: str | Path, metric: str, epochs: int | None = None) -> dict[int, float]:
+    """step -> value of one metric from the run's metrics.csv (sparse: most cells empty); {}
+    where the file has no such column. ValueError without a 'step' column; OSError,
+    UnicodeDecodeError, csv.Error, ValueError or TypeError for a malformed file.
+
+    With `epochs` (the number of epochs the run trained, summary.json's "epochs"), only rows of
+    epochs 0 .. epochs - 1 count: genlab-train's validation and test of the best checkpoint after
+    training are logged under epoch `epochs`, and are not a point of the training curve.
+    """
+    import csv
+
+    curve: dict[int, float] = {}
+    with open(Path(run_dir) / METRICS, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "step" not in reader.fieldnames:
+            raise ValueError("no 'step' column")
+        if metric not in reader.fieldnames:
+            return curve
+        for line in reader:
+            cell = line.get(metric)
+            if not cell:
+                continue
+            if epochs is not None and line.get("epoch") and int(float(line["epoch"])) >= epochs:
+                continue
+            curve[int(float(line["step"]))] = float(cell)  # a later row for a step wins, as in the logger
+    return curve
+
+
+def grid_names(run_dir: str | Path) -> list[str]:
+    """The names of the run's final sample grids (samples/<name>_final.png), sorted."""
+    return sorted(p.name[:-len("_final.png")] for p in (Path(run_dir) / "samples").glob("*_final.png"))
+
+
+def read_grid(run_dir: str | Path, name: str = GENERATED) -> Any:
+    """The run's final grid `name` (final_grid) as an image array, floats in [0, 1]; Pillow
+    raises one of several exception types for a broken PNG."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(final_grid(run_dir, name))
