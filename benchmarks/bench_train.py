@@ -47,6 +47,7 @@ from omegaconf import open_dict
 
 from genlab.compat import cuda_check_without_nvml, skip_empty_batch_hooks
 from genlab.data import build_datamodule
+from genlab.sweep import register_resolvers
 from genlab.train import CONF_DIR, _build_all, build
 
 warnings.filterwarnings("ignore")
@@ -98,6 +99,7 @@ class Interleaved(pl.Callback):
 
 def run_config(out: str, data_root: str, overrides: list[str]):
     """genlab-train's composed config, writing into `out`, with metrics.csv only."""
+    register_resolvers()  # as genlab-train's setup() does before Hydra composes
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={out}", f"paths.data_dir={data_root}",
                                            "logger=csv", *overrides])

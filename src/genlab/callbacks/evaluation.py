@@ -46,16 +46,12 @@ from torch import Tensor
 
 from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.config import ConfigError, one_line, require, require_choice, require_positive
-from genlab.data import DATASETS
+from genlab.data import DATASETS, InMemoryDataModule
 from genlab.metrics.extractors import DOMAIN, extractor_image_shape, known_extractors, weights_hash
 from genlab.metrics.fid import RealReference, sample_metrics
 from genlab.seeding import forked_rng
 
 log = logging.getLogger("genlab")
-
-# The values are identical on every rank by construction (see the module docstring), so the
-# cross-rank reduction Lightning recommends would only add a collective.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
 class Evaluation(pl.Callback):
@@ -129,12 +125,16 @@ class Evaluation(pl.Callback):
         """Fail before the first step when the evaluation could not run at its end: missing
         extractor weights (ExtractorUnavailable, saying what to download or retrain), an extractor
         for another image size, an evaluator whose data needs are not met."""
+        # The values are identical on every rank by construction (see the module docstring), so
+        # the cross-rank reduction Lightning recommends would only add a collective (idempotent:
+        # the filter replaces its own copy).
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
         dm = trainer.datamodule
         if dm is None:
             raise ConfigError("callbacks.evaluation needs a genlab data module (trainer.fit(..., "
                               "datamodule=...)); set callbacks.evaluation=null to switch it off")
         if self.extractor is None:
-            name = getattr(dm, "name", type(dm).__name__)
+            name = dm.name if isinstance(dm, InMemoryDataModule) else type(dm).__name__
             require(name in DATASETS, "metrics.extractor", f"a feature extractor name (data {name!r} "
                     f"is not in genlab.data.DATASETS, so it has no default): "
                     f"{' | '.join(known_extractors())}", None)
