@@ -206,7 +206,8 @@ def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
 
     name = next((n for n, c in FAMILIES.items() if c is type(model)), type(model).__qualname__)
     this = described(name, {k: [value(k)] for k in when or {}})
-    readers = [described(n, c.reads_corruption_when()) for n, c in FAMILIES.items()
+    # by name: the order in which families register (their import order) is no order for a reader
+    readers = [described(n, c.reads_corruption_when()) for n, c in sorted(FAMILIES.items())
                if c.reads_corruption_when() is not None]
     raise ConfigError(f"corruption={kind} has no effect with {this}; "
                       f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")
