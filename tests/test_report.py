@@ -579,15 +579,15 @@ def test_every_family_writes_generated_samples_under_one_name(model, tmp_path):
     from types import SimpleNamespace
 
     from conftest import make_cfg
-    from hydra.utils import instantiate
 
     from genlab.callbacks.samples import SampleGrids
     from genlab.data import build_datamodule
+    from genlab.models import build_model
 
     cfg = make_cfg(tmp_path, "data=digits", f"model={model}", "corruption=blur")
     dm = build_datamodule(cfg.data)
     dm.setup()
-    module = instantiate(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
+    module = build_model(cfg.model, dm.image_shape)
     trainer = SimpleNamespace(datamodule=dm, default_root_dir=str(tmp_path), loggers=[], global_step=0)
     callback = SampleGrids(n=16, seed=3)
 

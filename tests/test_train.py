@@ -167,7 +167,8 @@ def test_summary_is_json_with_status(tmp_path):
 
 def test_each_family_has_its_own_objective(smoke, tmp_path):
     # model=dcgan alone must work: its checkpoints rank by a metric it logs every validation
-    run = smoke(tmp_path / "gan", "data=digits", "model=dcgan", "model.base_channels=8", *NO_EVAL)
+    run = smoke(tmp_path / "gan", "data=digits", "model=dcgan", "model.generator.base_channels=8",
+                "model.discriminator.base_channels=8", *NO_EVAL)
     s = runs.read_summary(run)
     assert s["status"] == "ok" and s["objective"] == "val/stat_fd"
     assert "best-epoch" in s["best_checkpoint"]

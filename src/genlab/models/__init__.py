@@ -202,16 +202,22 @@ def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
         corruption = OmegaConf.to_container(corruption, resolve=True)
     kind = as_corruption(corruption).kind
     when = type(model).reads_corruption_when()
+
+    def value(k: str):  # a setting's value; a component's node (a mapping) by its name
+        v = model.hparams.get(k)
+        return v.get("name") if isinstance(v, Mapping) else v
+
     if kind == "none" or "corruption" in allow_unused or (
-            when is not None and all(model.hparams.get(k) in v for k, v in when.items())):
+            when is not None and all(value(k) in v for k, v in when.items())):
         return
 
     def described(name: str, values: Mapping) -> str:
         return " ".join([f"model={name}", *(f"model.{k}={'|'.join(map(str, v))}" for k, v in values.items())])
 
     name = next((n for n, c in FAMILIES.items() if c is type(model)), type(model).__qualname__)
-    this = described(name, {k: [model.hparams.get(k)] for k in when or {}})
-    readers = [described(n, c.reads_corruption_when()) for n, c in FAMILIES.items()
+    this = described(name, {k: [value(k)] for k in when or {}})
+    # by name: the order in which families register (their import order) is no order for a reader
+    readers = [described(n, c.reads_corruption_when()) for n, c in sorted(FAMILIES.items())
                if c.reads_corruption_when() is not None]
     raise ConfigError(f"corruption={kind} has no effect with {this}; "
                       f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")
