@@ -7,6 +7,7 @@ test_a_new_d_mode_is_one_class.)"""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from genlab.data.digits import load_digits_tensors
 from genlab.models import FAMILIES, family_name, load_model, read_genlab_checkpoint
 from genlab.models.common import GenerativeModule, eval_means, log_eval
 from genlab.runs import RunReadError, read_summary
+from genlab.settings import Settings, positive
 
 
 def user_conf(root: Path, files: dict[str, str]) -> str:
@@ -86,16 +88,23 @@ def test_add_a_dataset(tmp_path, monkeypatch):
         read_genlab_checkpoint(summary["best_checkpoint"])
 
 
-# --- add a model family: the LightningModule, one FAMILIES entry, conf/model + conf/objective -----
+# --- add a model family: a GenerativeModule registered in FAMILIES, conf/model + conf/objective ----
+
+
+@dataclasses.dataclass
+class PixelGaussianSettings(Settings):
+    lr: float = positive(0.05)
 
 
 class PixelGaussian(GenerativeModule):
     """Every pixel an independent Gaussian with a learned mean and standard deviation: the
     smallest model that learns something. val/nll, test/nll: nats per image."""
 
-    def __init__(self, image_shape: list[int], lr: float = 0.05):
+    Settings = PixelGaussianSettings
+
+    def __init__(self, image_shape: list[int], **settings):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_settings(self.configure(image_shape, settings))
         self.mean = nn.Parameter(torch.full(tuple(image_shape), 0.5))
         self.log_std = nn.Parameter(torch.zeros(tuple(image_shape)))
         self.means = eval_means(["nll"])
@@ -122,10 +131,25 @@ class PixelGaussian(GenerativeModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def test_add_a_model_family(tmp_path, monkeypatch):
-    monkeypatch.setitem(FAMILIES, "pixel_gaussian", PixelGaussian)
+@pytest.fixture
+def registered(request):
+    """Register an extension for one test: registered(REGISTRY, name, entry); removed afterwards."""
+    added = []
+
+    def register(registry, name, entry):
+        registry.register(name)(entry)
+        added.append((registry, name))
+        return entry
+
+    yield register
+    for registry, name in added:
+        registry.remove(name)
+
+
+def test_add_a_model_family(tmp_path, registered):
+    registered(FAMILIES, "pixel_gaussian", PixelGaussian)
     search = user_conf(tmp_path / "conf", {
-        "model/pixel_gaussian.yaml": f"_target_: {__name__}.PixelGaussian\nlr: 0.05\n",
+        "model/pixel_gaussian.yaml": "family: pixel_gaussian\nlr: 0.05\n",
         "objective/pixel_gaussian.yaml": "metric: val/nll\nmode: min\n",
     })
     run = tmp_path / "run"
@@ -141,9 +165,10 @@ def test_add_a_model_family(tmp_path, monkeypatch):
     model, ckpt = load_model(summary["best_checkpoint"])
     assert isinstance(model, PixelGaussian) and ckpt.data == "digits"
     assert not torch.equal(model.mean.detach(), torch.full((1, 8, 8), 0.5))
-    monkeypatch.delitem(FAMILIES, "pixel_gaussian")
+    FAMILIES.remove("pixel_gaussian")
     with pytest.raises(RunReadError, match="unknown model family 'pixel_gaussian'"):
         read_genlab_checkpoint(summary["best_checkpoint"])
+    FAMILIES.register("pixel_gaussian")(PixelGaussian)  # the fixture removes it again
 
 
 # --- add an evaluator: one Evaluator subclass, its node metrics.<name> ----------------------------

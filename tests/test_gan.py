@@ -368,7 +368,7 @@ def test_a_new_d_mode_is_one_class(smoke, tmp_path):
         with pytest.raises(ConfigError, match="model.d_mode.flip_weight=-1 is invalid"):
             DCGAN([1, 28, 28], d_mode={"name": "upside_down_test", "flip_weight": -1})
     finally:
-        GAMES._entries.pop("upside_down_test", None)
+        GAMES.remove("upside_down_test")
     assert "upside_down_test" not in GAMES
 
 

@@ -53,6 +53,12 @@ class Registry(Generic[T]):
         """Register a plain value (a dataset's table row) under `name`."""
         return self.register(name)(entry)
 
+    def remove(self, name: str) -> None:
+        """Take `name` out again (a test that registered an extension of its own)."""
+        entry = self._entries.pop(name)
+        if isinstance(entry, type) and entry.registry_name == name:
+            entry.registry_name = ""
+
     def get(self, name, key: str | None = None) -> T:
         """The entry called `name`, or one ConfigError line: `key=name is invalid; allowed: ...`."""
         require_choice(name, key or self.key, list(self._entries))

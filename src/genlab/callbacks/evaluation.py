@@ -46,7 +46,7 @@ from torch import Tensor
 
 from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.config import ConfigError, one_line, require, require_choice, require_positive
-from genlab.data import DATASETS, InMemoryDataModule
+from genlab.data import DATASETS, dataset_name
 from genlab.metrics.extractors import DOMAIN, extractor_image_shape, known_extractors, weights_hash
 from genlab.metrics.fid import RealReference, sample_metrics
 from genlab.seeding import forked_rng
@@ -134,7 +134,7 @@ class Evaluation(pl.Callback):
             raise ConfigError("callbacks.evaluation needs a genlab data module (trainer.fit(..., "
                               "datamodule=...)); set callbacks.evaluation=null to switch it off")
         if self.extractor is None:
-            name = dm.name if isinstance(dm, InMemoryDataModule) else type(dm).__name__
+            name = dataset_name(dm)
             require(name in DATASETS, "metrics.extractor", f"a feature extractor name (data {name!r} "
                     f"is not in genlab.data.DATASETS, so it has no default): "
                     f"{' | '.join(known_extractors())}", None)

@@ -44,7 +44,7 @@ from torchvision.utils import save_image
 
 from genlab.capabilities import ClassLabels, Encoder, KnownFactors, Representation
 from genlab.config import ConfigError, require, require_choice, require_positive
-from genlab.data import DATASETS
+from genlab.data import DATASETS, dataset_name
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
 from genlab.metrics.figures import aggregate_posterior_figure
@@ -157,7 +157,7 @@ class Evaluator:
             if not isinstance(dm, need):
                 # classes declare a capability by listing it among their bases
                 having = [f"data={n}" for n, d in DATASETS.items() if need in d.module.__mro__]
-                raise ConfigError(f"{self.key} is on, but data {getattr(dm, 'name', type(dm).__name__)!r} "
+                raise ConfigError(f"{self.key} is on, but data {dataset_name(dm)!r} "
                                   f"does not declare {need.__name__}; allowed: {self.key}=null, or "
                                   f"data that declares it ({' | '.join(having) or 'none built in'})")
 

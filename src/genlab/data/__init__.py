@@ -48,6 +48,11 @@ def dataset(name, key: str = "data.name") -> Dataset:
     return DATASETS[name]
 
 
+def dataset_name(dm) -> str:
+    """A data module's registry name for messages (its class name outside genlab's data modules)."""
+    return dm.name if isinstance(dm, InMemoryDataModule) else type(dm).__name__
+
+
 def data_kwargs(module: type[InMemoryDataModule]) -> list[str]:
     """The keyword arguments a data module accepts (its own and those of InMemoryDataModule)."""
     mro = module.__mro__
@@ -76,6 +81,7 @@ def build_datamodule(config: Mapping | DictConfig, key: str = "data") -> InMemor
 
 __all__ = [
     "DATASETS",
+    "dataset_name",
     "DSpritesDataModule",
     "Dataset",
     "DigitsDataModule",

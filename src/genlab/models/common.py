@@ -76,12 +76,10 @@ class GenerativeModule(pl.LightningModule):
         return adam(params, **self.optim, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from genlab.models import family_name  # the registry imports every family, this one too
-
         # names and plain values only: a reader rebuilds the model and data through genlab's
         # registries, so a checkpoint never names code to import (genlab.models.load_model)
         data = dict(self.data_config or {})
-        checkpoint["genlab"] = {"family": family_name(type(self)), "data": data.pop("name", None),
+        checkpoint["genlab"] = {"family": FAMILIES.name_of(type(self)), "data": data.pop("name", None),
                                 "data_kwargs": data}
         # the random state too, so a run resumed mid-epoch draws the noise it would have drawn
         checkpoint["genlab_rng"] = {"cpu": torch.get_rng_state()}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -31,9 +30,6 @@ from torch import Tensor
 from genlab.capabilities import NamedFactors
 from genlab.config import ConfigError, require
 from genlab.seeding import mix_seed
-
-if TYPE_CHECKING:
-    from genlab.models.vae import VAE
 
 KINDS = {"circle": 2, "line": 1}  # kind -> latent units it takes
 SQRT3 = math.sqrt(3.0)
@@ -173,7 +169,7 @@ class NamedUnits:
         return out
 
 
-def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
+def sweep(model, unit: str, steps: int) -> tuple[slice, Tensor]:
     """The latent units `unit` names and the `steps` values a traversal sets them to,
     [steps, units]: a circle factor goes once round the unit circle (one symmetry period), a line
     factor over +-sqrt 3 (its standardised levels), a latent index (a string of digits) over
@@ -193,7 +189,7 @@ def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
     return slice(i, i + 1), torch.linspace(-SWEEP, SWEEP, steps).unsqueeze(1)
 
 
-def sweeps(model: VAE, unit: str, steps: int) -> list[tuple[slice, Tensor]]:
+def sweeps(model, unit: str, steps: int) -> list[tuple[slice, Tensor]]:
     """`sweep` of one unit, or with unit="all" of every latent index in turn (one traversal row
     per unit: which unit codes which factor)."""
     if unit == "all":
@@ -202,7 +198,7 @@ def sweeps(model: VAE, unit: str, steps: int) -> list[tuple[slice, Tensor]]:
 
 
 @torch.no_grad()
-def traverse(model: VAE, x: Tensor, units: slice, values: Tensor) -> Tensor:
+def traverse(model, x: Tensor, units: slice, values: Tensor) -> Tensor:
     """Decoded traversals: each image's posterior mean with `units` set to each row of `values`
     in turn, the other units fixed: [len(x) * steps, C, H, W], one image after another."""
     z = model.posterior(x)[0]

@@ -18,16 +18,11 @@ not the ELBO. Units: nats per image (docs/objectives.md).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
 from genlab.models.common import eval_noise
 from genlab.registry import Component, Registry
 from genlab.settings import Settings, nonnegative, positive_int
-
-if TYPE_CHECKING:
-    from genlab.models.vae import VAE
 
 VAE_OBJECTIVES: Registry[type[VAEObjective]] = Registry("VAE objective", "model.objective")
 
@@ -35,11 +30,11 @@ VAE_OBJECTIVES: Registry[type[VAEObjective]] = Registry("VAE objective", "model.
 class VAEObjective(Component):
     bound_metric = "val/elbo"
 
-    def loss(self, vae: VAE, batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, vae, batch) -> tuple[Tensor, dict[str, Tensor]]:
         """The training loss of a batch and the per-batch values to log as train/<name>."""
         raise NotImplementedError
 
-    def eval_values(self, vae: VAE, x: Tensor, index: Tensor) -> dict[str, Tensor]:
+    def eval_values(self, vae, x: Tensor, index: Tensor) -> dict[str, Tensor]:
         """Per-image values of the trained bound on validation images, beside the ELBO's."""
         return {}
 
