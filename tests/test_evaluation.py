@@ -108,7 +108,7 @@ def test_extractor_is_named_in_the_summary(digits_run):
     digits_run, cfg = digits_run
     # metrics.extractor=null: the data's own, from genlab.data.DATASETS
     assert cfg.metrics.extractor is None
-    assert runs.read_summary(digits_run)["fid_extractor"] == DATASETS["digits"].extractor
+    assert runs.read_summary(digits_run)["fid_extractor"] == DATASETS["digits"].fid_extractor
 
 
 def test_model_fid_is_far_above_the_real_data_floor(digits_run):
@@ -119,7 +119,7 @@ def test_model_fid_is_far_above_the_real_data_floor(digits_run):
     n = cfg.metrics.n_samples
     ref = RealReference.from_datamodule(dm, cfg.metrics.real_split, n)
     held_out = dm.images("test", n)
-    floor = sample_metrics(held_out, ref, DATASETS["digits"].extractor, ["fid"],
+    floor = sample_metrics(held_out, ref, DATASETS["digits"].fid_extractor, ["fid"],
                            cache_dir=cfg.metrics.cache_dir)["fid"]
     model_fid = runs.read_summary(digits_run)["val/fid"]
     assert 0 < floor < model_fid / 10, (floor, model_fid)

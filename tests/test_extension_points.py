@@ -17,7 +17,7 @@ from conftest import make_cfg
 from torch import Tensor, nn
 
 from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
-from genlab.data import DATASETS, Dataset, InMemoryDataModule, build_datamodule
+from genlab.data import DATASETS, InMemoryDataModule, build_datamodule
 from genlab.data.digits import load_digits_tensors
 from genlab.models import FAMILIES, family_name, load_model, read_genlab_checkpoint
 from genlab.models.common import GenerativeModule, eval_means, log_eval
@@ -52,22 +52,37 @@ def val_curve(run_dir: Path, key: str) -> tuple[list[float], float]:
     return values[:-1], values[-1]
 
 
-# --- add a dataset: its module, one DATASETS entry, conf/data/<name>.yaml (+ conf/metrics/<name>.yaml)
+@pytest.fixture
+def registered(request):
+    """Register an extension for one test: registered(REGISTRY, name, entry); removed afterwards."""
+    added = []
+
+    def register(registry, name, entry):
+        registry.register(name)(entry)
+        added.append((registry, name))
+        return entry
+
+    yield register
+    for registry, name in added:
+        registry.remove(name)
+
+
+# --- add a dataset: its module registered in DATASETS, conf/data/<name>.yaml (+ conf/metrics/<name>.yaml)
 
 
 class InvertedDigits(InMemoryDataModule):
     """scikit-learn's digits, white background and dark strokes: 8x8 like digits, so digits'
     FID extractor fits it (a dataset of another shape would train its own, see the document)."""
 
-    name = "inverted_digits"
     image_shape = (1, 8, 8)
+    fid_extractor = "genlab-digits-cnn"
 
     def load(self):
         return {split: (255 - x, y) for split, (x, y) in load_digits_tensors().items()}
 
 
-def test_add_a_dataset(tmp_path, monkeypatch):
-    monkeypatch.setitem(DATASETS, "inverted_digits", Dataset(InvertedDigits, "genlab-digits-cnn"))
+def test_add_a_dataset(tmp_path, registered):
+    registered(DATASETS, "inverted_digits", InvertedDigits)
     search = user_conf(tmp_path / "conf", {
         "data/inverted_digits.yaml": "defaults:\n  - digits\n  - _self_\nname: inverted_digits\n",
         "metrics/inverted_digits.yaml": "defaults:\n  - digits\n  - _self_\n",
@@ -83,9 +98,10 @@ def test_add_a_dataset(tmp_path, monkeypatch):
     dm.setup()
     assert isinstance(dm, InvertedDigits) and dm.splits["train"][0].float().mean() > 127
     # a checkpoint names its dataset; without the registry entry it cannot be read back
-    monkeypatch.delitem(DATASETS, "inverted_digits")
+    DATASETS.remove("inverted_digits")
     with pytest.raises(RunReadError, match="unknown dataset 'inverted_digits'"):
         read_genlab_checkpoint(summary["best_checkpoint"])
+    DATASETS.register("inverted_digits")(InvertedDigits)  # the fixture removes it again
 
 
 # --- add a model family: a GenerativeModule registered in FAMILIES, conf/model + conf/objective ----
@@ -129,21 +145,6 @@ class PixelGaussian(GenerativeModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-@pytest.fixture
-def registered(request):
-    """Register an extension for one test: registered(REGISTRY, name, entry); removed afterwards."""
-    added = []
-
-    def register(registry, name, entry):
-        registry.register(name)(entry)
-        added.append((registry, name))
-        return entry
-
-    yield register
-    for registry, name in added:
-        registry.remove(name)
 
 
 def test_add_a_model_family(tmp_path, registered):

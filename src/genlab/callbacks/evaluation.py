@@ -138,7 +138,7 @@ class Evaluation(pl.Callback):
             require(name in DATASETS, "metrics.extractor", f"a feature extractor name (data {name!r} "
                     f"is not in genlab.data.DATASETS, so it has no default): "
                     f"{' | '.join(known_extractors())}", None)
-            self.fid_extractor = DATASETS[name].extractor
+            self.fid_extractor = DATASETS[name].fid_extractor
         weights_hash(self.fid_extractor, self.inception_weights)  # raises when the weights are not here
         if self.fid_extractor in DOMAIN:
             shape = extractor_image_shape(self.fid_extractor)

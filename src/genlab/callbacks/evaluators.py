@@ -156,7 +156,7 @@ class Evaluator:
         for need in self.data_needs:
             if not isinstance(dm, need):
                 # classes declare a capability by listing it among their bases
-                having = [f"data={n}" for n, d in DATASETS.items() if need in d.module.__mro__]
+                having = [f"data={n}" for n, d in DATASETS.items() if need in d.__mro__]
                 raise ConfigError(f"{self.key} is on, but data {dataset_name(dm)!r} "
                                   f"does not declare {need.__name__}; allowed: {self.key}=null, or "
                                   f"data that declares it ({' | '.join(having) or 'none built in'})")

@@ -1,48 +1,31 @@
 """Data modules: images held in memory as uint8 tensors and batched by index.
 
-DATASETS is the one table of genlab's datasets: name -> data module class, image shape and the
-FID feature extractor that fits its images. conf/data/<name>.yaml names its entry (`name:`), and
+DATASETS is the one registry of genlab's datasets: name -> data module class, which declares its
+image shape and the FID feature extractor that fits its images (`fid_extractor`). A module
+registers itself with @DATASETS.register("<name>"); conf/data/<name>.yaml names it (`name:`), and
 training, genlab-sample (which rebuilds a checkpoint's data source by name and keyword arguments),
-the probe and the extractor trainer all go through it. A new dataset is its module, one entry
-here and its conf file.
+the probe and the extractor trainer all go through it. A new dataset is its module and its conf
+file (and its import below, so the registry holds it).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.config import ConfigError
-from genlab.data.base import IndexBatches, InMemoryDataModule
-from genlab.data.digits import DigitsDataModule
+from genlab.data.base import DATASETS, IndexBatches, InMemoryDataModule
+from genlab.data.fashion_mnist import FashionMNISTDataModule  # first: the default dataset
+from genlab.data.digits import DigitsDataModule  # noqa: I001 (the registry's order)
 from genlab.data.dsprites import DSpritesDataModule
-from genlab.data.fashion_mnist import FashionMNISTDataModule
 from genlab.data.mnist import MNISTDataModule
 
 
-@dataclass(frozen=True)
-class Dataset:
-    module: type[InMemoryDataModule]
-    extractor: str  # the default FID feature extractor (genlab.metrics.extractors)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.module.image_shape
-
-
-DATASETS: dict[str, Dataset] = {
-    "fashion_mnist": Dataset(FashionMNISTDataModule, "genlab-fmnist-cnn"),
-    "digits": Dataset(DigitsDataModule, "genlab-digits-cnn"),
-    "dsprites": Dataset(DSpritesDataModule, "genlab-dsprites-cnn"),
-    "mnist": Dataset(MNISTDataModule, "genlab-mnist-cnn"),
-}
-
-
-def dataset(name, key: str = "data.name") -> Dataset:
-    """The registry entry of `name`, or a ConfigError naming the key and the known datasets."""
+def dataset(name, key: str = "data.name") -> type[InMemoryDataModule]:
+    """The data module class registered as `name`, or a ConfigError naming the key and the known
+    datasets."""
     if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(f"{key}={name!r} is not a genlab dataset; allowed: {' | '.join(DATASETS)}")
     return DATASETS[name]
@@ -71,19 +54,18 @@ def build_datamodule(config: Mapping | DictConfig, key: str = "data") -> InMemor
         config = OmegaConf.to_container(config, resolve=True)
     config = dict(config)
     entry = dataset(config.pop("name", None), f"{key}.name")
-    allowed = data_kwargs(entry.module)
+    allowed = data_kwargs(entry)
     for k in config:
         if k not in allowed:
-            raise ConfigError(f"{key}.{k} is not an option of data {entry.module.name!r}; "
+            raise ConfigError(f"{key}.{k} is not an option of data {entry.registry_name!r}; "
                               f"allowed: {', '.join(allowed)}")
-    return entry.module(**config)
+    return entry(**config)
 
 
 __all__ = [
     "DATASETS",
     "dataset_name",
     "DSpritesDataModule",
-    "Dataset",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "InMemoryDataModule",

@@ -37,6 +37,7 @@ from torch import Tensor
 from genlab.capabilities import BinaryImages, ClassLabels, RealImages
 from genlab.compat import batches_completed_this_epoch, lightning_run_seed
 from genlab.config import require, require_choice, require_positive
+from genlab.registry import Registry
 from genlab.seeding import generator_for
 
 # A fetch maps a LongTensor of indices to (images uint8 [B, C, H, W], labels [B, ...] or None).
@@ -135,10 +136,21 @@ class IndexBatches:
         self._skip, self._skip_epoch = state["consumed"], state["epoch"]
 
 
+# name -> data module class: `data.name` in a config and the dataset in a checkpoint choose from it;
+# a source registers itself with @DATASETS.register("<name>") and sets its fid_extractor
+DATASETS: Registry[type[InMemoryDataModule]] = Registry("dataset", "data.name")
+
+
 class InMemoryDataModule(pl.LightningDataModule, RealImages, BinaryImages):
     """Base for every genlab source. Subclasses implement `load()` (or override `fetcher`)."""
 
-    name = "base"
+    registry_name = "base"  # set by @DATASETS.register
+    fid_extractor = ""  # the FID feature extractor that fits its images (genlab.metrics.extractors)
+
+    @property
+    def name(self) -> str:
+        """Its registry name (what data.name chose)."""
+        return type(self).registry_name
     image_shape: tuple[int, int, int]
     binary = False  # images are 0 / 255 already: data.binarize has nothing to do
 

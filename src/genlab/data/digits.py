@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from genlab.data.base import ClassLabelled
+from genlab.data.base import DATASETS, ClassLabelled
 
 TEST_SIZE = 297
 
@@ -25,8 +25,9 @@ def load_digits_tensors():
     return {"train": (x[train], y[train]), "test": (x[test], y[test])}
 
 
+@DATASETS.register("digits")
 class DigitsDataModule(ClassLabelled):
-    name = "digits"
+    fid_extractor = "genlab-digits-cnn"  # the default FID feature extractor (genlab.metrics.extractors)
     image_shape = (1, 8, 8)
     num_classes = 10
 

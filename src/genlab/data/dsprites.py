@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from genlab.capabilities import NamedFactors
-from genlab.data.base import InMemoryDataModule
+from genlab.data.base import DATASETS, InMemoryDataModule
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
@@ -94,10 +94,11 @@ def render(factors: Tensor) -> Tensor:
     return (inside.to(torch.uint8) * 255).unsqueeze(1)
 
 
+@DATASETS.register("dsprites")
 class DSpritesDataModule(InMemoryDataModule, NamedFactors):
     """dSprites batches: images rendered from grid indices; labels are factor level indices."""
 
-    name = "dsprites"
+    fid_extractor = "genlab-dsprites-cnn"  # the default FID feature extractor (genlab.metrics.extractors)
     factor_sizes = FACTOR_SIZES  # KnownFactors: the grid is uniform over these levels
     factor_names = FACTOR_NAMES  # NamedFactors
     periodic_factors = ("orientation",)

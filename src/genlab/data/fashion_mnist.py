@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from genlab.data.base import DATASETS
 from genlab.data.idx import FILES, IdxDataModule
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -57,8 +58,9 @@ def ensure_fashion_mnist(root: str | Path, debian_dir: Path = DEBIAN_DIR, downlo
                             + "\nProvide any one of the three and run again.")
 
 
+@DATASETS.register("fashion_mnist")
 class FashionMNISTDataModule(IdxDataModule):
-    name = "fashion_mnist"
+    fid_extractor = "genlab-fmnist-cnn"  # the default FID feature extractor (genlab.metrics.extractors)
     # the dataset's names of its labels 0 .. 9 (figure legends)
     class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from genlab.data.base import DATASETS
 from genlab.data.idx import IdxDataModule
 
 # the published MD5s of the uncompressed files
@@ -139,8 +140,9 @@ def ensure_mnist(root: str | Path, download: bool = True) -> Path:
         f"{i}. {f}" for i, f in enumerate(failures, 1)))
 
 
+@DATASETS.register("mnist")
 class MNISTDataModule(IdxDataModule):
-    name = "mnist"
+    fid_extractor = "genlab-mnist-cnn"  # the default FID feature extractor (genlab.metrics.extractors)
     ensure = staticmethod(ensure_mnist)
 
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # the datasets whose default FID extractor is a genlab domain CNN (genlab.data.DATASETS)
     p.add_argument("--data", required=True,
-                   choices=sorted(n for n, d in DATASETS.items() if d.extractor in DOMAIN))
+                   choices=sorted(n for n, d in DATASETS.items() if d.fid_extractor in DOMAIN))
     p.add_argument("--root", default="data", help="data root (as data.root)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sanity-n", type=int, default=10_000)
     args = p.parse_args(argv)
 
-    name = DATASETS[args.data].extractor
+    name = DATASETS[args.data].fid_extractor
     out = Path(args.out) if args.out else domain_weights_path(name)
     dm = make_datamodule(args.data, args.root)
     dm.setup()

@@ -127,7 +127,7 @@ def read_genlab_checkpoint(path: str | Path, key: str = "ckpt",
     if not isinstance(kwargs, Mapping):
         raise RunReadError(f"{where}: data_kwargs must be a mapping, got {_named(kwargs)}")
     if data is not None:
-        allowed = data_kwargs(DATASETS[data].module)
+        allowed = data_kwargs(DATASETS[data])
         unknown = [k for k in kwargs if k not in allowed]
         if unknown:
             raise RunReadError(f"{where}: unknown option {_named(unknown[0])} of dataset {data!r}; "
