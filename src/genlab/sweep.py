@@ -82,9 +82,13 @@ def sweep_id(resume: Any, sweeps_dir: str) -> str:
     return str(resume)
 
 
-def trained_bound(iwae_k: int) -> str:
-    """The validation metric of the bound a VAE trains on: val/iwae when model.iwae_k > 1."""
-    return "val/iwae" if int(iwae_k) > 1 else "val/elbo"
+def trained_bound(objective) -> str:
+    """The validation metric of the bound a VAE's objective (`model.objective`, a name or a node)
+    trains on: val/iwae for the IWAE, else val/elbo (genlab.models.objectives)."""
+    from genlab.models.objectives import VAE_OBJECTIVES
+    from genlab.registry import node_name
+
+    return VAE_OBJECTIVES.get(node_name(objective, "model.objective")).bound_metric
 
 
 def register_resolvers() -> None:

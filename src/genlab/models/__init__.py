@@ -23,12 +23,11 @@ from genlab.settings import Settings
 from genlab.models.dae import DAE
 from genlab.models.deep_mlp import DeepMLP
 from genlab.models.gan import DCGAN, RestorationGAN
-from genlab.models.named import NamedFactorVAE
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
 
 # families not yet registered with @FAMILIES.register (transition: each moves to the decorator)
-for _name, _cls in {"vae": VAE, "named_vae": NamedFactorVAE, "dae": DAE, "dcgan": DCGAN,
+for _name, _cls in {"dae": DAE, "dcgan": DCGAN,
                     "restoration_gan": RestorationGAN, "rbm": RBM, "deep_mlp": DeepMLP}.items():
     if _cls.registry_name == "":
         FAMILIES.add(_name, _cls)
@@ -207,5 +206,5 @@ def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
                       f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")
 
 
-__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint", "NamedFactorVAE",
+__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint",
            "RestorationGAN", "UNUSED_OK", "build_model", "family_of", "check_corruption_read", "family_name", "load_model", "read_genlab_checkpoint"]

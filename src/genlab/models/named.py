@@ -1,6 +1,7 @@
-"""A VAE whose first latent units are tied to named factors of the data (`model=named_vae`).
+"""Named latent units: a VAE whose first latent units are tied to named factors of the data
+(`model=named_vae`: model=vae with model.named_factors and model.objective=named_elbo).
 
-`named_factors` maps factor names of the data (genlab.capabilities.NamedFactors, e.g. dSprites)
+`model.named_factors` maps factor names of the data (genlab.capabilities.NamedFactors, e.g. dSprites)
 to a kind, and the named units come first in the latent vector, in that order:
   - circle: two units, trained towards (cos phi, sin phi), phi the factor's rotation as a
     fraction of its symmetry period times 2 pi: one turn of the circle is the smallest rotation
@@ -11,7 +12,8 @@ to a kind, and the named units come first in the latent vector, in that order:
 The other units are free, as in the plain VAE. The supervised term (docs/objectives.md) is the
 negative log density of the targets under the named units' posterior, over the labelled images
 of a batch: `labelled_fraction` of the data set, a fixed subset chosen by the index of each image
-in the factor grid (seeded by `labelled_seed`, the same for every run seed).
+in the factor grid (seeded by `labelled_seed`, the same for every run seed); the named_elbo
+objective (genlab.models.objectives) weights it by `supervised_weight`.
 `supervised_weight=0` is the unsupervised VAE with the same metrics: for each named factor,
 val/test `<name>_err_deg` (circle: mean absolute error of the predicted rotation in degrees of
 the image, modulo the symmetry) or `<name>_mae` (line: mean absolute error in levels).
@@ -21,19 +23,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from genlab.capabilities import NamedFactors
-from genlab.config import ConfigError, require, require_nonnegative
-from genlab.models.common import eval_means, log_eval, log_this_step
-from genlab.models.likelihood import mean_image
-from genlab.models.vae import LOG_2PI, VAE
+from genlab.config import ConfigError, require
 from genlab.seeding import mix_seed
+
+if TYPE_CHECKING:
+    from genlab.models.vae import VAE
 
 KINDS = {"circle": 2, "line": 1}  # kind -> latent units it takes
 SQRT3 = math.sqrt(3.0)
+LOG_2PI = math.log(2 * math.pi)
 SWEEP = 2.0  # a free unit is swept over +-2 prior standard deviations
 
 
@@ -64,73 +68,49 @@ def wrapped(a: Tensor) -> Tensor:
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
-class NamedFactorVAE(VAE):
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        latent_dim: int = 10,
-        beta: float = 1.0,
-        likelihood: str = "bernoulli",
-        std: float = 0.1,
-        learn_std: bool = False,
-        eps: str = "gaussian",
-        iwae_k: int = 1,
-        loglik_samples: int = 1000,
-        loglik_images: int | None = 1000,
-        loglik_chunk: int = 8192,
-        lr: float = 1e-3,
-        base_channels: int = 32,
-        n_grid: int = 64,
-        arch: str = "conv",
-        hidden: list[int] = (500,),
-        activation: str = "tanh",
-        named_factors: Mapping | None = None,
-        labelled_fraction: float = 1.0,
-        supervised_weight: float = 100.0,
-        labelled_seed: int = 0,
-        elbo_k: int = 1,
-    ):
-        allowed = "a mapping of the data's factor names to circle | line, e.g. {orientation: circle}"
-        require(isinstance(named_factors, Mapping) and any(v is not None for v in named_factors.values()),
-                "model.named_factors", allowed, named_factors)
-        named = {k: v for k, v in named_factors.items() if v is not None}  # null: not named
-        for name, kind in named.items():
-            require(kind in KINDS, f"model.named_factors.{name}", " | ".join(KINDS), kind)
-        ok = isinstance(labelled_fraction, int | float) and not isinstance(labelled_fraction, bool)
-        require(ok and 0 < labelled_fraction <= 1, "model.labelled_fraction",
-                "a number in (0, 1]: the fraction of training images whose factors are given",
-                labelled_fraction)
-        require_nonnegative(supervised_weight, "model.supervised_weight")
-        require(isinstance(labelled_seed, int) and not isinstance(labelled_seed, bool)
-                and labelled_seed >= 0, "model.labelled_seed", "an integer >= 0", labelled_seed)
-        require(iwae_k == 1, "model.iwae_k", "1 for model=named_vae (it trains on the ELBO)", iwae_k)
-        require(elbo_k == 1, "model.elbo_k", "1 for model=named_vae (its ELBO takes one sample)", elbo_k)
-        n_named = sum(KINDS[k] for k in named.values())
-        require(isinstance(latent_dim, int) and latent_dim >= n_named, "model.latent_dim",
-                f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
-        super().__init__(image_shape, latent_dim, beta, likelihood, std, learn_std, eps, iwae_k,
-                         loglik_samples, loglik_images, loglik_chunk, lr, base_channels, n_grid,
-                         arch, hidden, activation, elbo_k)
+def check_named_factors(named_factors, latent_dim: int) -> dict[str, str]:
+    """model.named_factors as {name: kind} without the nulls (a null drops a factor), checked
+    against the kinds and the latent units there are."""
+    allowed = "a mapping of the data's factor names to circle | line, e.g. {orientation: circle}"
+    require(isinstance(named_factors, Mapping) and any(v is not None for v in named_factors.values()),
+            "model.named_factors", allowed, named_factors)
+    named = {k: v for k, v in named_factors.items() if v is not None}
+    for name, kind in named.items():
+        require(kind in KINDS, f"model.named_factors.{name}", " | ".join(KINDS), kind)
+    n_named = sum(KINDS[k] for k in named.values())
+    require(latent_dim >= n_named, "model.latent_dim",
+            f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
+    return named
+
+
+class NamedUnits:
+    """The latent layout of a VAE with `model.named_factors`: which units carry which factor, which
+    training images carry labels, what the units are trained towards and how far they are from it
+    (see the module's docstring). The VAE holds one as `named` (None without named factors)."""
+
+    def __init__(self, named_factors: Mapping, latent_dim: int, labelled_fraction: float, labelled_seed: int):
+        named = check_named_factors(named_factors, latent_dim)
         # name -> (kind, first unit); the named units come first, in the config's order
-        self.named: dict[str, tuple[str, int]] = {}
+        self.units: dict[str, tuple[str, int]] = {}
         for name, kind in named.items():
-            self.named[name] = (kind, sum(KINDS[k] for k, _ in self.named.values()))
-        self.n_named = n_named
-        self.means.update(eval_means([self._metric(n) for n in self.named]))
+            self.units[name] = (kind, sum(KINDS[k] for k, _ in self.units.values()))
+        self.n_named = sum(KINDS[k] for k in named.values())
+        self.labelled_fraction, self.labelled_seed = labelled_fraction, labelled_seed
         self.factor_data: NamedFactors | None = None
         self._labelled: Tensor | None = None
 
-    def _metric(self, name: str) -> str:
-        return f"{name}_err_deg" if self.named[name][0] == "circle" else f"{name}_mae"
+    def metric(self, name: str) -> str:
+        return f"{name}_err_deg" if self.units[name][0] == "circle" else f"{name}_mae"
 
-    # -- the data's factors -------------------------------------------------------------------
+    def metrics(self) -> list[str]:
+        return [self.metric(n) for n in self.units]
+
     def bind_data(self, data) -> None:
-        """Check the named factors against the data's and choose the labelled subset; called by
-        `setup` with the trainer's data module (or by hand outside a trainer)."""
+        """Check the named factors against the data's and choose the labelled subset."""
         require(isinstance(data, NamedFactors), "model.named_factors",
                 "only with data whose factors have names (data=dsprites)",
-                {name: kind for name, (kind, _) in self.named.items()})
-        for name, (kind, _) in self.named.items():
+                {name: kind for name, (kind, _) in self.units.items()})
+        for name, (kind, _) in self.units.items():
             require(name in data.factor_names, "model.named_factors", "factors of the data: "
                     + " | ".join(data.factor_names), name)
             if kind == "circle":
@@ -138,11 +118,8 @@ class NamedFactorVAE(VAE):
                         "line (circle needs a periodic factor: "
                         + (" | ".join(data.periodic_factors) or "this data has none") + ")", kind)
         self.factor_data = data
-        self._labelled = labelled_mask(math.prod(data.factor_sizes), self.hparams.labelled_fraction,
-                                       self.hparams.labelled_seed)
-
-    def setup(self, stage: str) -> None:
-        self.bind_data(self.trainer.datamodule)
+        self._labelled = labelled_mask(math.prod(data.factor_sizes), self.labelled_fraction,
+                                       self.labelled_seed)
 
     def labelled(self, factors: Tensor) -> Tensor:
         """Bool [B]: which images of a batch (given their factor levels) carry labels."""
@@ -156,7 +133,7 @@ class NamedFactorVAE(VAE):
     def targets(self, factors: Tensor) -> Tensor:
         """What the named units are trained towards, [B, n_named] (see the module's docstring)."""
         out = []
-        for name, (kind, _) in self.named.items():
+        for name, (kind, _) in self.units.items():
             if kind == "circle":
                 theta, period = self.factor_data.rotation(factors, name)
                 phi = 2 * math.pi * torch.remainder(theta, period) / period
@@ -168,63 +145,32 @@ class NamedFactorVAE(VAE):
 
     def supervised_term(self, mu: Tensor, std: Tensor, factors: Tensor) -> Tensor:
         """-log N(target; mu, std^2) summed over the named units, the posterior's density at the
-        factor's value (log q(t | x) itself for eps=gaussian), averaged over the labelled images
-        of the batch; 0 when the batch has none. It pulls the means to the targets and shrinks
-        those units' std, so that the decoder can read them."""
+        factor's value (log q(t | x) itself for a Gaussian posterior), averaged over the labelled
+        images of the batch; 0 when the batch has none. It pulls the means to the targets and
+        shrinks those units' std, so that the decoder can read them."""
         mask = self.labelled(factors)
         n = self.n_named
         mu, std = mu[:, :n], std[:, :n]
         nll = (0.5 * ((self.targets(factors) - mu) / std) ** 2 + std.log() + 0.5 * LOG_2PI).sum(1)
         return (nll * mask).sum() / mask.sum().clamp(min=1)
 
-    def named_errors(self, mu: Tensor, factors: Tensor) -> dict[str, Tensor]:
+    def errors(self, mu: Tensor, factors: Tensor) -> dict[str, Tensor]:
         """Per image, how far the named units are from each named factor: circle, the absolute
         error of the predicted rotation in degrees of the image (the circle's angle error scaled
         by the symmetry period); line, the absolute error in levels."""
         out = {}
-        for name, (kind, u) in self.named.items():
+        for name, (kind, u) in self.units.items():
             if kind == "circle":
                 theta, period = self.factor_data.rotation(factors, name)
                 phi = 2 * math.pi * torch.remainder(theta, period) / period
                 err = wrapped(torch.atan2(mu[:, u + 1], mu[:, u]) - phi).abs()
-                out[self._metric(name)] = torch.rad2deg(err * period / (2 * math.pi))
+                out[self.metric(name)] = torch.rad2deg(err * period / (2 * math.pi))
             else:
                 i = self._column(name)
                 size = self.factor_data.factor_sizes[i]
                 level = mu[:, u] * math.sqrt(max(size**2 - 1, 1) / 12) + (size - 1) / 2
-                out[self._metric(name)] = (level - factors[:, i].float()).abs()
+                out[self.metric(name)] = (level - factors[:, i].float()).abs()
         return out
-
-    # -- Lightning ----------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        x, factors = batch[0], batch[1]
-        mu, std = self.posterior(x)
-        t = self.elbo_terms(x, posterior=(mu, std))
-        supervised = self.supervised_term(mu, std, factors)
-        loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
-        if self.hparams.supervised_weight:
-            loss = loss + self.hparams.supervised_weight * supervised
-        if log_this_step(self):
-            self.log("train/loss", loss.detach(), prog_bar=True)
-            self.log("train/elbo", t["elbo"].mean().detach())
-            self.log("train/supervised", supervised.detach())
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        super().validation_step(batch, batch_idx)
-        log_eval(self, "val", self.named_errors(self.codes(batch[0]), batch[1]))
-
-    def test_step(self, batch, batch_idx):
-        super().test_step(batch, batch_idx)
-        log_eval(self, "test", self.named_errors(self.codes(batch[0]), batch[1]))
-
-    def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """Beside the reconstructions, one traversal per named factor: 8 validation images
-        (rows), each with that factor's units swept over 8 values (columns)."""
-        grids = super().sample_grids(real)
-        for name in self.named:
-            grids[f"traversal_{name}"] = traverse(self, real[:8], *sweep(self, name, 8))
-        return grids
 
 
 def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
@@ -232,7 +178,7 @@ def sweep(model: VAE, unit: str, steps: int) -> tuple[slice, Tensor]:
     [steps, units]: a circle factor goes once round the unit circle (one symmetry period), a line
     factor over +-sqrt 3 (its standardised levels), a latent index (a string of digits) over
     +-2 prior standard deviations."""
-    named = model.named if isinstance(model, NamedFactorVAE) else {}
+    named = model.named.units if model.named is not None else {}
     dim = model.hparams.latent_dim
     if unit in named:
         kind, u = named[unit]
@@ -262,7 +208,7 @@ def traverse(model: VAE, x: Tensor, units: slice, values: Tensor) -> Tensor:
     z = model.posterior(x)[0]
     z = z.unsqueeze(1).repeat(1, len(values), 1)
     z[:, :, units] = values.to(z)
-    return mean_image(model.decode(z.flatten(0, 1)), model.hparams.likelihood)
+    return model.likelihood.mean(model.decode(z.flatten(0, 1)))
 
 
-__all__ = ["NamedFactorVAE", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]
+__all__ = ["NamedUnits", "check_named_factors", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]

@@ -1,31 +1,34 @@
-"""Variational auto-encoder and its variants as options on one LightningModule.
+"""Variational auto-encoder, composed of components (`model=vae`).
 
 Units: every ELBO, reconstruction term, KL and log-likelihood is in nats per image, summed over
 pixels and latent dimensions and averaged over images. Higher ELBO and log-likelihood are better;
 KL is >= 0.
 
-Options: beta weights the KL term in the training loss (beta=1 is the plain VAE; the logged
-train/elbo is always the beta=1 bound so runs with different beta compare on one scale);
-iwae_k > 1 trains on the importance-weighted bound of Burda et al. 2016 (and validation logs it
-as val/iwae, which such a run's checkpoints are chosen by: conf/objective/vae.yaml), elbo_k > 1 on the ELBO
-averaged over k posterior samples (their "VAE" with k samples: the same k log weights, their mean
-in place of the log of their mean); eps chooses the
-reparameterisation noise (gaussian, or uniform with the same variance, which changes the posterior
-family, so its KL is a Monte-Carlo estimate with the uniform density rather than the Gaussian
-closed form). arch chooses the networks: conv (genlab.nets.conv, base_channels wide) or mlp
-(genlab.nets.mlp: `hidden` layer widths with `activation`, the papers' MNIST networks).
+Components, each a config node (a registry name, or {name: ..., setting: value}):
+    net         the encoder/decoder pair (genlab.nets.NETS): conv (base_channels) | mlp (hidden,
+                activation, the papers' MNIST networks)
+    likelihood  p(x | z) (genlab.models.likelihood): bernoulli | gaussian (std, learn_std)
+    posterior   q(z | x)'s family by its reparameterisation noise (genlab.models.posteriors):
+                gaussian | uniform (same variance; its KL is a Monte-Carlo estimate)
+    prior       p(z) (genlab.models.priors): standard_normal
+    objective   what it trains on (genlab.models.objectives): elbo (beta) | iwae (k) | elbo_k (k)
+                | named_elbo (beta, supervised_weight)
+`named_factors` ties the first latent units to named factors of the data (genlab.models.named),
+with `labelled_fraction` of the training images labelled (chosen by `labelled_seed`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from genlab.capabilities import Encoder
-from genlab.config import require, require_choice, require_nonnegative, require_positive
+from genlab.config import require
 from genlab.models.common import (
+    FAMILIES,
     GenerativeModule,
     eval_means,
     eval_noise,
@@ -33,77 +36,77 @@ from genlab.models.common import (
     log_eval,
     log_this_step,
 )
-from genlab.models.likelihood import LIKELIHOODS, log_likelihood, mean_image
-from genlab.nets import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from genlab.seeding import ExampleNoise, draw
+from genlab.models.likelihood import LIKELIHOODS
+from genlab.models.named import NamedUnits, sweep, traverse
+from genlab.models.objectives import VAE_OBJECTIVES
+from genlab.models.posteriors import POSTERIORS
+from genlab.models.priors import PRIORS
+from genlab.nets import NETS
+from genlab.seeding import ExampleNoise
+from genlab.settings import Settings, fraction, nonnegative_int, positive, positive_int, setting
 
-EPS = ("gaussian", "uniform")
-ARCHS = ("conv", "mlp")
-SQRT3 = math.sqrt(3.0)
-LOG_2PI = math.log(2 * math.pi)
 MANIFOLD_SIDE = 12  # the 2-D manifold grid: 12 x 12 decoded points
 
 
+def _loglik_images(value, key: str) -> None:
+    require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0), key,
+            "null (the whole test split) or a positive integer", value)
+
+
+def _loglik_samples(value, key: str) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key,
+            "an integer >= 0 (0 skips the test log-likelihood)", value)
+
+
+def _fraction_labelled(value, key: str) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    require(ok and 0 < value <= 1, key, "a number in (0, 1]: the fraction of training images whose "
+            "factors are given", value)
+
+
+@dataclasses.dataclass
+class VAESettings(Settings):
+    latent_dim: int = positive_int(16)
+    net: str | dict = "conv"
+    likelihood: str | dict = "bernoulli"
+    posterior: str | dict = "gaussian"
+    prior: str | dict = "standard_normal"
+    objective: str | dict = "elbo"
+    lr: float = positive(1e-3)
+    # test/loglik: importance-sampled log p(x), loglik_samples posterior samples per image over the
+    # first loglik_images test images (None: all), decoded loglik_chunk images x samples at once
+    loglik_samples: int = setting(1000, _loglik_samples)
+    loglik_images: int | None = setting(1000, _loglik_images)
+    loglik_chunk: int = positive_int(8192)
+    n_grid: int = positive_int(64)
+    named_factors: dict | None = None  # checked by genlab.models.named.NamedUnits
+    labelled_fraction: float = setting(1.0, _fraction_labelled)
+    labelled_seed: int = nonnegative_int(0)
+
+
+@FAMILIES.register("vae")
 class VAE(GenerativeModule, Encoder):
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        latent_dim: int = 16,
-        beta: float = 1.0,
-        likelihood: str = "bernoulli",
-        std: float = 0.1,
-        learn_std: bool = False,
-        eps: str = "gaussian",
-        iwae_k: int = 1,
-        loglik_samples: int = 1000,
-        loglik_images: int | None = 1000,
-        loglik_chunk: int = 8192,
-        lr: float = 1e-3,
-        base_channels: int = 32,
-        n_grid: int = 64,
-        arch: str = "conv",
-        hidden: list[int] = (500,),
-        activation: str = "tanh",
-        elbo_k: int = 1,
-    ):
+    Settings = VAESettings
+
+    def __init__(self, image_shape, **settings):
         super().__init__()
-        require_positive(latent_dim, "model.latent_dim", integer=True)
-        require_nonnegative(beta, "model.beta")
-        require_choice(likelihood, "model.likelihood", LIKELIHOODS)
-        require_positive(std, "model.std")
-        require_choice(eps, "model.eps", EPS)
-        require_positive(iwae_k, "model.iwae_k", integer=True)
-        require(iwae_k == 1 or beta == 1, "model.beta",
-                "1 when model.iwae_k > 1 (the importance-weighted bound has no KL weight)", beta)
-        require_positive(elbo_k, "model.elbo_k", integer=True)
-        require(elbo_k == 1 or iwae_k == 1, "model.elbo_k",
-                "1 when model.iwae_k > 1 (k samples go to one bound or the other)", elbo_k)
-        require(elbo_k == 1 or beta == 1, "model.beta",
-                "1 when model.elbo_k > 1 (the k-sample ELBO has no KL weight)", beta)
-        require(isinstance(loglik_samples, int) and loglik_samples >= 0, "model.loglik_samples",
-                "an integer >= 0 (0 skips the test log-likelihood)", loglik_samples)
-        require(loglik_images is None or (isinstance(loglik_images, int) and loglik_images > 0),
-                "model.loglik_images", "null (the whole test split) or a positive integer",
-                loglik_images)
-        require_positive(loglik_chunk, "model.loglik_chunk", integer=True)
-        require_positive(lr, "model.lr")
-        require_choice(arch, "model.arch", ARCHS)
-        if arch == "mlp":
-            require(isinstance(hidden, list | tuple) and len(hidden) > 0
-                    and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden),
-                    "model.hidden", "a non-empty list of positive layer widths, e.g. [500]", hidden)
-            require_choice(activation, "model.activation", list(ACTIVATIONS))
-        hidden = list(hidden)  # a plain list in the checkpoint's hyper-parameters
-        self.save_hyperparameters()
-        self.image_shape = tuple(image_shape)
-        if arch == "conv":
-            self.encoder = ConvEncoder(image_shape, 2 * latent_dim, base_channels)
-            self.decoder = ConvDecoder(latent_dim, image_shape, base_channels=base_channels)
-        else:
-            self.encoder = MLPEncoder(image_shape, 2 * latent_dim, hidden, activation)
-            self.decoder = MLPDecoder(latent_dim, image_shape, hidden, activation)
-        self.log_std = nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
-        self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo", "iwae"])
+        s = self.configure(image_shape, settings)
+        net = NETS.build(s.net, "model.net")
+        self.encoder = net.encoder(image_shape, 2 * s.latent_dim)
+        self.decoder = net.decoder(s.latent_dim, image_shape)
+        self.likelihood = LIKELIHOODS.build(s.likelihood, "model.likelihood")
+        self.q = POSTERIORS.build(s.posterior, "model.posterior")
+        self.prior = PRIORS.build(s.prior, "model.prior", latent_dim=s.latent_dim)
+        self.objective = VAE_OBJECTIVES.build(s.objective, "model.objective")
+        self.named = (NamedUnits(s.named_factors, s.latent_dim, s.labelled_fraction, s.labelled_seed)
+                      if s.named_factors is not None else None)
+        require(self.named is not None or not isinstance(self.objective, VAE_OBJECTIVES["named_elbo"]),
+                "model.objective", "elbo | iwae | elbo_k without model.named_factors (named_elbo "
+                "supervises the named units)", self.objective.registry_name)
+        self.save_settings(s, net=net, likelihood=self.likelihood, posterior=self.q, prior=self.prior,
+                           objective=self.objective)
+        self.means = eval_means(["elbo", "recon", "kl", "loglik", "loglik_elbo", "iwae",
+                                 *(self.named.metrics() if self.named else [])])
 
     # -- the model ----------------------------------------------------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,10 +124,7 @@ class VAE(GenerativeModule, Encoder):
         k draws of an image in one call). Drawn from `generator` when given (evaluations: a
         torch.Generator, or ExampleNoise, one per image), else from the training stream."""
         shape = mu.shape if k is None else (k, *mu.shape)
-        kw = dict(batch_dim=0 if k is None else 1, dtype=mu.dtype, device=mu.device)
-        if self.hparams.eps == "gaussian":
-            return draw(shape, generator, normal=True, **kw)
-        return (draw(shape, generator, **kw) * 2 - 1) * SQRT3
+        return self.q.noise(shape, generator, batch_dim=0 if k is None else 1, dtype=mu.dtype, device=mu.device)
 
     def sample_z(self, mu: Tensor, std: Tensor, k: int | None = None,
                  generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
@@ -133,21 +133,16 @@ class VAE(GenerativeModule, Encoder):
 
     def log_q(self, z: Tensor, mu: Tensor, std: Tensor) -> Tensor:
         """log q(z | x) summed over latent dimensions."""
-        if self.hparams.eps == "gaussian":
-            return (-0.5 * ((z - mu) / std) ** 2 - std.log() - 0.5 * LOG_2PI).sum(-1)
-        inside = ((z - mu).abs() <= SQRT3 * std * (1 + 1e-5)).all(-1)
-        log_density = -(torch.log(2 * SQRT3 * std)).sum(-1).expand_as(inside)
-        return torch.where(inside, log_density, torch.full_like(log_density, -math.inf))
+        return self.q.log_prob(z, mu, std)
 
-    @staticmethod
-    def log_prior(z: Tensor) -> Tensor:
-        return (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
+    def log_prior(self, z: Tensor) -> Tensor:
+        return self.prior.log_prob(z)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
     def recon_log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
-        return log_likelihood(x, out, self.hparams.likelihood, self.log_std)
+        return self.likelihood.log_prob(x, out)
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | ExampleNoise | None = None,
                    posterior: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
@@ -156,10 +151,7 @@ class VAE(GenerativeModule, Encoder):
         mu, std = self.posterior(x) if posterior is None else posterior
         z = self.sample_z(mu, std, generator=generator)
         recon = self.recon_log_likelihood(x, self.decode(z))
-        if self.hparams.eps == "gaussian":
-            kl = 0.5 * (mu**2 + std**2 - 1 - 2 * std.log()).sum(1)
-        else:
-            kl = self.log_q(z, mu, std) - self.log_prior(z)
+        kl = self.q.kl(z, mu, std, self.prior)
         return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | ExampleNoise | None = None,
@@ -195,12 +187,12 @@ class VAE(GenerativeModule, Encoder):
     def generate(self, n: int, z: Tensor | None = None) -> Tensor:
         """n images from the prior, as decoder means in [0, 1]."""
         if z is None:
-            z = torch.randn(n, self.hparams.latent_dim, device=self.device)
-        return mean_image(self.decode(z), self.hparams.likelihood)
+            z = self.prior.sample(n, self.device)
+        return self.likelihood.mean(self.decode(z))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        return mean_image(self.decode(self.posterior(x)[0]), self.hparams.likelihood)
+        return self.likelihood.mean(self.decode(self.posterior(x)[0]))
 
     @torch.no_grad()
     def interpolate(self, a: Tensor, b: Tensor, steps: int = 10) -> Tensor:
@@ -208,7 +200,7 @@ class VAE(GenerativeModule, Encoder):
         za, zb = self.posterior(a)[0], self.posterior(b)[0]
         t = torch.linspace(0, 1, steps, device=za.device).view(1, steps, 1)
         z = (za.unsqueeze(1) * (1 - t) + zb.unsqueeze(1) * t).flatten(0, 1)
-        return mean_image(self.decode(z), self.hparams.likelihood)
+        return self.likelihood.mean(self.decode(z))
 
     def sample_modes(self, n: int, steps: int, real_fn) -> dict:
         """genlab-sample: `interpolate` (n rows of `steps` images between two encoded test images)
@@ -236,55 +228,54 @@ class VAE(GenerativeModule, Encoder):
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """Reconstructions for the sample-grid callback (which draws the prior samples itself),
-        and with a 2-D latent space the manifold grid."""
+        with a 2-D latent space the manifold grid, and with named factors their traversals."""
         n = min(len(real), self.hparams.n_grid)
         grids = {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
         if self.hparams.latent_dim == 2:
             grids["manifold"] = self.manifold()
+        for name in self.named.units if self.named is not None else ():
+            # one traversal per named factor: 8 images (rows), its units swept over 8 values
+            grids[f"traversal_{name}"] = traverse(self, real[:8], *sweep(self, name, 8))
         return grids
 
     # -- Lightning ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.named is not None:
+            self.named.bind_data(self.trainer.datamodule)
+
     def on_fit_start(self):
-        """A run that trains on the k-sample importance-weighted bound chooses its checkpoints by
-        that bound on validation (val/iwae), never by the single-sample val/elbo it does not
-        optimise; val/iwae exists only for such a run."""
-        k = self.hparams.iwae_k
+        """A run chooses its checkpoints by the validation value of the bound it trains (val/iwae
+        for the IWAE), never by a bound it does not optimise; val/iwae exists only for that run."""
+        trained = self.objective.bound_metric
         for ckpt in self.trainer.checkpoint_callbacks:
             monitor = getattr(ckpt, "monitor", None)
-            require(not (k > 1 and monitor == "val/elbo"), "objective.metric",
-                    f"val/iwae (model=vae's objective then) or another metric than val/elbo: model.iwae_k={k} "
-                    f"trains the {k}-sample bound, which val/elbo does not measure", monitor)
-            require(not (k == 1 and monitor == "val/iwae"), "objective.metric",
-                    "a metric the run logs; val/iwae needs model.iwae_k > 1", monitor)
+            for bound in ("val/elbo", "val/iwae"):
+                require(not (monitor == bound and trained != bound), "objective.metric",
+                        f"{trained} (model.objective={self.objective.registry_name} trains it) or a "
+                        f"metric other than {bound}", monitor)
 
     def training_step(self, batch, batch_idx):
-        x = batch[0]
-        if self.hparams.iwae_k > 1:
-            bound = self.iwae_bound(x, self.hparams.iwae_k)
-            loss, elbo = -bound.mean(), None
-        elif self.hparams.elbo_k > 1:
-            elbo = self.log_weights(x, self.hparams.elbo_k).mean()  # over samples and images
-            loss = -elbo
-        else:
-            t = self.elbo_terms(x)
-            loss = -(t["recon"] - self.hparams.beta * t["kl"]).mean()
-            elbo = t["elbo"].mean()
+        loss, logs = self.objective.loss(self, batch)
         if log_this_step(self):
             self.log("train/loss", loss.detach(), prog_bar=True)
-            if elbo is not None:
-                self.log("train/elbo", elbo.detach())
+            for name, value in logs.items():
+                self.log(f"train/{name}", value.detach())
         return loss
 
     # evaluation noise: one generator per image, keyed by its index in the split (eval_noise)
+    def _named_errors(self, x: Tensor, factors: Tensor) -> dict[str, Tensor]:
+        return self.named.errors(self.codes(x), factors) if self.named is not None else {}
+
     def validation_step(self, batch, batch_idx):
-        x, _, index = batch
+        x, factors, index = batch
         values = self.elbo_terms(x, eval_noise("val", index))
-        if self.hparams.iwae_k > 1:  # the bound this run trains on
-            values["iwae"] = self.iwae_bound(x, self.hparams.iwae_k, eval_noise("val/iwae", index))
+        values.update(self.objective.eval_values(self, x, index))
         log_eval(self, "val", values)
+        if self.named is not None:
+            log_eval(self, "val", self._named_errors(x, factors))
 
     def test_step(self, batch, batch_idx):
-        x, _, index = batch
+        x, factors, index = batch
         values = self.elbo_terms(x, eval_noise("test", index))
         # the importance-sampled estimate costs loglik_samples decoder passes per image, so it
         # covers the test images of index < loglik_images (all when null), however many processes
@@ -295,6 +286,8 @@ class VAE(GenerativeModule, Encoder):
             values["loglik"] = self.log_likelihood_estimate(x[keep], self.hparams.loglik_samples, noise)
             values["loglik_elbo"] = values["elbo"][keep]
         log_eval(self, "test", values)
+        if self.named is not None:
+            log_eval(self, "test", self._named_errors(x, factors))
 
     def configure_optimizers(self):
         return self.adam(self.parameters(), lr=self.hparams.lr)
