@@ -157,7 +157,8 @@ class DAE(GenerativeModule, Representation):
         net = NETS.build(s.net, "model.net")
         self.objective = DAE_OBJECTIVES.build(s.objective, "model.objective")
         self._draw = CHAIN_DRAWS[s.chain_draw]
-        # the networks first, in this order: their initialisation draws from the global RNG
+        # the networks in this order (their initialisation draws from the global RNG), then the
+        # likelihood, whose learned std (if any) comes last among the parameters
         self.encoder = net.encoder(self.image_shape, s.code_dim)
         self.decoder = net.decoder(s.code_dim, self.image_shape)
         self.likelihood = LIKELIHOODS.build(s.likelihood, "model.likelihood")

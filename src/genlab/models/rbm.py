@@ -53,7 +53,14 @@ from torch import Tensor, nn
 
 from genlab.compat import attached_trainer
 from genlab.config import ConfigError, require
-from genlab.models.common import FAMILIES, GenerativeModule, eval_means, eval_noise, log_eval, log_this_step
+from genlab.models.common import (
+    FAMILIES,
+    GenerativeModule,
+    eval_means,
+    eval_noise,
+    log_eval,
+    log_this_step,
+)
 from genlab.optim import OPTIMIZERS
 from genlab.registry import Component, Registry
 from genlab.seeding import ExampleNoise, draw, generator_for, run_seed
