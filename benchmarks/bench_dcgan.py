@@ -39,6 +39,7 @@ from torch import nn
 
 from genlab.data import IndexBatches, build_datamodule
 from genlab.metrics.fid import RealReference, sample_metrics
+from genlab.sweep import register_resolvers
 from genlab.train import train
 
 warnings.filterwarnings("ignore")
@@ -194,6 +195,7 @@ def main() -> None:
                      f"paths.output_dir={out}", f"paths.data_dir={a.root}",
                      "callbacks.evaluation=null", "callbacks.progress=null",
                      "+trainer.enable_progress_bar=false", *a.overrides]
+        register_resolvers()  # as genlab-train's setup() does before Hydra composes
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         with open_dict(cfg):

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 
 from genlab.data import FashionMNISTDataModule
 from genlab.metrics.fid import RealReference, sample_metrics
+from genlab.sweep import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXTRACTOR = "genlab-fmnist-cnn"
@@ -36,6 +37,7 @@ DEFAULT_SET = ["fid", "kid", "precision", "recall"]  # conf/metrics/fashion_mnis
 
 def quickstart_vae(image_shape):
     """The quickstart's VAE, built from the real config so the benchmark follows it."""
+    register_resolvers()  # as genlab-train's setup() does before Hydra composes
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=quickstart", "paths.output_dir=."])
     return instantiate(cfg.model, image_shape=list(image_shape), _convert_="all").eval()

@@ -45,7 +45,8 @@ LATENT, BASE = 16, 32
 def test_elbo(encoder: nn.Module, decoder: nn.Module, x: torch.Tensor) -> float:
     """The single-sample test ELBO (nats per image) of an encoder/decoder pair, scored as genlab
     scores it, with the same draws for every model."""
-    vae = VAE(image_shape=(1, 28, 28), latent_dim=LATENT, base_channels=BASE, loglik_samples=0)
+    vae = VAE(image_shape=(1, 28, 28), latent_dim=LATENT, net={"name": "conv", "base_channels": BASE},
+              loglik_samples=0)
     vae.encoder.load_state_dict(encoder.state_dict())
     vae.decoder.load_state_dict(decoder.state_dict())
     g = torch.Generator().manual_seed(0)

@@ -47,19 +47,20 @@ from omegaconf import open_dict
 
 from genlab.compat import cuda_check_without_nvml, skip_empty_batch_hooks
 from genlab.data import build_datamodule
+from genlab.sweep import register_resolvers
 from genlab.train import CONF_DIR, _build_all, build
 
 warnings.filterwarnings("ignore")
 clock = time.perf_counter  # --clock cpu: time.process_time
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
-MLP = ["model.arch=mlp", "model.hidden=[200,200]", "model.activation=tanh",
+MLP = ["model/net=mlp", "model.net.hidden=[200,200]", "model.net.activation=tanh",
        "model.latent_dim=50", "data.binarize=dynamic"]
 # case -> (overrides of genlab-train's config, batch size, steps per contender and round)
 CASES = {
     "conv-b128": ([], 128, 150),
     "mlp-b20-k1": (MLP, 20, 600),
-    "mlp-b20-k50": ([*MLP, "model.iwae_k=50"], 20, 150),
+    "mlp-b20-k50": ([*MLP, "model/objective=iwae", "model.objective.k=50"], 20, 150),
     "mlp-b100-k1": (MLP, 100, 400),
     "dcgan": (["model=dcgan"], 64, 60),
 }
@@ -98,6 +99,7 @@ class Interleaved(pl.Callback):
 
 def run_config(out: str, data_root: str, overrides: list[str]):
     """genlab-train's composed config, writing into `out`, with metrics.csv only."""
+    register_resolvers()  # as genlab-train's setup() does before Hydra composes
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={out}", f"paths.data_dir={data_root}",
                                            "logger=csv", *overrides])

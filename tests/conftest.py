@@ -43,6 +43,9 @@ def mnist_raw() -> Path:
 
 def make_cfg(run_dir: Path, *overrides: str) -> DictConfig:
     """The composed config `genlab-train` would use, with its output in run_dir."""
+    from genlab.sweep import register_resolvers
+
+    register_resolvers()  # as genlab-train's setup() does before Hydra composes
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={run_dir}", f"paths.data_dir={DATA}",
                                            *overrides])

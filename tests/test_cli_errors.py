@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from genlab import probe, report, runs, sample
 from genlab import train as train_module
-from genlab.models import VAE, NamedFactorVAE
+from genlab.models import VAE
 
 # (overrides, a word of the message: the key or the option at fault)
 TRAIN = {
@@ -93,14 +93,14 @@ def bad_files(tmp_path_factory) -> Path:
     (tmp / "a_folder").mkdir()
     torch.save(torch.zeros(3), tmp / "tensor.pt")
     torch.save({"state_dict": {}}, tmp / "foreign.ckpt")  # a Lightning-like file, not genlab's
-    model = VAE(image_shape=(1, 8, 8), latent_dim=2, base_channels=4)
+    model = VAE(image_shape=(1, 8, 8), latent_dim=2, net={"name": "conv", "base_channels": 4})
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "genlab": {"family": "vae", "data": "digits", "data_kwargs": {"val_size": 150}}},
                tmp / "vae.ckpt")
-    named = NamedFactorVAE(image_shape=(1, 64, 64), latent_dim=4, base_channels=4,
-                           named_factors={"orientation": "circle"})
+    named = VAE(image_shape=(1, 64, 64), latent_dim=4, net={"name": "conv", "base_channels": 4},
+                named_factors={"orientation": "circle"}, objective="named_elbo")
     torch.save({"state_dict": named.state_dict(), "hyper_parameters": dict(named.hparams),
-                "genlab": {"family": "named_vae", "data": "dsprites", "data_kwargs": {}}},
+                "genlab": {"family": "vae", "data": "dsprites", "data_kwargs": {}}},
                tmp / "named.ckpt")
     return tmp
 
@@ -216,7 +216,7 @@ def test_genlab_report_control_case_writes_a_report(tmp_path):
     """The run directory the error cases start from is a good one."""
     _write_run(tmp_path / "runs" / "0")
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
-                        "--metrics", "val/elbo", "--x", "model.beta"]) == 0
+                        "--metrics", "val/elbo", "--x", "model.objective.beta"]) == 0
     assert (tmp_path / "report" / "summary.md").is_file()
 
 

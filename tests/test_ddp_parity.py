@@ -69,7 +69,7 @@ def test_an_images_evaluation_corruption_does_not_depend_on_its_batch(spec):
 def test_an_images_vae_and_rbm_evaluation_noise_does_not_depend_on_its_batch():
     torch.manual_seed(0)
     x = torch.rand(11, 1, 8, 8)
-    vae = VAE((1, 8, 8), latent_dim=3, base_channels=8, loglik_chunk=40).eval()
+    vae = VAE((1, 8, 8), latent_dim=3, net={"name": "conv", "base_channels": 8}, loglik_chunk=40).eval()
     mu = torch.zeros(11, 3)
     assert torch.equal(*_as_two_shards(lambda i, g: vae.unit_noise(mu[i], None, g)))  # the ELBO's
     # k importance samples [k, B, D], and the estimate over them in chunks of 40 // B images

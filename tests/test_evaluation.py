@@ -78,7 +78,7 @@ def test_an_evaluator_switched_off_leaves_the_others_as_they_were(digits_run, sm
 def test_each_evaluator_is_switched_by_its_own_node():
     ev = Evaluation.from_config({"sample_quality": {"which": ["fid"]}, "latent": None,
                                  "disentanglement": False, "save_samples": True})
-    assert [e.name for e in ev.evaluators] == ["sample_quality", "save_samples"]
+    assert [e.registry_name for e in ev.evaluators] == ["sample_quality", "save_samples"]
     assert ev.evaluators[0].metrics == ("val/fid",)
     # a class kept outside genlab is named by its node's _target_
     (latent,) = Evaluation.from_config({"latent": {

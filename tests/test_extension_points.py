@@ -15,7 +15,7 @@ import torch
 from conftest import make_cfg
 from torch import Tensor, nn
 
-from genlab.callbacks.evaluators import EvalContext, Evaluator
+from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.data import DATASETS, Dataset, InMemoryDataModule, build_datamodule
 from genlab.data.digits import load_digits_tensors
 from genlab.models import FAMILIES, family_name, load_model, read_genlab_checkpoint
@@ -149,10 +149,10 @@ def test_add_a_model_family(tmp_path, monkeypatch):
 # --- add an evaluator: one Evaluator subclass, its node metrics.<name> ----------------------------
 
 
+@EVALUATORS.register("brightness_gap")  # its config node, metrics.brightness_gap
 class BrightnessGap(Evaluator):
     """|mean brightness of n generated images - that of the first n validation images|, in [0, 1]."""
 
-    name = "brightness_gap"  # its config node, metrics.brightness_gap; registers it
     metrics = ("val/brightness_gap",)
 
     def __init__(self, n: int = 256):

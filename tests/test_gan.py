@@ -17,15 +17,19 @@ from torch.utils.data import DataLoader, TensorDataset
 from genlab.config import ConfigError
 from genlab.corruption import Corruption
 from genlab.metrics.image_stats import frechet_distance, stat_fd
-from genlab.models.d_modes import D_MODES
+from genlab.models.adversarial import LOSSES
+from genlab.models.games import GAMES
 from genlab.models.gan import DCGAN, RestorationGAN
 from genlab.sample import main as sample_main
 
 # tiny networks: the runs test the wiring, not the quality
-TINY = ["model.base_channels=8"]
+TINY = ["model.generator.base_channels=8", "model.discriminator.base_channels=8"]
 
 
-
+def tiny(generator: str = "dcgan", base_channels: int = 8, **discriminator) -> dict:
+    """A GAN's network nodes with `base_channels` (and the discriminator's other settings)."""
+    return {"generator": {"name": generator, "base_channels": base_channels},
+            "discriminator": {"name": "conv", "base_channels": base_channels, **discriminator}}
 
 
 def train_metrics(run_dir) -> dict[str, list[float]]:
@@ -52,20 +56,22 @@ def check_run(run_dir, metric: str) -> dict:
     return summary
 
 
-# every d_mode with two corruptions; the other options vary across the runs so that each loss,
+# every game (d_mode) with two corruptions; the other options vary across the runs so that each loss,
 # penalty, schedule, EMA, D normalisation and head is exercised once without multiplying the runs
 # (the penalties need a D normalisation other than the preset's batch norm)
 DCGAN_RUNS = [  # the first keeps the sample-quality callback on: it must work with generate()
     ("plain", "blur", ["allow_unused=[corruption]", "model.loss=hinge"]),
-    ("plain", "gaussian", ["allow_unused=[corruption]", "model.ema_decay=0.9", "model.d_head=patch", "model.d_norm=spectral"]),
+    ("plain", "gaussian", ["allow_unused=[corruption]", "model.ema_decay=0.9", "model.discriminator.head=patch",
+                                  "model.discriminator.norm=spectral"]),
     ("instance_noise", "blur", ["corruption.schedule.kind=linear", "corruption.schedule.images=100"]),
     ("instance_noise", "gaussian", ["corruption.schedule.kind=adaptive", "model.r1_gamma=1.0",
-                                    "model.d_norm=instance", "model.d_head=patch", "model.ada_interval=2"]),
-    ("three_class", "masking", ["model.ema_decay=0.99", "model.d_head=patch"]),
-    ("three_class", "blur", ["corruption.level_range=[0.5,2.0]", "model.r1_gamma=0.5", "model.d_norm=none"]),
-    ("noise_head", "gaussian", ["corruption.level_range=[0.0,0.2]", "model.d_head=patch"]),
-    ("noise_head", "salt_pepper", ["model.loss=wgan_gp", "model.n_critic=2", "model.d_norm=layer",
-                                   "model.d_head=patch"]),
+                                    "model.discriminator.norm=instance", "model.discriminator.head=patch",
+                                    "model.ada_interval=2"]),
+    ("three_class", "masking", ["model.ema_decay=0.99", "model.discriminator.head=patch"]),
+    ("three_class", "blur", ["corruption.level_range=[0.5,2.0]", "model.r1_gamma=0.5", "model.discriminator.norm=none"]),
+    ("noise_head", "gaussian", ["corruption.level_range=[0.0,0.2]", "model.discriminator.head=patch"]),
+    ("noise_head", "salt_pepper", ["model.loss=wgan_gp", "model.n_critic=2",
+                                   "model.discriminator.norm=layer", "model.discriminator.head=patch"]),
 ]
 DCGAN_RUNS = DCGAN_RUNS[:1] + [(m, c, [*extra, *NO_EVAL]) for m, c, extra in DCGAN_RUNS[1:]]
 
@@ -124,11 +130,16 @@ def test_bad_d_mode_fails_before_training(tmp_path):
     ({"ema_decay": 1.5}, "model.ema_decay="),
     ({"betas": [0.5]}, "model.betas="),
     ({"r1_gamma": -1.0}, "model.r1_gamma="),
-    ({"d_norm": "group"}, "model.d_norm="),
-    ({"d_norm": "batch", "r1_gamma": 1.0}, "model.d_norm="),
-    ({"d_norm": "batch", "loss": "wgan_gp"}, "model.d_norm="),
-    ({"d_head": "pixel"}, "model.d_head="),
+    ({"discriminator": {"name": "conv", "norm": "group"}}, "model.discriminator.norm="),
+    ({"discriminator": {"name": "conv", "norm": "batch"}, "r1_gamma": 1.0}, "model.discriminator.norm="),
+    ({"discriminator": {"name": "conv", "norm": "batch"}, "loss": "wgan_gp"}, "model.discriminator.norm="),
+    ({"discriminator": {"name": "conv", "head": "pixel"}}, "model.discriminator.head="),
+    ({"discriminator": "patchgan"}, "model.discriminator="),
+    ({"generator": {"name": "dcgan", "base_channels": 0}}, "model.generator.base_channels="),
     ({"ada_interval": 0}, "model.ada_interval="),
+    ({"d_mode": {"name": "noise_head", "aux_weight_g": -1}}, r"model.d_mode.aux_weight_g="),
+    ({"d_mode": {"name": "plain", "aux_weight_g": 1}}, r"model.d_mode.aux_weight_g is not a setting of plain"),
+    ({"loss": {"name": "wgan_gp", "gp_weight": -1}}, r"model.loss.gp_weight="),
 ])
 def test_bad_options_name_their_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -173,11 +184,11 @@ def one_batch(model, n=8):
     return snaps.at
 
 
-@pytest.mark.parametrize("d_mode", D_MODES)
+@pytest.mark.parametrize("d_mode", GAMES)
 def test_d_step_moves_only_d_and_g_step_only_g(d_mode):
     torch.manual_seed(0)
-    model = DCGAN([1, 28, 28], Corruption("blur", 1.0, schedule={"kind": "adaptive"}), d_mode=d_mode,
-                  latent_dim=8, base_channels=8, ada_interval=1)
+    model = DCGAN([1, 28, 28], corruption=Corruption("blur", 1.0, schedule={"kind": "adaptive"}),
+                  d_mode=d_mode, latent_dim=8, ada_interval=1, **tiny())
     seen = []
     model.corruption.update = seen.append  # record the feedback the adaptive schedule gets
     start, before_d, before_g, end = one_batch(model)
@@ -191,7 +202,8 @@ def test_d_step_moves_only_d_and_g_step_only_g(d_mode):
 
 def test_restoration_steps_move_the_right_networks():
     torch.manual_seed(0)
-    model = RestorationGAN([1, 28, 28], Corruption("masking", 0.3), base_channels=8, degraded_d=True)
+    model = RestorationGAN([1, 28, 28], corruption=Corruption("masking", 0.3), degraded_d=True,
+                           **tiny("unet"))
     start, before_d, before_g, end = one_batch(model)
     for d in ("discriminator.", "discriminator_degraded."):
         assert changed(before_d, before_g, d) and not changed(before_g, end, d)
@@ -202,7 +214,7 @@ def test_restoration_steps_move_the_right_networks():
 
 
 def test_three_class_generator_loss_is_cross_entropy_on_real():
-    model = DCGAN([1, 28, 28], d_mode="three_class", latent_dim=8, base_channels=8)
+    model = DCGAN([1, 28, 28], d_mode="three_class", latent_dim=8, **tiny())
     logits = torch.randn(16, 3)
     s = model.realness(logits)
     ce = F.cross_entropy(logits, torch.zeros(16, dtype=torch.long), reduction="none")
@@ -244,38 +256,37 @@ def fmnist():
     return dm.images("val", 32)
 
 
-@pytest.mark.parametrize("d_mode", D_MODES)
+@pytest.mark.parametrize("d_mode", GAMES)
 def test_patch_head_judges_every_location(fmnist, d_mode):
     torch.manual_seed(0)
-    model = DCGAN([1, 28, 28], Corruption("gaussian", 0.1), d_mode=d_mode, base_channels=8, d_head="patch")
+    model = DCGAN([1, 28, 28], corruption=Corruption("gaussian", 0.1), d_mode=d_mode, **tiny(head="patch"))
     out = model.d_out(fmnist)
-    assert out.shape == (32, D_MODES[d_mode].outputs, 49)  # 28 -> 14 -> 7: one verdict per 7x7 cell
+    assert out.shape == (32, GAMES[d_mode].outputs, 49)  # 28 -> 14 -> 7: one verdict per 7x7 cell
     assert model.realness(out).shape == (32, 49)
     # each location sees only its receptive field: changing one corner moves the far corner not at all
     x = fmnist[:1].clone()
     x[..., :6, :6] = 1 - x[..., :6, :6]
     moved = (model.d_out(x) - model.d_out(fmnist[:1])).abs().sum(1)[0].reshape(7, 7)
     assert moved[0, 0] > 0 and moved[6, 6] == 0
-    glob = DCGAN([1, 28, 28], d_mode=d_mode, base_channels=8).d_out(fmnist)
-    assert glob.shape == (32, D_MODES[d_mode].outputs, 1)
+    glob = DCGAN([1, 28, 28], d_mode=d_mode, **tiny()).d_out(fmnist)
+    assert glob.shape == (32, GAMES[d_mode].outputs, 1)
 
 
 @pytest.mark.parametrize("loss", ["ns", "hinge", "wgan_gp"])
 def test_patch_losses_are_location_averages(fmnist, loss):
     """D's and G's losses with a patch head equal the mean over locations of the loss each location
     would give alone (its own one-location game)."""
-    from genlab.models.adversarial import d_adversarial, g_adversarial
-
+    node = {"name": loss, "gp_weight": 0.0, "wgan_drift": 0.0} if loss == "wgan_gp" else loss
+    adversarial = LOSSES.build(node)
     torch.manual_seed(0)
-    model = DCGAN([1, 28, 28], base_channels=8, d_head="patch", loss=loss, d_norm="layer", gp_weight=0.0,
-                  wgan_drift=0.0)
+    model = DCGAN([1, 28, 28], loss=node, **tiny(head="patch", norm="layer"))
     fake = torch.rand_like(fmnist) ** 2
     s_real, s_fake = model.realness(model.d_out(fmnist)), model.realness(model.d_out(fake))
     d_loss, _ = model.discriminator_loss(fmnist, fake)
-    per_location = [d_adversarial(s_real[:, [i]], s_fake[:, [i]], loss) for i in range(49)]
+    per_location = [adversarial.d(s_real[:, [i]], s_fake[:, [i]]) for i in range(49)]
     assert torch.allclose(d_loss, torch.stack(per_location).mean(), atol=1e-6)
     g_loss, _ = model.generator_loss(fake)
-    per_location = [g_adversarial(s_fake[:, [i]], loss) for i in range(49)]
+    per_location = [adversarial.g(s_fake[:, [i]]) for i in range(49)]
     assert torch.allclose(g_loss, torch.stack(per_location).mean(), atol=1e-6)
 
 
@@ -286,7 +297,7 @@ def test_r1_is_per_image(fmnist, d_norm):
     from genlab.models.adversarial import r1_penalty
 
     torch.manual_seed(0)
-    d = DCGAN([1, 28, 28], base_channels=8, d_norm=d_norm).discriminator.eval()
+    d = DCGAN([1, 28, 28], **tiny(norm=d_norm)).discriminator.eval()
     x = (2 * fmnist[:8] - 1).requires_grad_(True)
     batch = r1_penalty(d(x)[:, 0], x)
     alone = []
@@ -303,7 +314,7 @@ def test_patch_r1_estimates_the_location_average(fmnist):
     from genlab.models.adversarial import r1_penalty
 
     torch.manual_seed(0)
-    d = DCGAN([1, 28, 28], base_channels=8, d_head="patch", d_norm="none").discriminator
+    d = DCGAN([1, 28, 28], **tiny(head="patch", norm="none")).discriminator
     x = (2 * fmnist[:4] - 1).requires_grad_(True)
     s = d(x)[:, 0]
     exact = torch.stack([torch.autograd.grad(s[:, i].sum(), x, retain_graph=True)[0].pow(2).flatten(1).sum(1)
@@ -314,31 +325,51 @@ def test_patch_r1_estimates_the_location_average(fmnist):
     assert draws.std() > 0  # a real estimate: the signs do change it
 
 
-# --- extension point: a discriminator mode is one class ---------------------------------------------
+# --- extension point: a discriminator game, settings included, is one class ------------------------
 
 
 def test_a_new_d_mode_is_one_class(smoke, tmp_path):
-    """A toy game defined here, and nothing else: D judges the real images upside down against the
-    fakes as they are (a game no one should play; it only has to be a different one)."""
-    from genlab.models.d_modes import DMode
+    """A toy game defined here with a setting of its own, and nothing else (no DCGAN edit): D also
+    judges the real images upside down as fake, weighted by `flip_weight` (a game no one should
+    play; it only has to be a different one). A user adds its conf file; the run sets the setting
+    in the game's own node, and the checkpoint rebuilds the game with it."""
+    import dataclasses
 
-    class UpsideDown(DMode):
-        name = "upside_down_test"
+    from genlab.models import load_model
+    from genlab.models.games import Game
+    from genlab.settings import Settings, nonnegative
+
+    @dataclasses.dataclass
+    class UpsideDownSettings(Settings):
+        flip_weight: float = nonnegative(1.0)
+
+    @GAMES.register("upside_down_test")
+    class UpsideDown(Game):
+        Settings = UpsideDownSettings
         uses_corruption = False
 
         def d_loss(self, out_real, out_fake, real):
-            flipped = self.gan.d_out(real.flip(-2))
+            flipped = self.score(real.flip(-2))
             loss, logs = super().d_loss(out_real, out_fake, real)
-            return loss + F.softplus(self.realness(flipped)).mean(), logs
+            return loss + self.settings.flip_weight * F.softplus(self.realness(flipped)).mean(), logs
 
+    conf = tmp_path / "conf" / "model" / "d_mode"
+    conf.mkdir(parents=True)
+    (conf / "upside_down_test.yaml").write_text("name: upside_down_test\nflip_weight: 1.0\n")
     try:
-        assert D_MODES["upside_down_test"] is UpsideDown
-        run = smoke(tmp_path / "run", "data=digits", "model=dcgan", "model.d_mode=upside_down_test",
+        run = smoke(tmp_path / "run", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=digits",
+                    "model=dcgan", "model/d_mode=upside_down_test", "model.d_mode.flip_weight=0.5",
                     "objective.metric=val/stat_fd", "model.latent_dim=8", "trainer.max_epochs=1",
                     *TINY, *NO_EVAL)
         check_run(run, "val/stat_fd")
+        model, _ = load_model(run / "checkpoints" / "last.ckpt")
+        assert isinstance(model.game, UpsideDown) and model.game.settings.flip_weight == 0.5
+        assert model.hparams.d_mode == {"name": "upside_down_test", "flip_weight": 0.5}
+        with pytest.raises(ConfigError, match="model.d_mode.flip_weight=-1 is invalid"):
+            DCGAN([1, 28, 28], d_mode={"name": "upside_down_test", "flip_weight": -1})
     finally:
-        D_MODES.pop("upside_down_test", None)
+        GAMES._entries.pop("upside_down_test", None)
+    assert "upside_down_test" not in GAMES
 
 
 # --- no host synchronisation inside a training step ----------------------------------------------
@@ -374,9 +405,9 @@ def test_training_steps_wait_for_the_device_only_for_the_adaptive_schedule(monke
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     for schedule, expected in (({"kind": "adaptive"}, 2), ({"kind": "linear", "images": 100}, 0)):
         torch.manual_seed(0)
-        model = DCGAN([1, 28, 28], Corruption("gaussian", 0.1, schedule=schedule), d_mode="noise_head",
-                      latent_dim=8, base_channels=8, ema_decay=0.9, ada_interval=4, r1_gamma=1.0,
-                      d_norm="layer")
+        model = DCGAN([1, 28, 28], corruption=Corruption("gaussian", 0.1, schedule=schedule),
+                      d_mode="noise_head", latent_dim=8, ema_decay=0.9, ada_interval=4, r1_gamma=1.0,
+                      **tiny(norm="layer"))
         calls.clear()
         trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False,
@@ -395,7 +426,8 @@ def test_ablation_grid_runs_each_distinct_configuration_once(tmp_path):
     asks for (each mode x blur, gaussian, rotate_crop, and instance noise with a decaying blur)."""
     import yaml
     from conftest import CONF
-    from omegaconf import OmegaConf
+
+    from genlab.models import build_model
 
     sweep = yaml.safe_load((CONF / "experiment" / "ablation_blur_d.yaml").read_text())["hydra"]["sweeper"]
     arms = sweep["params"]["arm"].split(",")
@@ -404,12 +436,12 @@ def test_ablation_grid_runs_each_distinct_configuration_once(tmp_path):
     seen, full = {}, set()
     for arm in arms:
         c = make_cfg(tmp_path, "experiment=ablation_blur_d", f"arm={arm}")
-        options = OmegaConf.to_container(c.model, resolve=True)
-        model = DCGAN([1, 28, 28], **{k: v for k, v in options.items() if k != "_target_"})
+        model = build_model(c.model, [1, 28, 28])
+        assert isinstance(model, DCGAN)
         corruption = model.corruption.config()
         full.add(json.dumps([model.hparams.d_mode, corruption], sort_keys=True))
-        seen[arm] = (model.hparams.d_mode, corruption["kind"], corruption["schedule"]["kind"])
-        if not model.mode.uses_corruption:
+        seen[arm] = (model.game.registry_name, corruption["kind"], corruption["schedule"]["kind"])
+        if not model.game.uses_corruption:
             assert corruption["kind"] == "none", arm
     assert len(full) == len(arms)  # no two runs of a seed are the same run
     for mode in ("instance_noise", "three_class", "noise_head"):

@@ -100,7 +100,7 @@ def test_a_failed_fit_is_nan_with_its_reason(digits):
 
 def test_off_by_default_and_on_by_its_node(tmp_path):
     cfg = make_cfg(tmp_path)
-    assert "linear_probe" not in [e.name for e in Evaluation.from_config(cfg.metrics).evaluators]
+    assert "linear_probe" not in [e.registry_name for e in Evaluation.from_config(cfg.metrics).evaluators]
     (probe,) = Evaluation.from_config({"linear_probe": {"train_images": 300, "split": "test"}}).evaluators
     assert (probe.train_images, probe.test_images, probe.split) == (300, 5000, "test")
 

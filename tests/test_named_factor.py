@@ -14,17 +14,19 @@ from genlab.capabilities import KnownFactors, NamedFactors
 from genlab.config import ConfigError
 from genlab.data import DigitsDataModule, DSpritesDataModule
 from genlab.data.dsprites import FACTOR_SIZES, factors_to_index, index_to_factors
-from genlab.models import NamedFactorVAE, load_model
+from genlab.models import VAE, load_model
 from genlab.models.named import grid_index, labelled_mask, sweep, sweeps
 
 ORIENTATION = {"orientation": "circle"}
 
 
-def named_vae(**kw) -> NamedFactorVAE:
+def named_vae(**kw) -> VAE:
+    """model=named_vae's composition: named units and the named_elbo objective."""
     torch.manual_seed(0)
     kw.setdefault("named_factors", ORIENTATION)
-    return NamedFactorVAE(image_shape=(1, 64, 64), latent_dim=kw.pop("latent_dim", 6),
-                          base_channels=kw.pop("base_channels", 8), loglik_samples=0, **kw)
+    objective = {"name": "named_elbo", **{k: kw.pop(k) for k in ("beta", "supervised_weight") if k in kw}}
+    return VAE(image_shape=(1, 64, 64), latent_dim=kw.pop("latent_dim", 6), objective=objective,
+               net={"name": "conv", "base_channels": kw.pop("base_channels", 8)}, loglik_samples=0, **kw)
 
 
 class CentredSprites(DSpritesDataModule):
@@ -58,32 +60,32 @@ def test_dsprites_declares_named_factors_with_their_symmetry():
 def test_circle_targets_follow_the_symmetry_and_the_error_is_in_image_degrees():
     dm = DSpritesDataModule()
     model = named_vae()
-    model.bind_data(dm)
+    model.named.bind_data(dm)
     f = torch.tensor([[s, 2, o, 3, 4] for s in range(3) for o in (0, 5, 13, 20, 38)])
-    t = model.targets(f)
+    t = model.named.targets(f)
     theta, period = dm.rotation(f, "orientation")
     k = 2 * math.pi / period  # 4 for squares, 2 for ellipses, 1 for hearts
     assert torch.allclose(t, torch.stack([torch.cos(k * theta), torch.sin(k * theta)], 1), atol=1e-5)
     mu = torch.zeros(len(f), 6)
     mu[:, :2] = t
-    err = model.named_errors(mu, f)["orientation_err_deg"]
+    err = model.named.errors(mu, f)["orientation_err_deg"]
     assert err.abs().max() < 1e-3
     mu[:, :2] = -t  # half a turn of the circle off: half a symmetry period of the image
-    err = model.named_errors(mu, f)["orientation_err_deg"]
+    err = model.named.errors(mu, f)["orientation_err_deg"]
     assert torch.allclose(err, torch.rad2deg(period / 2), atol=1e-3)
 
 
 def test_line_factor_targets_are_standardised_levels():
     dm = DSpritesDataModule()
     model = named_vae(named_factors={"scale": "line", "orientation": "circle"})
-    model.bind_data(dm)
-    assert model.named == {"scale": ("line", 0), "orientation": ("circle", 1)}
+    model.named.bind_data(dm)
+    assert model.named.units == {"scale": ("line", 0), "orientation": ("circle", 1)}
     f = index_to_factors(torch.arange(0, 737_280, 97))
-    scale = model.targets(f)[:, 0]
+    scale = model.named.targets(f)[:, 0]
     assert abs(scale.mean()) < 0.05 and abs(scale.var() - 1) < 0.05  # over a near-uniform grid
     mu = torch.zeros(len(f), 6)
     mu[:, 0] = scale
-    assert model.named_errors(mu, f)["scale_mae"].max() < 1e-4
+    assert model.named.errors(mu, f)["scale_mae"].max() < 1e-4
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.1, 0.01])
@@ -96,32 +98,32 @@ def test_labelled_fraction_selects_that_many_images_by_grid_index(fraction):
     dm = DSpritesDataModule()
     dm.setup()
     model = named_vae(labelled_fraction=fraction)
-    model.bind_data(dm)
+    model.named.bind_data(dm)
     train = index_to_factors(dm.splits["train"][0])
-    n, count = len(train), int(model.labelled(train).sum())
+    n, count = len(train), int(model.named.labelled(train).sum())
     # the training split is a random 97% of the grid: a hypergeometric count around fraction * n
     sd = math.sqrt(n * fraction * (1 - fraction) * (1 - n / 737_280))
     assert abs(count - fraction * n) <= 5 * sd + 1
     # the subset is fixed by labelled_seed, not by the run's seed
     torch.manual_seed(123)
     again = named_vae(labelled_fraction=fraction)
-    again.bind_data(dm)
-    assert torch.equal(again.labelled(train[:5000]), model.labelled(train[:5000]))
+    again.named.bind_data(dm)
+    assert torch.equal(again.named.labelled(train[:5000]), model.named.labelled(train[:5000]))
 
 
 def test_supervised_term_averages_over_the_labelled_images_only():
     dm = DSpritesDataModule()
     model = named_vae(labelled_fraction=0.1)
-    model.bind_data(dm)
+    model.named.bind_data(dm)
     f = index_to_factors(torch.arange(0, 737_280, 1234))
-    mask = model.labelled(f)
+    mask = model.named.labelled(f)
     assert 0 < mask.sum() < len(f)
     mu, std = torch.randn(len(f), 6), torch.rand(len(f), 6) + 0.1
-    t = model.targets(f[mask])
+    t = model.named.targets(f[mask])
     by_hand = -torch.distributions.Normal(mu[mask, :2], std[mask, :2]).log_prob(t).sum(1).mean()
-    assert model.supervised_term(mu, std, f) == pytest.approx(float(by_hand), rel=1e-5)
+    assert model.named.supervised_term(mu, std, f) == pytest.approx(float(by_hand), rel=1e-5)
     none = f[~mask][:10]
-    assert model.supervised_term(mu[:10], std[:10], none) == 0
+    assert model.named.supervised_term(mu[:10], std[:10], none) == 0
 
 
 def _fit(weight: float) -> float:
@@ -150,7 +152,7 @@ def test_the_supervised_term_ties_the_named_units_to_the_orientation():
 ])
 def test_names_the_data_does_not_have_are_refused(named, data, key):
     with pytest.raises(ConfigError, match="allowed: ") as e:
-        named_vae(named_factors=named).bind_data(data())
+        named_vae(named_factors=named).named.bind_data(data())
     assert str(e.value).startswith(key) and "\n" not in str(e.value)
 
 
@@ -159,7 +161,7 @@ def test_names_the_data_does_not_have_are_refused(named, data, key):
     ({"labelled_fraction": 1.5}, "model.labelled_fraction"),
     ({"named_factors": {}}, "model.named_factors"),
     ({"named_factors": {"orientation": "square"}}, "model.named_factors.orientation"),
-    ({"supervised_weight": -1}, "model.supervised_weight"),
+    ({"supervised_weight": -1}, "model.objective.supervised_weight"),
     ({"latent_dim": 1}, "model.latent_dim"),
 ])
 def test_bad_options_are_refused_in_one_line(kw, key):
@@ -169,7 +171,7 @@ def test_bad_options_are_refused_in_one_line(kw, key):
 
 
 def test_traversal_sweeps_one_named_unit(smoke, tmp_path):
-    run = smoke(tmp_path / "run", "data=dsprites", "model=named_vae", "model.base_channels=8",
+    run = smoke(tmp_path / "run", "data=dsprites", "model=named_vae", "model.net.base_channels=8",
                 "callbacks.evaluation=null")
     assert (run / "samples" / "traversal_orientation_final.png").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"

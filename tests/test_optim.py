@@ -19,7 +19,7 @@ def digits_batches(n_batches: int, batch: int = 20) -> list[torch.Tensor]:
 def loss_curve(impl: str, batches: list[torch.Tensor]) -> torch.Tensor:
     """The training losses of the papers' MLP VAE, from one seed, with Adam's `impl`."""
     torch.manual_seed(0)
-    model = VAE(image_shape=(1, 8, 8), arch="mlp", hidden=[64, 64], latent_dim=8, loglik_samples=0)
+    model = VAE(image_shape=(1, 8, 8), net={"name": "mlp", "hidden": [64, 64]}, latent_dim=8, loglik_samples=0)
     model.optim = {"impl": impl, "eps": 1e-8}
     opt = model.configure_optimizers()
     losses = []

@@ -26,7 +26,7 @@ SEARCH = (
     "callbacks.evaluation=null", f"trainer.max_epochs={EPOCHS}",
     # one swept key, the learning rate, good or hopeless; with this seed the sampler's first
     # draws are good, hopeless, good, hopeless (checked below, not assumed)
-    "model.latent_dim=8", "model.beta=1.0", f"model.lr=choice({GOOD},{HOPELESS})",
+    "model.latent_dim=8", "model.objective.beta=1.0", f"model.lr=choice({GOOD},{HOPELESS})",
     "hydra.sweeper.sampler.seed=1240",
     # prune from the first epoch on, once one trial has finished
     "callbacks.pruning.pruner=median",

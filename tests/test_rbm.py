@@ -15,7 +15,7 @@ from PIL import Image
 
 from genlab.config import ConfigError
 from genlab.data import DigitsDataModule
-from genlab.models.rbm import RBM, ais_schedule
+from genlab.models.rbm import RBM
 from genlab.sample import main as sample_main
 
 DIGITS = (1, 8, 8)
@@ -120,13 +120,6 @@ def test_ais_matches_the_exact_log_partition(trained):
     assert abs(est - exact) < 0.05, (est, exact)
     assert 0 < stderr < 0.05
     assert m.log_partition(betas=1000, runs=100, seed=0) == (est, stderr)
-
-
-def test_ais_schedule_is_monotone_from_zero_to_one():
-    for n in (6, 100, 14500):
-        b = ais_schedule(n)
-        assert b[0] == 0 and b[-1] == 1 and (b.diff() > 0).all()
-        assert abs(len(b) - 1 - n) <= 6
 
 
 def test_pcd_chains_travel_in_the_checkpoint(trained):

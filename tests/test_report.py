@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from genlab import report, runs
+from genlab.report import figures, groups, load
 
 GENLAB_CNN, INCEPTION = "genlab-fmnist-cnn", "inception-v3"
 # Two configurations (beta=1 with a blur corruption, beta=4 with noise) and their ok seeds.
@@ -284,7 +285,65 @@ def test_group_by_config_keys(sweep, tmp_path):
 
     # A key no run has is a configuration value of its own, not an error.
     assert report.main([str(root), "--out", str(out), "--group-by", "model.nope"]) == 0
-    assert list(read_table(out)) == [f"model.nope={report.MISSING}"]
+    assert list(read_table(out)) == [f"model.nope={load.MISSING}"]
+
+
+def test_a_component_given_as_a_mapping_is_keyed_by_its_name_and_its_settings(tmp_path):
+    """A model component is a string (`model.d_mode: plain`) or a mapping with a name
+    (`model.d_mode: {name: noise_head, aux_weight_d: 1.0}`): either way model.d_mode is its name,
+    and the mapping's other keys are model.d_mode.aux_weight_d, ... for grouping, labels, --x
+    and --baseline. A top-level group's name (data.name) keeps its key."""
+    config = {"seed": 0, "data": {"name": "digits"},
+              "model": {"name": "vae", "d_mode": {"name": "noise_head", "aux_weight_d": 1.0}}}
+    assert load.lookup(config, "model.d_mode") == "noise_head"
+    assert load.lookup(config, "model.d_mode.aux_weight_d") == 1.0
+    assert load.lookup({"model": {"d_mode": "plain"}}, "model.d_mode") == "plain"
+    assert load.lookup(config, "data.name") == "digits"
+    assert groups.flat(config) == {"data.name": "digits", "model.name": "vae",
+                                   "model.d_mode": "noise_head", "model.d_mode.aux_weight_d": 1}
+    # a name that is an interpolation is resolved, as any value is
+    arms = {**config, "arm": "b", "arms": {"b": "noise_head"},
+            "model": {"d_mode": {"name": "${arms.${arm}}", "aux_weight_d": 0.5}}}
+    assert load.lookup(arms, "model.d_mode") == "noise_head"
+
+    root = tmp_path / "sweep"
+    modes = {"plain": "plain", "head1": {"name": "noise_head", "aux_weight_d": 1.0},
+             "head05": {"name": "noise_head", "aux_weight_d": 0.5}}
+    spelled = {"plain": "plain", "head1": "{name:noise_head,aux_weight_d:1.0}",
+               "head05": "{name:noise_head,aux_weight_d:0.5}"}
+    elbo = {"plain": -200.0, "head1": -190.0, "head05": -195.0}
+    for job, (arm, seed) in enumerate((a, s) for a in modes for s in (0, 1)):
+        run = make_run(root, str(job), 1, seed, {"status": "ok", "val/elbo": elbo[arm] - seed},
+                       curve=False, samples=False)
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["model"]["d_mode"] = modes[arm]
+        write_config(run, config)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            [f"model.d_mode={spelled[arm]}", f"seed={seed}"]))
+
+    # by config (labelled by the overrides): the mapping's name and settings, each its own column
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--baseline", "model.d_mode=plain",
+                        "--x", "model.d_mode"]) == 0
+    table = read_table(out)
+    head05, head1 = (f"model.d_mode=noise_head, model.d_mode.aux_weight_d={w}" for w in ("0.5", "1.0"))
+    assert list(table) == [head05, head1, "model.d_mode=plain"]
+    assert [(r["model.d_mode"], r["model.d_mode.aux_weight_d"]) for r in table.values()] == \
+        [("noise_head", "0.5"), ("noise_head", "1.0"), ("plain", "")]
+    assert float(table[head1]["val/elbo diff"]) == pytest.approx(10.0)  # against plain
+    assert (out / "val_elbo_vs_model.d_mode.png").is_file()  # x: the components' names
+
+    # --group-by the component: its name, the settings pooled and named in a note
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.d_mode",
+                        "--baseline", "model.d_mode=plain"]) == 0
+    table = read_table(out)
+    assert list(table) == ["model.d_mode=noise_head", "model.d_mode=plain"]
+    assert table["model.d_mode=noise_head"]["n_ok"] == "4"
+    assert "model.d_mode=noise_head pools 2 distinct configurations; they differ in " \
+           "model.d_mode.aux_weight_d" in (out / "summary.md").read_text()
+    assert report.main([str(root), "--out", str(out), "--group-by", "model.d_mode.aux_weight_d"]) == 0
+    assert list(read_table(out)) == ["model.d_mode.aux_weight_d=0.5", "model.d_mode.aux_weight_d=1.0",
+                                     f"model.d_mode.aux_weight_d={load.MISSING}"]
 
 
 def test_group_by_resolves_a_presets_interpolation(tmp_path):
@@ -308,8 +367,8 @@ def test_group_by_resolves_a_presets_interpolation(tmp_path):
 def test_curve_reads_sparse_lightning_csv(tmp_path):
     path = tmp_path / "metrics.csv"
     write_metrics_csv(path, final=-100.0)
-    assert report.read_curve(path, "val/elbo") == {s: curve_value(-100.0, s) for s in STEPS}
-    assert report.read_curve(path, "val/absent") == {}
+    assert runs.read_curve(path.parent, "val/elbo") == {s: curve_value(-100.0, s) for s in STEPS}
+    assert runs.read_curve(path.parent, "val/absent") == {}
 
 
 def test_run_without_overrides_is_the_default_configuration(tmp_path):
@@ -371,8 +430,8 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
         write_metrics_csv(run / "metrics.csv", final=-100.0 - seed)
         with open(run / "metrics.csv", "a", newline="") as f:
             csv.writer(f).writerow([4, STEPS[-1] + 1, "", best[seed]])  # write_metrics_csv: epoch 0-3
-    groups = report.group_runs(report.load_runs([str(root)], []), None)
-    (curve,) = report.curve_series(groups, "val/elbo", [])
+    grouped = groups.group_runs(load.load_runs([str(root)]).runs, None).groups
+    (curve,) = figures.curve_series(grouped, "val/elbo").series
     assert curve.steps == list(STEPS) and curve.n == 2
     assert curve.mean == pytest.approx([statistics.fmean([curve_value(-100.0, s), curve_value(-101.0, s)])
                                         for s in STEPS])
@@ -381,7 +440,7 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
     assert curve.best_mean == pytest.approx(statistics.fmean(best.values()))
     assert curve.best_std == pytest.approx(statistics.stdev(best.values()))
 
-    ax = report.curve_figure([curve], "val/elbo").axes[0]
+    ax = figures.curve_figure([curve], "val/elbo").axes[0]
     line = ax.lines[0]
     assert list(line.get_xdata()) == list(STEPS)  # per-epoch values only: no drop at the end
     assert list(line.get_ydata()) == pytest.approx(curve.mean)
@@ -392,7 +451,7 @@ def test_curve_shows_epochs_only_and_marks_the_best_checkpoint(tmp_path):
 
     # A metric the summaries lack (a training metric logged per batch): no star, and no legend
     # entry or title promising one.
-    ax = report.curve_figure([dataclasses.replace(curve, best_mean=None, best_std=None)],
+    ax = figures.curve_figure([dataclasses.replace(curve, best_mean=None, best_std=None)],
                              "train/loss").axes[0]
     assert not [ln for ln in ax.lines if ln.get_marker() == "*"]
     assert "best checkpoint, final validation" not in [t.get_text() for t in ax.get_legend().get_texts()]
@@ -403,14 +462,14 @@ def test_curve_figure_many_configurations_and_a_diverging_one():
     """Eleven configurations get eleven colours, and one whose values dwarf the rest puts the y
     axis on a log scale so that the others stay readable; ordinary values keep a linear axis."""
     steps = [10, 20, 30]
-    tame = [report.Curve(f"arm={i}", steps, [4.0 + i / 10, 3.0, 2.5], None, 1, 2.5, None)
+    tame = [figures.Curve(f"arm={i}", steps, [4.0 + i / 10, 3.0, 2.5], None, 1, 2.5, None)
             for i in range(10)]
-    wild = report.Curve("arm=wild", steps, [900.0, 700.0, 800.0], None, 1, 500.0, None)
-    ax = report.curve_figure([*tame, wild], "val/stat_fd").axes[0]
+    wild = figures.Curve("arm=wild", steps, [900.0, 700.0, 800.0], None, 1, 500.0, None)
+    ax = figures.curve_figure([*tame, wild], "val/stat_fd").axes[0]
     assert ax.get_yscale() == "log"
     lines = [ln for ln in ax.lines if len(ln.get_xdata()) == len(steps)]
     assert len(lines) == 11 and len({ln.get_color() for ln in lines}) == 11
-    assert report.curve_figure(tame[:3], "val/stat_fd").axes[0].get_yscale() == "linear"
+    assert figures.curve_figure(tame[:3], "val/stat_fd").axes[0].get_yscale() == "linear"
 
 
 def write_config(run, config):
@@ -461,11 +520,10 @@ def test_one_row_per_distinct_configuration(tmp_path, capsys):
 
 def test_sample_figure_shows_only_generated_samples(sweep):
     root, bad = sweep
-    skipped: list[str] = []
-    groups = report.group_runs(report.load_runs([str(root)], skipped), None)
-    images = report.final_grids(groups, skipped)
-    assert f"skipped: {bad['png']}: unreadable image" in skipped[-1]
-    fig = report.samples_figure(groups, images)
+    grouped = groups.group_runs(load.load_runs([str(root)]).runs, None).groups
+    grids = figures.final_grids(grouped)
+    assert f"skipped: {bad['png']}: unreadable image" in grids.skipped[-1]
+    fig = figures.samples_figure(grouped, grids.images)
     shown = [ax.images[0].get_array() for ax in fig.axes]
     titles = [ax.get_title() for ax in fig.axes]
     # beta=1: seed 0's grid is broken, so seed 1's; beta=4: seed 0. Never the newer decoy grid.
@@ -478,7 +536,7 @@ def test_sample_figure_shows_only_generated_samples(sweep):
     # Each grid is drawn at its own size: its pixels appear in the saved PNG, neither moved nor
     # scaled (the test grids step by 2 grey levels a pixel; the colour map may round by 1).
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=report.DPI)
+    fig.savefig(buffer, format="png", dpi=figures.DPI)
     png = np.asarray(Image.open(buffer).convert("L"))
     for ax, image in zip(fig.axes, shown, strict=True):
         box = ax.get_position()
@@ -494,10 +552,9 @@ def test_grids_show_another_named_grid_per_configuration(sweep, tmp_path, capsys
     assert report.main([str(root), "--out", str(out), "--grids", "degraded_real"]) == 0
     assert (out / "degraded_real.png").is_file() and (out / "degraded_real.pdf").is_file()
     assert "![degraded_real](degraded_real.png)" in (out / "summary.md").read_text()
-    skipped: list[str] = []
-    groups = report.group_runs(report.load_runs([str(root)], skipped), None)
-    fig = report.samples_figure(groups, report.final_grids(groups, skipped, "degraded_real"),
-                                "degraded_real")
+    grouped = groups.group_runs(load.load_runs([str(root)]).runs, None).groups
+    fig = figures.samples_figure(grouped, figures.final_grids(grouped, "degraded_real").images,
+                                 "degraded_real")
     # the first ok seed of each configuration: beta=1 seed 0 (its generated grid is broken, this
     # one is not), beta=4 seed 0; the panel is that grid, not the generated samples
     for ax, run in zip(fig.axes, ["0", "4"], strict=True):
@@ -522,15 +579,15 @@ def test_every_family_writes_generated_samples_under_one_name(model, tmp_path):
     from types import SimpleNamespace
 
     from conftest import make_cfg
-    from hydra.utils import instantiate
 
     from genlab.callbacks.samples import SampleGrids
     from genlab.data import build_datamodule
+    from genlab.models import build_model
 
     cfg = make_cfg(tmp_path, "data=digits", f"model={model}", "corruption=blur")
     dm = build_datamodule(cfg.data)
     dm.setup()
-    module = instantiate(cfg.model, image_shape=list(dm.image_shape), _convert_="all")
+    module = build_model(cfg.model, dm.image_shape)
     trainer = SimpleNamespace(datamodule=dm, default_root_dir=str(tmp_path), loggers=[], global_step=0)
     callback = SampleGrids(n=16, seed=3)
 
@@ -576,7 +633,7 @@ def test_compact_png_keeps_every_pixel_in_fewer_bytes(tmp_path):
     for pixels, mode in [(np.stack([grey] * 3 + [opaque], -1), "L"), (colour, "RGB")]:
         path = tmp_path / f"{mode}.png"
         Image.fromarray(pixels).save(path, compress_level=0)
-        small = report.compact_png(path.read_bytes())
+        small = figures.compact_png(path.read_bytes())
         assert len(small) < path.stat().st_size
         back = Image.open(io.BytesIO(small))
         assert back.mode == mode

@@ -15,8 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from test_report import make_run
 
-from genlab import report, report_figures
-from genlab.callbacks.evaluators import aggregate_posterior_figure
+from genlab import report, runs
+from genlab.metrics.figures import aggregate_posterior_figure
+from genlab.report import figures, groups, load, spec
 
 PANELS = {"generated": "prior samples", "expost": "ex-post mixture samples",
           "reconstruction": "reconstructions"}
@@ -36,15 +37,15 @@ def sweep(tmp_path_factory):
 
 def drawn(monkeypatch) -> dict[str, Figure]:
     """Every figure genlab-report saves, by name, as it saves them."""
-    figures: dict[str, Figure] = {}
-    save = report.save
+    saved: dict[str, Figure] = {}
+    save = figures.save
 
     def keep(fig, out, name):
-        figures[name] = fig
+        saved[name] = fig
         return save(fig, out, name)
 
-    monkeypatch.setattr(report, "save", keep)
-    return figures
+    monkeypatch.setattr(figures, "save", keep)
+    return saved
 
 
 def assert_readable(name: str, fig: Figure) -> None:
@@ -64,7 +65,7 @@ def assert_readable(name: str, fig: Figure) -> None:
         if len(named) > 1:
             legend = ax.get_legend() or fig.legends[0]
             assert [t.get_text() for t in legend.get_texts()], name
-        assert report.MISSING not in " ".join(named), name
+        assert load.MISSING not in " ".join(named), name
 
 
 def test_every_figure_of_a_real_sweep_is_labelled_and_fits_its_canvas(sweep, tmp_path, monkeypatch):
@@ -76,29 +77,29 @@ def test_every_figure_of_a_real_sweep_is_labelled_and_fits_its_canvas(sweep, tmp
                          "step_metric": ["val/elbo", "val/fid"], "panels": PANELS,
                          "grids": ["aggregate_posterior"]}
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the panels in their order
-    figures = drawn(monkeypatch)
+    saved = drawn(monkeypatch)
     out = tmp_path / "report"
     assert report.main([str(sweep), "--out", str(out), "--html"]) == 0
     extractor = "genlab-digits-cnn"
-    assert set(figures) == {"curve_val_elbo", "curve_val_fid", "samples", "panels",
+    assert set(saved) == {"curve_val_elbo", "curve_val_fid", "samples", "panels",
                             "aggregate_posterior", "val_elbo_vs_beta_the_KL_s_weight",
                             f"val_fid_{extractor}_vs_beta_the_KL_s_weight",
                             f"val_fid_expost_{extractor}_vs_beta_the_KL_s_weight"}
-    for name, fig in figures.items():
+    for name, fig in saved.items():
         assert_readable(name, fig)
         assert (out / f"{name}.png").is_file() and f'alt="{name}"' in (out / "report.html").read_text()
 
     # the line is named in the study's words, over the axis's label
-    ax = figures["val_elbo_vs_beta_the_KL_s_weight"].axes[0]
+    ax = saved["val_elbo_vs_beta_the_KL_s_weight"].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["2-D VAE (n=1)"]
     assert ax.get_xlabel() == "beta (the KL's weight)" and ax.get_ylabel() == "val/elbo"
     # the panels: one row per beta, the three grids of its seed in the preset's order
-    fig = figures["panels"]
+    fig = saved["panels"]
     assert [t.get_text().replace("\n", " ") for t in fig.texts[:3]] == list(PANELS.values())
     assert len(fig.axes) == 2 * 3
     shown = [ax.images[0].get_array() for ax in fig.axes[:3]]
     for image, grid in zip(shown, PANELS, strict=True):
-        png = report.matplotlib.image.imread(sweep / "0" / "samples" / f"{grid}_final.png")
+        png = runs.read_grid(sweep / "0", grid)
         assert np.array_equal(image, png)
 
 
@@ -109,7 +110,7 @@ def test_a_one_run_report_prints_no_warning(sweep, tmp_path, capsys):
         # a lone run's label is all its overrides: a legend that long once squashed the axes
         # ("constrained_layout not applied")
         long = ", ".join(f"model.key{i}=value{i}" for i in range(12))
-        fig = report.curve_figure([report.Curve(long, [1, 2], [1.0, 2.0], None, 1, 2.0, None)],
+        fig = figures.curve_figure([figures.Curve(long, [1, 2], [1.0, 2.0], None, 1, 2.0, None)],
                                   "val/elbo")
         fig.savefig(tmp_path / "long.png")
     assert [str(w.message) for w in caught] == []
@@ -130,15 +131,15 @@ def test_metric_against_the_k_of_whichever_bound_one_line_per_bound(tmp_path):
             cfg.update(arm=arm, arms={a: {"iwae_k": i, "elbo_k": e} for a, (i, e) in arms.items()})
             cfg["model"].update(iwae_k="${arms.${arm}.iwae_k}", elbo_k="${arms.${arm}.elbo_k}")
             (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    groups = report.group_runs(report.load_runs([str(root)], []), ["arm"])
-    axis = report_figures.parse_axis({"max": ["model.iwae_k", "model.elbo_k"], "label": "k",
+    grouped = groups.group_runs(load.load_runs([str(root)]).runs, ["arm"]).groups
+    axis = spec.parse_axis({"max": ["model.iwae_k", "model.elbo_k"], "label": "k",
                                       "log": True})
-    lines = report_figures.parse_lines({"by": "arm", "names": {
+    lines = spec.parse_lines({"by": "arm", "names": {
         "vae": ["VAE", "IWAE"], "vae_k5": "VAE", "iwae_k5": "IWAE", "iwae_k50": "IWAE"}})
-    points = report_figures.against_points(groups, axis, "test/loglik", lines)
+    points = figures.against_points(grouped, axis, "test/loglik", lines)
     assert points == {"VAE": {1: [-100.0, -101.0], 5: [-99.0, -100.0]},
                       "IWAE": {1: [-100.0, -101.0], 5: [-97.0, -98.0], 50: [-95.0, -96.0]}}
-    fig = report_figures.against_figure(points, axis, "test/loglik")
+    fig = figures.against_figure(points, axis, "test/loglik")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["VAE (n=2)", "IWAE (n=2)"]
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "k (log scale)"
@@ -148,14 +149,14 @@ def test_metric_against_the_k_of_whichever_bound_one_line_per_bound(tmp_path):
     assert_readable("test_loglik_vs_k", fig)
 
 
-@pytest.mark.parametrize(("spec", "message"), [
+@pytest.mark.parametrize(("block", "message"), [
     ({"key": "model.beta", "max": ["a", "b"]}, "report.x: give exactly one of key"),
     ({"max": ["model.beta"]}, "report.x.max: expected a list of two or more dotted config keys"),
     ({"key": "model.beta", "scale": "log"}, "report.x: unknown key 'scale'; allowed: key, max, label, log"),
 ])
-def test_a_bad_axis_is_one_line_naming_the_key(spec, message):
-    with pytest.raises(report_figures.SpecError, match=message.replace("(", r"\(")):
-        report_figures.parse_axis(spec)
+def test_a_bad_axis_is_one_line_naming_the_key(block, message):
+    with pytest.raises(spec.SpecError, match=message.replace("(", r"\(")):
+        spec.parse_axis(block)
 
 
 def test_latent_scatter_coloured_by_class_with_a_legend():

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_cli
 
 from genlab import report, runs
+from genlab.report import figures, groups, load
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
                 None)
@@ -50,7 +51,7 @@ def val_rows(run, metric):
 
 
 def test_real_sweep_report(sweep, html_report):
-    loaded = report.load_runs([str(sweep)], [])
+    loaded = load.load_runs([str(sweep)]).runs
     assert len(loaded) == 4 and all(r.status == "ok" for r in loaded)
     with open(html_report / "summary.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -65,20 +66,20 @@ def test_real_sweep_report(sweep, html_report):
     # The step curve: one point per trained epoch, never the best checkpoint's validation that
     # genlab-train logs after training; that value is the separate marker.
     metric = loaded[0].config["objective"]["metric"]
-    groups = report.group_runs(loaded, None)
-    for curve, members in zip(report.curve_series(groups, metric, []), groups.values(), strict=True):
+    grouped = groups.group_runs(loaded, None).groups
+    for curve, members in zip(figures.curve_series(grouped, metric).series, grouped.values(), strict=True):
         for run in members:
             rows = val_rows(run.path, metric)
             assert len(rows) == EPOCHS + 1  # every epoch, then the best checkpoint's validation
-            per_epoch = report.read_curve(run.path / "metrics.csv", metric, run.summary["epochs"])
+            per_epoch = runs.read_curve(run.path, metric, run.summary["epochs"])
             assert list(per_epoch.values()) == [float(r[metric]) for r in rows[:EPOCHS]]
         assert len(curve.steps) == EPOCHS
         assert curve.best_mean == pytest.approx(statistics.fmean(r.summary[metric] for r in members))
 
     # The sample figure: each configuration's generated samples, never the blurred real images.
-    images = report.final_grids(groups, [])
-    fig = report.samples_figure(groups, images)
-    for ax, members in zip(fig.axes, groups.values(), strict=True):
+    images = figures.final_grids(grouped).images
+    fig = figures.samples_figure(grouped, images)
+    for ax, members in zip(fig.axes, grouped.values(), strict=True):
         samples = members[0].path / "samples"
         shown = ax.images[0].get_array()
         assert np.allclose(shown, matplotlib.image.imread(samples / "generated_final.png"))

@@ -3,7 +3,6 @@ once, a second launch of a held run touches nothing, a killed holder leaves no s
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import signal
@@ -156,11 +155,11 @@ def test_a_held_run_is_refused_and_a_killed_holder_leaves_no_lock(reference, tmp
                          f"(pid {first.pid}, host {socket.gethostname()})"]
         assert {p: p.read_bytes() for p in kept} == kept  # Hydra's rewrite of .hydra/ undone
         # genlab-report tells a run being trained from one that stopped without an end
-        (loaded,) = report.load_runs([str(run)], [])
+        (loaded,) = report.load.load_runs([str(run)]).runs
         assert loaded.status_text == f"running, being trained now (pid {first.pid}, host " \
             f"{socket.gethostname()})"
-        assert "1 of the running being trained now" in report.intro(
-            argparse.Namespace(dirs=[str(run)], group_by=None), [loaded])[0]
+        assert "1 of the running being trained now" in report.writers.intro(
+            [str(run)], None, [loaded])[0]
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the holder dies without a word
         first.wait()

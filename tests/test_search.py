@@ -172,7 +172,7 @@ def test_pruned_search_on_postgresql(postgresql, tmp_path):
     t0 = time.time()
     proc = run_cli("hparams_search=vae_elbo", "debug=smoke", "data=digits", "logger=csv",
                    "callbacks.evaluation=null", "trainer.max_epochs=2", "model.latent_dim=8",
-                   "model.beta=1.0", "model.lr=choice(0.003,1e-06)", "hydra.sweeper.sampler.seed=1240",
+                   "model.objective.beta=1.0", "model.lr=choice(0.003,1e-06)", "hydra.sweeper.sampler.seed=1240",
                    "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage='{postgresql}'",
                    "callbacks.pruning.pruner=median",
                    "callbacks.pruning.pruner_args={n_startup_trials: 1, n_warmup_steps: 0}",

@@ -20,7 +20,7 @@ SMOKE_STUDIES = [
     pytest.param("prior_hole", "seed=0 model.beta=0.5,2"),
     pytest.param("reparam_uniform", "seed=0 model.latent_dim=2 model.eps=gaussian,uniform"),
     pytest.param("dae_noise", "seed=0 arm=plain,masking-0p25"),
-    pytest.param("d_head", "seed=0 model.d_mode=noise_head model.d_head=global,patch"),
+    pytest.param("d_head", "seed=0 model.d_mode=noise_head model.discriminator.head=global,patch"),
     pytest.param("beta_vae_mig", "seed=0 model.beta=1,16"),
 ]
 

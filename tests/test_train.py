@@ -134,7 +134,7 @@ def test_genlab_sample_writes_grids(smoke, tmp_path, capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("model.latent_dim=0", "model.latent_dim=0 is invalid; allowed: a positive integer"),
-    ("model.beta=-1", "model.beta=-1 is invalid; allowed: a number >= 0"),
+    ("model.objective.beta=-1", "model.objective.beta=-1 is invalid; allowed: a number >= 0"),
     ("model.likelihood=poisson", "model.likelihood='poisson' is invalid; allowed: bernoulli | gaussian"),
     ("data.batch_size=0", "data.batch_size=0 is invalid; allowed: a positive integer"),
 ])
@@ -167,7 +167,8 @@ def test_summary_is_json_with_status(tmp_path):
 
 def test_each_family_has_its_own_objective(smoke, tmp_path):
     # model=dcgan alone must work: its checkpoints rank by a metric it logs every validation
-    run = smoke(tmp_path / "gan", "data=digits", "model=dcgan", "model.base_channels=8", *NO_EVAL)
+    run = smoke(tmp_path / "gan", "data=digits", "model=dcgan", "model.generator.base_channels=8",
+                "model.discriminator.base_channels=8", *NO_EVAL)
     s = runs.read_summary(run)
     assert s["status"] == "ok" and s["objective"] == "val/stat_fd"
     assert "best-epoch" in s["best_checkpoint"]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
 
 from genlab.config import ConfigError
-from genlab.models.likelihood import log_likelihood
+from genlab.models.likelihood import LIKELIHOODS
 from genlab.models.vae import VAE
 
 
 def small_vae(**kw) -> VAE:
     torch.manual_seed(0)
-    return VAE(image_shape=(1, 8, 8), latent_dim=kw.pop("latent_dim", 3), base_channels=8, **kw)
+    kw.setdefault("net", {"name": "conv", "base_channels": 8})
+    return VAE(image_shape=(1, 8, 8), latent_dim=kw.pop("latent_dim", 3), **kw)
 
 
 def test_bernoulli_log_likelihood_by_hand():
@@ -25,7 +27,7 @@ def test_bernoulli_log_likelihood_by_hand():
     by_hand = (math.log(0.5)                                   # x=1, p=0.5
                + math.log(1 - sig(2.0))                        # x=0, p=sigmoid(2)
                + 0.5 * math.log(sig(-1.0)) + 0.5 * math.log(1 - sig(-1.0)))
-    assert log_likelihood(x, logits, "bernoulli").item() == pytest.approx(by_hand, rel=1e-6)
+    assert LIKELIHOODS.build("bernoulli").log_prob(x, logits).item() == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_gaussian_log_likelihood_by_hand():
@@ -33,7 +35,7 @@ def test_gaussian_log_likelihood_by_hand():
     s = 0.5
     by_hand = sum(-0.5 * ((a - b) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
                   for a, b in [(0.2, 0.0), (0.7, 1.0)])
-    got = log_likelihood(x, mean, "gaussian", torch.tensor(math.log(s)))
+    got = LIKELIHOODS.build({"name": "gaussian", "std": s}).log_prob(x, mean)
     assert got.item() == pytest.approx(by_hand, rel=1e-6)
 
 
@@ -87,11 +89,11 @@ def test_iwae_with_one_sample_is_the_elbo():
 
 
 def test_k_sample_elbo_averages_the_log_weights_the_iwae_bound_log_mean_exps():
-    """model.elbo_k = k (Burda et al.'s VAE with k samples) trains on the mean of the same k log
+    """model.objective=elbo_k with k (Burda et al.'s VAE with k samples) trains on the mean of the same k log
     weights whose log-mean-exp is the IWAE bound: with the same draws, exactly that mean, and
     below the IWAE bound (Jensen), so the two objectives differ in the bound alone."""
     x = torch.rand(6, 1, 8, 8)
-    vae_k, iwae = small_vae(elbo_k=5), small_vae(iwae_k=5)  # the same weights (small_vae seeds)
+    vae_k, iwae = small_vae(objective={"name": "elbo_k", "k": 5}), small_vae(objective={"name": "iwae", "k": 5})  # the same weights (small_vae seeds)
     torch.manual_seed(7)
     w = vae_k.log_weights(x, 5)
     torch.manual_seed(7)
@@ -125,20 +127,32 @@ def test_log_likelihood_estimate_is_at_least_the_elbo_and_tightens():
 
 @pytest.mark.parametrize("kw, key", [
     ({"latent_dim": 0}, "model.latent_dim"),
-    ({"beta": -1.0}, "model.beta"),
+    ({"objective": {"name": "elbo", "beta": -1.0}}, "model.objective.beta"),
     ({"likelihood": "poisson"}, "model.likelihood"),
-    ({"eps": "laplace"}, "model.eps"),
-    ({"iwae_k": 5, "beta": 2.0}, "model.beta"),
-    ({"elbo_k": 0}, "model.elbo_k"),
-    ({"elbo_k": 5, "iwae_k": 5}, "model.elbo_k"),
-    ({"elbo_k": 5, "beta": 4.0}, "model.beta"),
-    ({"arch": "resnet"}, "model.arch"),
-    ({"arch": "mlp", "hidden": []}, "model.hidden"),
-    ({"arch": "mlp", "hidden": [500, 0]}, "model.hidden"),
-    ({"arch": "mlp", "activation": "gelu"}, "model.activation"),
+    ({"likelihood": {"name": "gaussian", "std": 0}}, "model.likelihood.std"),
+    ({"posterior": "laplace"}, "model.posterior"),
+    ({"prior": "cauchy"}, "model.prior"),
+    ({"objective": "iwea"}, "model.objective"),
+    ({"objective": {"name": "elbo_k", "k": 0}}, "model.objective.k"),
+    ({"objective": "named_elbo"}, "model.objective"),
+    ({"net": "resnet"}, "model.net"),
+    ({"net": {"name": "mlp", "hidden": []}}, "model.net.hidden"),
+    ({"net": {"name": "mlp", "hidden": [500, 0]}}, "model.net.hidden"),
+    ({"net": {"name": "mlp", "activation": "gelu"}}, "model.net.activation"),
+    ({"loglik_samples": -1}, "model.loglik_samples"),
 ])
 def test_bad_values_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid; allowed: "):
+        small_vae(**kw)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"objective": {"name": "iwae", "beta": 2.0}}, "model.objective.beta is not a setting of iwae; allowed: k"),
+    ({"net": {"name": "conv", "hidden": [5]}}, "model.net.hidden is not a setting of conv; allowed: base_channels"),
+    ({"betta": 1}, "model.betta is not a setting; allowed: latent_dim, net, "),
+])
+def test_a_setting_the_component_lacks_is_refused_with_the_allowed_ones(kw, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         small_vae(**kw)
 
 
@@ -164,26 +178,44 @@ def test_manifold_grid_walks_the_prior_quantiles():
 
 
 def test_mlp_arch_is_the_papers_network_and_trains_from_a_plain_checkpoint(smoke, tmp_path):
-    """model.arch=mlp: Kingma & Welling's MNIST network (one hidden layer of 500 tanh units each
+    """model.net=mlp: Kingma & Welling's MNIST network (one hidden layer of 500 tanh units each
     way) on 28x28 Fashion-MNIST; it learns, and its checkpoint rebuilds it through the registry."""
     from genlab.models import load_model
     from genlab.runs import read_summary
 
-    model = VAE(image_shape=(1, 28, 28), latent_dim=20, arch="mlp", hidden=[500])
+    model = VAE(image_shape=(1, 28, 28), latent_dim=20, net={"name": "mlp", "hidden": [500]})
     shapes = [tuple(p.shape) for p in model.encoder.parameters()] + \
         [tuple(p.shape) for p in model.decoder.parameters()]
     assert shapes == [(500, 784), (500,), (40, 500), (40,), (500, 20), (500,), (784, 500), (784,)]
     assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 2
     assert model.decode(torch.zeros(3, 20)).shape == (3, 1, 28, 28)
 
-    run = smoke(tmp_path / "run", "model=vae", "model.arch=mlp", "model.hidden=[64,32]",
-                "model.activation=relu", "trainer.max_epochs=2")
+    run = smoke(tmp_path / "run", "model=vae", "model/net=mlp", "model.net.hidden=[64,32]",
+                "model.net.activation=relu", "trainer.max_epochs=2")
     summary = read_summary(run)
     loaded, _ = load_model(summary["best_checkpoint"])
-    assert loaded.hparams.arch == "mlp" and list(loaded.hparams.hidden) == [64, 32]
+    assert loaded.hparams.net == {"name": "mlp", "hidden": [64, 32], "activation": "relu"}
     assert [m.out_features for m in loaded.encoder.modules() if isinstance(m, torch.nn.Linear)] == [64, 32, 32]
     assert sum(isinstance(m, torch.nn.ReLU) for m in loaded.modules()) == 4
     with open(run / "metrics.csv") as f:
         val = [float(r["val/elbo"]) for r in csv.DictReader(f) if r.get("val/elbo")]
     assert len(val) == 3 and val[1] > val[0], val  # two epochs' validations and the final one: it learns
     assert math.isfinite(summary["test/elbo"])
+
+
+def test_a_checkpoint_from_before_components_is_refused_in_one_line(tmp_path):
+    """A VAE checkpoint with the flat hyper-parameters genlab wrote before its families were
+    composed (arch, beta, iwae_k, ...) is refused with one line that says so."""
+    from genlab.models import load_model
+    from genlab.runs import RunReadError
+
+    model = small_vae()
+    old = {"image_shape": [1, 8, 8], "latent_dim": 3, "beta": 1.0, "likelihood": "bernoulli", "std": 0.1,
+           "learn_std": False, "eps": "gaussian", "iwae_k": 1, "elbo_k": 1, "arch": "conv", "base_channels": 8}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": old,
+                "genlab": {"family": "vae", "data": "digits", "data_kwargs": {}}}, tmp_path / "old.ckpt")
+    with pytest.raises(RunReadError) as e:
+        load_model(tmp_path / "old.ckpt")
+    message = str(e.value)
+    assert "\n" not in message and "unknown hyper-parameter 'beta' of family 'vae'" in message
+    assert "before its families were composed of components" in message

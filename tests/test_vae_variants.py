@@ -42,7 +42,7 @@ def test_uniform_reparameterised_kl_gradient_is_unbiased():
     mu^2 + 0.8 std^2 (Var(e) = 1, Var(e^2) = E e^4 - 1 = 9/5 - 1, Cov(e, e^2) = 0). The tolerance
     is 5 standard errors of the mean over N samples."""
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), eps="uniform")
+    vae = VAE((1, 8, 8), posterior="uniform")
     mu = torch.tensor([0.3, -1.2, 0.0], dtype=torch.float64, requires_grad=True)
     std = torch.tensor([0.5, 1.5, 0.2], dtype=torch.float64, requires_grad=True)
     n = 400_000
@@ -67,7 +67,7 @@ def test_uniform_kl_is_its_own_family_not_the_gaussian_closed_form(digits):
     """The VAE's uniform KL averages to the uniform posterior's exact KL, which is the Gaussian
     closed form plus the entropy gap in every latent dimension: a different posterior family."""
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), eps="uniform", latent_dim=16).eval()
+    vae = VAE((1, 8, 8), posterior="uniform", latent_dim=16).eval()
     with torch.no_grad():
         mu, std = vae.posterior(digits)
         draws = torch.stack([vae.elbo_terms(digits)["kl"] for _ in range(50)])  # [50, B]
@@ -84,7 +84,7 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(digits, eps):
     """E[L_k] is non-decreasing in k and L_1 is the ELBO (Burda et al. 2016), on an untrained
     model. Differences are taken per image (paired), and must exceed 4 standard errors."""
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), eps=eps).eval()
+    vae = VAE((1, 8, 8), posterior=eps).eval()
     repeats = 8
     with torch.no_grad():
         elbo = torch.stack([vae.elbo_terms(digits)["elbo"] for _ in range(repeats)]).mean(0)
@@ -102,8 +102,8 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(digits, eps):
 
 
 def test_an_iwae_run_chooses_its_checkpoint_by_its_own_k_sample_bound(smoke, tmp_path):
-    """model.iwae_k alone: the VAE's objective follows the bound it trains on (val/iwae)."""
-    run = smoke(tmp_path, "data=digits", "model.iwae_k=5",
+    """model.objective=iwae alone: the VAE's objective follows the bound it trains on (val/iwae)."""
+    run = smoke(tmp_path, "data=digits", "model/objective=iwae", "model.objective.k=5",
                 "callbacks.evaluation=null", "trainer.max_epochs=3")
     s = runs.read_summary(run)
     assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and s["objective"] == "val/iwae"
@@ -122,10 +122,10 @@ def test_an_iwae_run_chooses_its_checkpoint_by_its_own_k_sample_bound(smoke, tmp
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["model.iwae_k=5", "objective.metric=val/elbo"], "objective.metric='val/elbo' is invalid; allowed: val/iwae (model=vae's objective then) "
-                         "or another metric than val/elbo: model.iwae_k=5 trains the 5-sample bound"),
+    (["model/objective=iwae", "objective.metric=val/elbo"], "objective.metric='val/elbo' is invalid; allowed: val/iwae (model=vae's objective then) "
+                         "or another metric than val/elbo: model.objective=iwae trains the 5-sample bound"),
     (["objective.metric=val/iwae"], "objective.metric='val/iwae' is invalid; allowed: a metric the run logs; "
-                         "val/iwae needs model.iwae_k > 1"),
+                         "val/iwae needs model.objective=iwae"),
 ])
 def test_the_checkpoint_metric_must_be_the_bound_the_run_trains_on(smoke, tmp_path, overrides, message):
     from genlab.config import ConfigError
@@ -145,7 +145,7 @@ def test_iwae_table_arms_checkpoint_by_their_own_bound(tmp_path, arm, metric):
 
 
 def test_training_on_the_k_sample_elbo(smoke, tmp_path):
-    run = smoke(tmp_path, "data=digits", "model.elbo_k=5", "callbacks.evaluation=null")
+    run = smoke(tmp_path, "data=digits", "model/objective=elbo_k", "callbacks.evaluation=null")
     s = runs.read_summary(run)
     assert s["status"] == "ok" and math.isfinite(s["test/elbo"]) and math.isfinite(s["val/elbo"])
     with open(run / "metrics.csv", newline="") as f:

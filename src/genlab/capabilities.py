@@ -32,6 +32,8 @@ class Encoder(Representation, Protocol):
     disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]. Its `codes` (a
     Representation) are the ones scored for disentanglement (e.g. the posterior mean)."""
 
+    posterior_family: str  # q(z | x)'s family by name (gaussian | uniform), for figures and messages
+
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of q(z | x), each [B, D]."""
         ...
@@ -86,11 +88,22 @@ class NamedFactors(KnownFactors, Protocol):
 
 
 @runtime_checkable
+class BinaryImages(Protocol):
+    """A data module that can hand out binary images (every pixel 0 or 255): a model whose
+    likelihood is over binary pixels (model=rbm) needs it, with `binary_images` true. Every genlab
+    data module declares it (through genlab.data.base.InMemoryDataModule): its images are binary
+    where the source is (dSprites) or where data.binarize is static or dynamic."""
+
+    binary_images: bool  # whether the loaders hand out binary images, as configured
+
+
+@runtime_checkable
 class ClassLabels(Protocol):
     """A data module whose images each carry one class label in 0 .. num_classes - 1 (digits,
     Fashion-MNIST; through genlab.data.base.ClassLabelled): the linear probe needs it."""
 
     num_classes: int
+    class_names: tuple[str, ...]  # one per class, in label order (for legends)
 
     def labels(self, split: str, n: int | None = None) -> Tensor:
         """The class labels of the first n (default all) images of split, LongTensor [n] on the

@@ -15,6 +15,9 @@ What the level means, per kind (units are stated here and nowhere else):
     blur         sigma of a Gaussian blur, in pixels
     rotate_crop  angle in degrees [0, 180] by which a random disc is rotated (sign random per image)
 
+Each kind is one registered entry of CORRUPTIONS (a `Kind` subclass: its level's rule and its
+degradation), and each schedule one of SCHEDULE_KINDS, so adding either is one registered class.
+
 gaussian, masking and blur are differentiable in the image (an add, a multiply, a weighted sum),
 so a corruption can sit between a generator and a discriminator; salt_pepper and rotate_crop pass
 gradients to the pixels they keep or move.
@@ -33,10 +36,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from genlab.config import ConfigError, require, require_choice, require_positive
+from genlab.config import ConfigError, require, require_positive
+from genlab.registry import Registry
 from genlab.seeding import ExampleNoise, draw
 
 __all__ = [
+    "CORRUPTIONS",
     "KINDS",
     "SCHEDULES",
     "AdaptiveSchedule",
@@ -44,6 +49,7 @@ __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
     "Corruption",
+    "Kind",
     "LinearSchedule",
     "Schedule",
     "check_level",
@@ -51,8 +57,11 @@ __all__ = [
     "make_schedule",
 ]
 
-KINDS = ("none", "gaussian", "masking", "salt_pepper", "blur", "rotate_crop")
-SCHEDULES = ("constant", "linear", "cosine", "adaptive")
+# A kind is one registered Kind subclass (its level's rule and its degradation); a schedule one
+# registered Schedule subclass (built from its config by `from_config`). Registration order is the
+# order the error messages list them in.
+CORRUPTIONS: Registry[type[Kind]] = Registry("corruption kind", "corruption.kind")
+SCHEDULE_KINDS: Registry[type[Schedule]] = Registry("corruption schedule", "corruption.schedule.kind")
 
 
 def _is_number(v) -> bool:
@@ -61,14 +70,7 @@ def _is_number(v) -> bool:
 
 def check_level(kind: str, level, key: str) -> None:
     """Raise ConfigError unless `level` is a valid level for `kind` (see the module docstring)."""
-    if kind in ("masking", "salt_pepper"):
-        require(_is_number(level) and 0 <= level <= 1, key, "a number in [0, 1]", level)
-    elif kind == "rotate_crop":
-        require(_is_number(level) and 0 <= level <= 180, key, "an angle in degrees in [0, 180]", level)
-    elif kind == "none":
-        require(_is_number(level), key, "a number (ignored by kind=none)", level)
-    else:  # gaussian, blur
-        require(_is_number(level) and level >= 0, key, "a number >= 0", level)
+    CORRUPTIONS[kind].check_level(level, key)
 
 
 # --- schedules ---------------------------------------------------------------------------------
@@ -77,7 +79,20 @@ def check_level(kind: str, level, key: str) -> None:
 
 
 class Schedule:
-    """Level as a function of images seen. `update` is feedback that only `adaptive` uses."""
+    """Level as a function of images seen. `update` is feedback that only `adaptive` uses.
+    A subclass registered in SCHEDULE_KINDS is built by `from_config` and gives its config back
+    with `config`."""
+
+    registry_name = ""
+
+    @classmethod
+    def from_config(cls, spec: Mapping, level: float, key: str) -> Schedule:
+        """The schedule from its config mapping (`key`: its config path, for errors)."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The mapping `from_config` rebuilds it from (what a checkpoint stores)."""
+        return {"kind": self.registry_name}
 
     def value(self, images: int) -> float:
         raise NotImplementedError
@@ -92,9 +107,14 @@ class Schedule:
         pass
 
 
+@SCHEDULE_KINDS.register("constant")
 class ConstantSchedule(Schedule):
     def __init__(self, level: float):
         self.level = float(level)
+
+    @classmethod
+    def from_config(cls, spec: Mapping, level: float, key: str) -> Schedule:
+        return cls(level)
 
     def value(self, images: int) -> float:
         return self.level
@@ -103,7 +123,24 @@ class ConstantSchedule(Schedule):
         return f"constant({self.level})"
 
 
-class LinearSchedule(Schedule):
+class _Decay(Schedule):
+    """`start` at 0 images, down to 0 at `images` images (config key `images`, default 100k)."""
+
+    def __init__(self, start: float, images: float):
+        self.start, self.images = float(start), float(images)
+
+    @classmethod
+    def from_config(cls, spec: Mapping, level: float, key: str) -> Schedule:
+        images = spec.get("images", 100_000)
+        require_positive(images, f"{key}.images")
+        return cls(level, images)
+
+    def config(self) -> dict:
+        return {"kind": self.registry_name, "images": self.images}
+
+
+@SCHEDULE_KINDS.register("linear")
+class LinearSchedule(_Decay):
     """`start` at 0 images, falling linearly to 0 at `images` images, 0 afterwards.
 
     StyleGAN3 blurs discriminator inputs with sigma 10 px fading to 0 over the first 200k images
@@ -112,9 +149,6 @@ class LinearSchedule(Schedule):
     two Fashion-MNIST epochs, early training, as in StyleGAN3.
     """
 
-    def __init__(self, start: float, images: float):
-        self.start, self.images = float(start), float(images)
-
     def value(self, images: int) -> float:
         return self.start * max(0.0, 1.0 - images / self.images)
 
@@ -122,14 +156,12 @@ class LinearSchedule(Schedule):
         return f"linear({self.start} -> 0 over {self.images:g} images)"
 
 
-class CosineSchedule(Schedule):
+@SCHEDULE_KINDS.register("cosine")
+class CosineSchedule(_Decay):
     """`start` at 0 images, half a cosine period down to 0 at `images` images, 0 afterwards.
 
     Flatter than linear at both ends: the level stays near `start` longer, then lands softly.
     """
-
-    def __init__(self, start: float, images: float):
-        self.start, self.images = float(start), float(images)
 
     def value(self, images: int) -> float:
         t = min(1.0, images / self.images)
@@ -139,6 +171,7 @@ class CosineSchedule(Schedule):
         return f"cosine({self.start} -> 0 over {self.images:g} images)"
 
 
+@SCHEDULE_KINDS.register("adaptive")
 class AdaptiveSchedule(Schedule):
     """ADA's controller (Karras et al. 2020) acting on the level, which starts at 0 as ADA's p does.
 
@@ -153,6 +186,19 @@ class AdaptiveSchedule(Schedule):
         self.target = float(target)
         self.step = self.max_level / 100.0 if step is None else float(step)
         self.level = 0.0
+
+    @classmethod
+    def from_config(cls, spec: Mapping, level: float, key: str) -> Schedule:
+        target, step = spec.get("target", 0.6), spec.get("step")
+        require(_is_number(target) and 0 < target < 1, f"{key}.target", "a number in (0, 1)", target)
+        require(step is None or (_is_number(step) and step > 0), f"{key}.step",
+                "null (= level / 100) or a number > 0", step)
+        return cls(level, target, step)
+
+    def config(self) -> dict:
+        # null step means level / 100; store null then, so level 0 (step 0) still rebuilds
+        step = None if math.isclose(self.step, self.max_level / 100.0) else self.step
+        return {"kind": "adaptive", "target": self.target, "step": step}
 
     def value(self, images: int) -> float:
         return self.level
@@ -186,19 +232,11 @@ def make_schedule(spec, level: float, key: str = "corruption.schedule") -> Sched
     if spec is None:
         spec = {"kind": "constant"}
     require(isinstance(spec, Mapping), key, "a mapping such as {kind: constant}", spec)
-    kind = spec.get("kind", "constant")
-    require_choice(kind, f"{key}.kind", SCHEDULES)
-    if kind == "constant":
-        return ConstantSchedule(level)
-    if kind in ("linear", "cosine"):
-        images = spec.get("images", 100_000)
-        require_positive(images, f"{key}.images")
-        return (LinearSchedule if kind == "linear" else CosineSchedule)(level, images)
-    target, step = spec.get("target", 0.6), spec.get("step")
-    require(_is_number(target) and 0 < target < 1, f"{key}.target", "a number in (0, 1)", target)
-    require(step is None or (_is_number(step) and step > 0), f"{key}.step",
-            "null (= level / 100) or a number > 0", step)
-    return AdaptiveSchedule(level, target, step)
+    kind = SCHEDULE_KINDS.get(spec.get("kind", "constant"), f"{key}.kind")
+    return kind.from_config(spec, level, key)
+
+
+SCHEDULES = tuple(SCHEDULE_KINDS)  # the built-in schedule kinds
 
 
 # --- the degradations, each (x [B,C,H,W], levels [B], generator) -> x_degraded -----------------
@@ -327,6 +365,89 @@ def _rotate_crop(x: Tensor, angle: Tensor, generator, radius: float) -> Tensor:
     return flat.scatter(2, target.unsqueeze(1).expand(b, c, -1), moved).view(b, c, h, w)
 
 
+# --- the kinds: each one registered entry --------------------------------------------------------
+
+
+class Kind:
+    """One corruption kind, registered in CORRUPTIONS under its `corruption.kind` name: the rule
+    its level must meet and its degradation of a batch. `levelled` is False for a kind that
+    ignores the level (none: its level is 0 and it draws no levels)."""
+
+    registry_name = ""
+    levelled = True
+
+    @staticmethod
+    def check_level(level, key: str) -> None:
+        require(_is_number(level) and level >= 0, key, "a number >= 0", level)
+
+    @staticmethod
+    def degrade(x: Tensor, levels: Tensor, generator, corruption: Corruption, bound: float) -> Tensor:
+        """x [B, C, H, W] degraded at per-image `levels` [B], drawing from `generator` (see _rand);
+        `bound` is the largest level, known on the host (Corruption.level_bound)."""
+        raise NotImplementedError
+
+
+@CORRUPTIONS.register("none")
+class _None(Kind):
+    levelled = False
+
+    @staticmethod
+    def check_level(level, key: str) -> None:
+        require(_is_number(level), key, "a number (ignored by kind=none)", level)
+
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return x
+
+
+@CORRUPTIONS.register("gaussian")
+class _Gaussian(Kind):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _gaussian(x, levels, generator, corruption.clip)
+
+
+class _Probability(Kind):
+    @staticmethod
+    def check_level(level, key: str) -> None:
+        require(_is_number(level) and 0 <= level <= 1, key, "a number in [0, 1]", level)
+
+
+@CORRUPTIONS.register("masking")
+class _Masking(_Probability):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _masking(x, levels, generator)
+
+
+@CORRUPTIONS.register("salt_pepper")
+class _SaltPepper(_Probability):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _salt_pepper(x, levels, generator)
+
+
+@CORRUPTIONS.register("blur")
+class _Blur(Kind):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _blur(x, levels, bound)
+
+
+@CORRUPTIONS.register("rotate_crop")
+class _RotateCrop(Kind):
+    @staticmethod
+    def check_level(level, key: str) -> None:
+        require(_is_number(level) and 0 <= level <= 180, key, "an angle in degrees in [0, 180]", level)
+
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _rotate_crop(x, levels, generator, corruption.radius)
+
+
+KINDS = tuple(CORRUPTIONS)  # the built-in kinds
+
+
 # --- the object the models hold ----------------------------------------------------------------
 
 
@@ -362,15 +483,15 @@ class Corruption(nn.Module):
         key: str = "corruption",
     ):
         super().__init__()
-        require_choice(kind, f"{key}.kind", KINDS)
-        check_level(kind, level, f"{key}.level")
+        self._kind = CORRUPTIONS.get(kind, f"{key}.kind")
+        self._kind.check_level(level, f"{key}.level")
         if level_range is not None:
             ok = isinstance(level_range, Sequence) and not isinstance(level_range, str)
             ok = ok and len(level_range) == 2 and all(_is_number(v) for v in level_range)
             require(ok and level_range[0] <= level_range[1], f"{key}.level_range",
                     "null or [lo, hi] with lo <= hi", level_range)
             for v in level_range:
-                check_level(kind, v, f"{key}.level_range")
+                self._kind.check_level(v, f"{key}.level_range")
             level_range = (float(level_range[0]), float(level_range[1]))
         self.schedule = make_schedule(schedule, float(level), f"{key}.schedule")
         require(level_range is None or isinstance(self.schedule, ConstantSchedule),
@@ -385,7 +506,7 @@ class Corruption(nn.Module):
     @property
     def current_level(self) -> float:
         """The level now (to log): the scheduled level, or the mean of level_range; 0 for none."""
-        if self.kind == "none":
+        if not self._kind.levelled:
             return 0.0
         if self.level_range is not None:
             return 0.5 * (self.level_range[0] + self.level_range[1])
@@ -411,7 +532,7 @@ class Corruption(nn.Module):
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
         """Per-image levels [batch_size]: uniform in level_range, else the current level."""
         like = torch.empty(0, device=device, dtype=dtype)
-        if self.kind != "none" and self.level_range is not None:
+        if self._kind.levelled and self.level_range is not None:
             lo, hi = self.level_range
             return lo + (hi - lo) * _rand((batch_size,), like, generator)
         return torch.full((batch_size,), self.current_level, device=device, dtype=dtype)
@@ -424,18 +545,10 @@ class Corruption(nn.Module):
         Only configuration: the images seen and an adaptive schedule's level are state, saved in the
         module's state_dict (Corruption.get_extra_state).
         """
-        s = self.schedule
-        if isinstance(s, AdaptiveSchedule):
-            # null step means level / 100; store null then, so level 0 (step 0) still rebuilds
-            step = None if math.isclose(s.step, s.max_level / 100.0) else s.step
-            schedule = {"kind": "adaptive", "target": s.target, "step": step}
-        elif isinstance(s, LinearSchedule | CosineSchedule):
-            schedule = {"kind": "linear" if isinstance(s, LinearSchedule) else "cosine", "images": s.images}
-        else:
-            schedule = {"kind": "constant"}
         return {"kind": self.kind, "level": self.level,
                 "level_range": None if self.level_range is None else list(self.level_range),
-                "schedule": schedule, "clip": self.clip, "radius": self.radius, "key": self.key}
+                "schedule": self.schedule.config(), "clip": self.clip, "radius": self.radius,
+                "key": self.key}
 
     def forward(self, x: Tensor, level: float | Tensor | None = None,
                 generator: torch.Generator | ExampleNoise | None = None, return_levels: bool = False):
@@ -446,20 +559,9 @@ class Corruption(nn.Module):
             levels = self.sample_levels(b, generator, x.device, x.dtype)
         else:
             if not isinstance(level, Tensor):
-                check_level(self.kind, level, "level")
+                self._kind.check_level(level, "level")
             levels = torch.as_tensor(level, device=x.device, dtype=x.dtype).expand(b)
-        if self.kind == "gaussian":
-            out = _gaussian(x, levels, generator, self.clip)
-        elif self.kind == "masking":
-            out = _masking(x, levels, generator)
-        elif self.kind == "salt_pepper":
-            out = _salt_pepper(x, levels, generator)
-        elif self.kind == "blur":
-            out = _blur(x, levels, self.level_bound(level))
-        elif self.kind == "rotate_crop":
-            out = _rotate_crop(x, levels, generator, self.radius)
-        else:
-            out = x
+        out = self._kind.degrade(x, levels, generator, self, self.level_bound(level))
         return (out, levels) if return_levels else out
 
     # -- checkpoints: nn.Module saves this under `<name>._extra_state` -------------------------

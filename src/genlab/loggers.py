@@ -11,9 +11,6 @@ and a rename, so the file on disk is always a whole, earlier or later, version o
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +20,14 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from genlab.runs import atomic_path, atomic_write_text
+from genlab.runs import (
+    atomic_path,
+    logged_rows_path,
+    metrics_rows_before,
+    read_logged_rows,
+    write_logged_rows,
+    write_metrics_csv,
+)
 
 
 class RunCSVLogger(CSVLogger):
@@ -63,14 +67,9 @@ class _RunWriter(ExperimentWriter):
         if self._keep_before is None:
             path.unlink()
             return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            # a row cut short by a kill has empty trailing fields (None): it is never kept
-            rows = [r for r in reader if None not in r.values() and r.get("step", "").isdigit()
-                    and int(r["step"]) < self._keep_before]
-            header = list(reader.fieldnames or [])
+        header, rows = metrics_rows_before(path, self._keep_before)
         self.metrics_keys, self._rows = header, rows  # later rows join them under that header
-        atomic_write_text(path, _csv_text(header, rows))
+        write_metrics_csv(path, header, rows)
 
     def save(self) -> None:
         """Write metrics.csv whole with the rows logged since the last save (Lightning calls it
@@ -79,21 +78,13 @@ class _RunWriter(ExperimentWriter):
             return
         keys = sorted(set(self.metrics_keys).union(*self.metrics))
         rows = self._rows + self.metrics
-        atomic_write_text(self.metrics_file_path, _csv_text(keys, rows))
+        write_metrics_csv(self.metrics_file_path, keys, rows)
         self.metrics_keys, self._rows, self.metrics = keys, rows, []
 
     def log_hparams(self, params: dict) -> None:
         self.hparams.update(params)
         with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
             save_hparams_to_yaml(tmp, self.hparams)
-
-
-def _csv_text(header: list[str], rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 class RunWandbLogger(WandbLogger):
@@ -114,33 +105,27 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._ledger = Path(self.save_dir or ".") / "wandb" / "logged-rows.jsonl"
-        self._lines: list[str] = []  # what the ledger holds
+        self._ledger = logged_rows_path(self.save_dir or ".")
+        self._rows: list[dict] = []  # what the ledger holds
         self._logged: set[tuple[str, int]] = set()
 
     def resume_at(self, step: int) -> None:
         self._ledger_ready = True
-        if not self._ledger.is_file():
-            return
-        for line in self._ledger.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # cut short (by an earlier genlab's append): never logged
-                continue
-            self._lines.append(line + "\n")
+        self._rows = read_logged_rows(self._ledger)
+        for row in self._rows:
             if row["step"] >= step:
                 self._logged.update((key, row["step"]) for key in row["keys"])
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self._ledger_ready:  # a fresh run starts a fresh ledger
-            self._ledger.unlink(missing_ok=True)
+            write_logged_rows(self._ledger, [])
             self._ledger_ready = True
         if step is not None:
             metrics = {k: v for k, v in metrics.items() if (k, step) not in self._logged}
             if not metrics:
                 return
-            lines = [*self._lines, json.dumps({"step": step, "keys": sorted(metrics)}) + "\n"]
-            atomic_write_text(self._ledger, "".join(lines))
-            self._lines = lines
+            rows = [*self._rows, {"step": step, "keys": sorted(metrics)}]
+            write_logged_rows(self._ledger, rows)
+            self._rows = rows
         super().log_metrics(metrics, step)

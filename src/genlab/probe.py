@@ -4,44 +4,23 @@ A discriminator asked to separate clean from degraded images (or real from gener
 learn the task from a shortcut, a global statistic such as the noise level or the histogram,
 instead of from image content. The probe measures how much such shortcuts give away: it fits a
 logistic regression on a handful of per-image statistics and reports held-out accuracy. 0.5 means
-the statistics see nothing; near 1 means a discriminator can win without looking at shapes.
+the statistics see nothing; near 1 means a discriminator can win without looking at shapes. The
+fit itself is genlab.metrics.probe.probe_accuracy; this module is the command and its data.
 
     python -m genlab.probe --data digits --corruption all --n 1000
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from genlab.metrics.image_stats import HIST_BINS, image_statistics  # noqa: F401 (re-exported)
+from genlab.metrics.probe import probe_accuracy
 
 # The levels of conf/corruption/<kind>.yaml, used when --level is not given (tests/test_probe.py
 # checks that they agree with the configs).
 DEFAULT_LEVELS = {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0}
-
-
-def probe_accuracy(a: Tensor | np.ndarray, b: Tensor | np.ndarray, seed: int = 0,
-                   test_fraction: float = 0.3) -> float:
-    """Held-out accuracy of a logistic regression telling images `a` (class 0) from `b` (class 1).
-
-    Statistics are standardised on the training split; the split is stratified and seeded, so the
-    result is deterministic. With balanced sets, 0.5 is chance. Its binomial standard error is
-    about sqrt(0.25 / n_test): 0.03 for 300 held-out images.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    features = np.concatenate([image_statistics(a), image_statistics(b)])
-    labels = np.concatenate([np.zeros(len(a), dtype=int), np.ones(len(b), dtype=int)])
-    f_train, f_test, y_train, y_test = train_test_split(
-        features, labels, test_size=test_fraction, random_state=seed, stratify=labels)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    clf.fit(f_train, y_train)
-    return float(clf.score(f_test, y_test))
 
 
 def clean_vs_degraded(images: Tensor, kind: str, level: float, seed: int = 0) -> float:

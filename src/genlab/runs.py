@@ -8,11 +8,14 @@ this module.
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
+import io
 import json
 import math
 import os
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY = "summary.json"
+METRICS_CSV = "metrics.csv"  # written by genlab.loggers.RunCSVLogger through the functions below
+WANDB = "wandb"  # the offline W&B runs, and what genlab keeps beside them (wandb_run_id, logged rows)
 # running: started, not ended (or killed without warning); interrupted: stopped by SIGTERM or
 # Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from;
 # pruned: stopped early by an Optuna search's pruner (genlab.callbacks.pruning), not a failure
@@ -57,12 +62,27 @@ def final_grid(run_dir: str | Path, name: str = GENERATED) -> Path:
     return Path(run_dir) / "samples" / f"{name}_final.png"
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """checkpoints/last.ckpt: what an interrupted attempt at the run continues from."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 class RunReadError(RuntimeError):
     """A run directory's file is missing, truncated or not what genlab wrote."""
 
 
-_UMASK = os.umask(0o022)  # reading the umask means setting it: put the same value back
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere reading it means setting it, and the same value is put back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 TEMPORARY = ".tmp"  # a file being written is .<name>.<random>.tmp beside <name>
@@ -80,7 +100,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     os.close(fd)
     # mkstemp makes the file private (0600); give it the mode a plain open() would
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -141,8 +161,8 @@ def disk_full_message(run_dir: str | Path, error: OSError) -> str:
     what = f" writing {name.relative_to(run_dir) if name.is_relative_to(run_dir) else name}" \
         if error.filename else ""
     kept = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "checkpoints").glob("*.ckpt"))
-    kept += [n for n in ("metrics.csv", f"{SUMMARY} (status failed)") if (run_dir / n.split()[0]).is_file()]
-    last = run_dir / "checkpoints" / "last.ckpt"
+    kept += [n for n in (METRICS_CSV, f"{SUMMARY} (status failed)") if (run_dir / n.split()[0]).is_file()]
+    last = last_checkpoint(run_dir)
     go_on = (f"with room again, ckpt_path={last} continues from it, as do the same command in the "
              "same folder and resume=true in a sweep" if last.is_file() else "run it again with room")
     return f"no space left on the disk of {run_dir}{what}; kept whole: {', '.join(kept) or 'nothing'}; {go_on}"
@@ -190,6 +210,74 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return data
 
 
+# -- metrics.csv (genlab.loggers.RunCSVLogger) ------------------------------------------------------
+def metrics_rows_before(path: str | Path, step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The header of metrics.csv at `path` and its rows logged before `step`. A row cut short by
+    a kill (empty trailing fields) is never kept."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if None not in r.values() and r.get("step", "").isdigit()
+                and int(r["step"]) < step]
+        return list(reader.fieldnames or []), rows
+
+
+def write_metrics_csv(path: str | Path, header: list[str], rows: list[dict]) -> None:
+    """Write metrics.csv whole, atomically, under `header` (a row's missing keys stay empty)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+# -- W&B: one W&B run per run directory, each row logged once (genlab.loggers.RunWandbLogger) --------
+def wandb_run_id(run_dir: str | Path, resuming: bool, write: bool = True) -> str:
+    """The W&B run of the run directory, kept in wandb/run-id: an attempt that continues from a
+    checkpoint (`resuming`) gets the kept id; any other attempt gets a new one, written when
+    `write` (rank zero only)."""
+    path = Path(run_dir) / WANDB / "run-id"
+    run_id = path.read_text().strip() if resuming and path.is_file() else ""
+    if not run_id:
+        run_id = secrets.token_hex(6)
+        if write:
+            atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def logged_rows_path(run_dir: str | Path) -> Path:
+    """wandb/logged-rows.jsonl: one line {"step": s, "keys": [...]} per row sent to W&B."""
+    return Path(run_dir) / WANDB / "logged-rows.jsonl"
+
+
+def read_logged_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a logged-rows ledger; a line cut short (by an earlier genlab's append) was
+    never logged and is left out. None there: []."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def write_logged_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the ledger whole, atomically, so a kill or a full disk never leaves a line cut
+    short; no rows removes it (a fresh run starts a fresh ledger)."""
+    if rows:
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def wandb_offline_runs(run_dir: str | Path) -> list[Path]:
+    """The run's offline W&B runs (wandb/offline-run-*), oldest first."""
+    return sorted((Path(run_dir) / WANDB).glob("offline-run-*"))
+
+
 # -- one writer per run directory ------------------------------------------------------------------
 LOCK = "run.lock"
 # how long an attempt retries a held lock before it gives up: a reader that tests the lock
@@ -213,6 +301,7 @@ def this_process() -> str:
 
 
 _HELD: dict[Path, list[int]] = {}  # run directory -> [lock file descriptor, holds]
+_FORK_HOOK: list[bool] = []  # whether _forget_held is registered (at the first hold, not at import)
 
 
 def hold_run(run_dir: str | Path) -> None:
@@ -232,6 +321,9 @@ def hold_run(run_dir: str | Path) -> None:
     if key in _HELD:
         _HELD[key][1] += 1
         return
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_forget_held)
+        _FORK_HOOK.append(True)
     key.mkdir(parents=True, exist_ok=True)
     fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     deadline = time.monotonic() + LOCK_WAIT_S
@@ -252,9 +344,6 @@ def _forget_held() -> None:
     for fd, _ in _HELD.values():
         os.close(fd)
     _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_forget_held)
 
 
 def release_run(run_dir: str | Path) -> None:
@@ -338,3 +427,85 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RunReadError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+# -- the files genlab-report reads besides summary.json ------------------------------------------
+
+def _read_yaml(path: Path, kind: type) -> Any:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunReadError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    if data is None:
+        data = kind()
+    if not isinstance(data, kind):
+        raise RunReadError(f"{path}: expected a YAML {kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's saved config (.hydra/config.yaml) as plain YAML, interpolations unresolved;
+    RunReadError ("PATH: reason") for a file that is unreadable or not a mapping."""
+    return _read_yaml(Path(run_dir) / ".hydra" / "config.yaml", dict)
+
+
+def read_overrides(run_dir: str | Path) -> list[str]:
+    """The run's command-line overrides (.hydra/overrides.yaml) as text; [] without the file,
+    RunReadError ("PATH: reason") for one that is unreadable or not a list."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in _read_yaml(path, list)] if path.is_file() else []
+
+
+METRICS = "metrics.csv"  # Lightning's CSVLogger: a row per logging call, most cells empty
+
+
+def metrics_header(run_dir: str | Path) -> list[str]:
+    """The columns of the run's metrics.csv (step, epoch and every metric it logged); OSError
+    where the file is missing or cannot be opened."""
+    import csv
+
+    with open(Path(run_dir) / METRICS, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def read_curve(run_dir: str | Path, metric: str, epochs: int | None = None) -> dict[int, float]:
+    """step -> value of one metric from the run's metrics.csv (sparse: most cells empty); {}
+    where the file has no such column. ValueError without a 'step' column; OSError,
+    UnicodeDecodeError, csv.Error, ValueError or TypeError for a malformed file.
+
+    With `epochs` (the number of epochs the run trained, summary.json's "epochs"), only rows of
+    epochs 0 .. epochs - 1 count: genlab-train's validation and test of the best checkpoint after
+    training are logged under epoch `epochs`, and are not a point of the training curve.
+    """
+    import csv
+
+    curve: dict[int, float] = {}
+    with open(Path(run_dir) / METRICS, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "step" not in reader.fieldnames:
+            raise ValueError("no 'step' column")
+        if metric not in reader.fieldnames:
+            return curve
+        for line in reader:
+            cell = line.get(metric)
+            if not cell:
+                continue
+            if epochs is not None and line.get("epoch") and int(float(line["epoch"])) >= epochs:
+                continue
+            curve[int(float(line["step"]))] = float(cell)  # a later row for a step wins, as in the logger
+    return curve
+
+
+def grid_names(run_dir: str | Path) -> list[str]:
+    """The names of the run's final sample grids (samples/<name>_final.png), sorted."""
+    return sorted(p.name[:-len("_final.png")] for p in (Path(run_dir) / "samples").glob("*_final.png"))
+
+
+def read_grid(run_dir: str | Path, name: str = GENERATED) -> Any:
+    """The run's final grid `name` (final_grid) as an image array, floats in [0, 1]; Pillow
+    raises one of several exception types for a broken PNG."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(final_grid(run_dir, name))

@@ -15,6 +15,8 @@ single-process one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -70,6 +72,19 @@ def draw(shape, generator: torch.Generator | ExampleNoise | None = None, *, norm
     parts = [fn(one, generator=g) for g in generator.generators]
     out = torch.stack(parts, batch_dim) if parts else torch.empty(shape)
     return out.to(dtype=dtype) if device is None else out.to(device=device, dtype=dtype)
+
+
+@contextmanager
+def forked_rng(device: torch.device | str = "cpu", seed: int | None = None) -> Iterator[None]:
+    """Run a block on a fork of the global random state: the CPU generator's, and `device`'s
+    when it is a CUDA device; after the block, the state is what it was before, whatever the
+    block drew. With `seed`, the global generators are seeded with it inside the block (for code
+    that draws from them and takes no generator of its own, such as a family's generate(n))."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def run_seed() -> int:

@@ -14,7 +14,6 @@ import importlib.resources
 import logging
 import math
 import os
-import secrets
 import signal
 import sys
 import traceback
@@ -44,15 +43,18 @@ from genlab.metrics.extractors import ExtractorUnavailable
 from genlab.models import build_model, check_corruption_read, family_of, read_genlab_checkpoint
 from genlab.optim import check_settings
 from genlab.runs import (
+    METRICS_CSV,
     DiskFull,
     RunBusy,
     RunReadError,
-    atomic_write_text,
     disk_full,
     disk_full_message,
     git_commit,
+    last_checkpoint,
     read_summary,
     remove_partial_files,
+    wandb_offline_runs,
+    wandb_run_id,
     write_summary,
 )
 from genlab.sweep import (
@@ -66,10 +68,7 @@ from genlab.sweep import (
 
 log = logging.getLogger("genlab")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# the run directory always holds .hydra/ before the CSV logger starts; that is expected
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-# genlab reaches SLURM through its submitit launcher, never through srun around genlab-train
-warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+LIGHTNING_LOG = "pytorch_lightning.utilities.rank_zero"
 
 
 class _QuietLightningBanner(logging.Filter):
@@ -82,9 +81,18 @@ class _QuietLightningBanner(logging.Filter):
         return not str(record.msg).startswith(self.BANNER)
 
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightningBanner())
-register_resolvers()
-install_ddp_child_command()
+def setup() -> None:
+    """What genlab-train changes in its process before Hydra composes the config (main() calls
+    it; importing this module changes nothing). Idempotent."""
+    # the run directory always holds .hydra/ before the CSV logger starts; that is expected
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # genlab reaches SLURM through its submitit launcher, never through srun around genlab-train
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+    banner = logging.getLogger(LIGHTNING_LOG)
+    if not any(isinstance(f, _QuietLightningBanner) for f in banner.filters):
+        banner.addFilter(_QuietLightningBanner())
+    register_resolvers()  # Hydra hands them on to joblib and submitit jobs (Singleton state)
+    install_ddp_child_command()
 
 
 def build(node: DictConfig, **kwargs):
@@ -161,12 +169,7 @@ def _wandb_run_id(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is None or wandb_cfg.get("id"):
         return
-    path = run_dir / "wandb" / "run-id"
-    run_id = path.read_text().strip() if resuming and path.is_file() else ""
-    if not run_id:
-        run_id = secrets.token_hex(6)
-        if rank_zero_only.rank == 0:
-            atomic_write_text(path, run_id + "\n")
+    run_id = wandb_run_id(run_dir, resuming, write=rank_zero_only.rank == 0)
     with open_dict(cfg):
         wandb_cfg.id = run_id
 
@@ -180,7 +183,7 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
         old = None
     if old and old["status"] == "ok" and cfg.get("resume"):
         return old, None
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     stopped = old and (old["status"] in ("running", "interrupted") or old.get("disk_full"))
     if not cfg.get("ckpt_path") and stopped and last.is_file():
         return None, str(last)
@@ -191,6 +194,7 @@ def train(cfg: DictConfig) -> float | None:
     """Train the run whose directory is cfg.paths.output_dir, holding the directory's lock
     throughout (genlab.sweep.run_lock): RunBusy, with nothing touched, when another process
     holds it."""
+    register_resolvers()  # a config composed in-process (tests, benchmarks) resolves through them
     run_dir = Path(cfg.paths.output_dir)
     with run_lock(run_dir):
         return _train_held(cfg, run_dir)
@@ -329,8 +333,8 @@ def _report(run_dir: Path, summary: dict) -> None:
     lines += [f"{k}: {summary[k]:.3f} (feature extractor {summary['fid_extractor']})"
               for k in ("val/fid", "val/fid_expost") if isinstance(summary.get(k), float)]
     lines += [f"run directory: {run_dir}",
-              f"samples: {run_dir / 'samples'}", f"metrics: {run_dir / 'metrics.csv'}"]
-    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+              f"samples: {run_dir / 'samples'}", f"metrics: {run_dir / METRICS_CSV}"]
+    wandb_runs = wandb_offline_runs(run_dir)
     if wandb_runs:
         lines.append(f"W&B offline run: {wandb_runs[-1]} (upload: make sync)")
     print("\n".join(lines))
@@ -406,6 +410,7 @@ def main() -> None:
     user who sets HYDRA_FULL_ERROR=1 still gets the full trace)."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
     cuda_check_without_nvml()
+    setup()
     try:
         _hydra_main()
     except USER_ERRORS as e:  # composing the config: an unknown group option, key or syntax

@@ -36,7 +36,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from functools import partial
 
 import pytorch_lightning as pl
@@ -47,15 +46,12 @@ from torch import Tensor
 
 from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.config import ConfigError, one_line, require, require_choice, require_positive
-from genlab.data import DATASETS
+from genlab.data import DATASETS, InMemoryDataModule
 from genlab.metrics.extractors import DOMAIN, extractor_image_shape, known_extractors, weights_hash
 from genlab.metrics.fid import RealReference, sample_metrics
+from genlab.seeding import forked_rng
 
 log = logging.getLogger("genlab")
-
-# The values are identical on every rank by construction (see the module docstring), so the
-# cross-rank reduction Lightning recommends would only add a collective.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
 class Evaluation(pl.Callback):
@@ -129,12 +125,16 @@ class Evaluation(pl.Callback):
         """Fail before the first step when the evaluation could not run at its end: missing
         extractor weights (ExtractorUnavailable, saying what to download or retrain), an extractor
         for another image size, an evaluator whose data needs are not met."""
+        # The values are identical on every rank by construction (see the module docstring), so
+        # the cross-rank reduction Lightning recommends would only add a collective (idempotent:
+        # the filter replaces its own copy).
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
         dm = trainer.datamodule
         if dm is None:
             raise ConfigError("callbacks.evaluation needs a genlab data module (trainer.fit(..., "
                               "datamodule=...)); set callbacks.evaluation=null to switch it off")
         if self.extractor is None:
-            name = getattr(dm, "name", type(dm).__name__)
+            name = dm.name if isinstance(dm, InMemoryDataModule) else type(dm).__name__
             require(name in DATASETS, "metrics.extractor", f"a feature extractor name (data {name!r} "
                     f"is not in genlab.data.DATASETS, so it has no default): "
                     f"{' | '.join(known_extractors())}", None)
@@ -182,7 +182,7 @@ class Evaluation(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad(), _forked(pl_module.device):
+            with torch.no_grad(), forked_rng(pl_module.device):
                 self.evaluate(trainer, pl_module, final)
         finally:
             pl_module.train(was_training)
@@ -242,7 +242,7 @@ def _evaluator(name: str, node, settings: list[str]) -> Evaluator:
         except Exception as e:
             raise ConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {one_line(e)}") from None
         ok = isinstance(evaluator, type) and issubclass(evaluator, Evaluator)
-        require(ok and getattr(evaluator, "name", None) == name, f"metrics.{name}._target_",
+        require(ok and evaluator.registry_name == name, f"metrics.{name}._target_",
                 f"an Evaluator subclass whose name is {name!r}", target)
     allowed = _keywords(evaluator.__init__)
     for key in node:
@@ -259,10 +259,3 @@ def _keywords(init) -> list[str]:
     params = list(inspect.signature(init).parameters.values())[1:]
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-
-@contextmanager
-def _forked(device: torch.device):
-    """Give the global random state back after the block, whatever the block draws (a
-    safety net: the draws inside are seeded on their own)."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield

@@ -4,7 +4,8 @@ The evaluation callback (genlab.callbacks.evaluation.Evaluation) decides when to
 one `EvalContext` per evaluation and runs every configured evaluator in it. An evaluator is one
 subclass of `Evaluator`, configured by its own node `metrics.<name>` (its keyword arguments):
 
-    name        its config node; setting it registers the class in EVALUATORS
+    @EVALUATORS.register(name)
+                its config node's name: registers the class, and sets its `registry_name`
     needs       capabilities (genlab.capabilities) the model must declare; a model without one is
                 skipped, so one metrics config serves every family (a DCGAN gets no latent
                 diagnostics)
@@ -32,15 +33,12 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
-import matplotlib
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
@@ -49,13 +47,17 @@ from genlab.config import ConfigError, require, require_choice, require_positive
 from genlab.data import DATASETS
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
+from genlab.metrics.figures import aggregate_posterior_figure
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
+from genlab.metrics.probe import linear_probe_accuracy
+from genlab.registry import Registry
 from genlab.runs import atomic_path, atomic_write_bytes, final_grid
-from genlab.seeding import generator_for, mix_seed
+from genlab.seeding import forked_rng, generator_for, mix_seed
 
 log = logging.getLogger("genlab")
 
-EVALUATORS: dict[str, type[Evaluator]] = {}
+# every evaluator by the name of its config node, metrics.<name>
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", "metrics")
 SAMPLES_FILE = "eval_samples.pt"
 # what a metric that cannot be computed raises: numpy/scipy/scikit-learn's ValueError and
 # LinAlgError (a failed mixture fit, sqrtm or eigvals on non-finite input), torch's RuntimeError,
@@ -94,7 +96,7 @@ class EvalContext:
         the shares are gathered in rank order."""
         per_rank = math.ceil(n / self.world)
         b, m = self.generate_batch_size, self.model
-        with _seeded(mix_seed(self.seed, "generate", self.rank), m.device):
+        with forked_rng(m.device, mix_seed(self.seed, "generate", self.rank)):
             if z is None:
                 local = torch.cat([m.generate(min(b, per_rank - i)) for i in range(0, per_rank, b)])
             else:
@@ -130,24 +132,20 @@ class EvalContext:
 
 
 class Evaluator:
-    """One family of metrics; see the module docstring. Subclasses set `name` and implement
-    `evaluate`; `check` runs before training (raise ConfigError for what cannot work)."""
+    """One family of metrics; see the module docstring. A subclass is registered in EVALUATORS
+    under its config node's name (`@EVALUATORS.register(name)`, which sets `registry_name`) and
+    implements `evaluate`; `check` runs before training (raise ConfigError for what cannot work)."""
 
-    name: ClassVar[str]
+    registry_name: ClassVar[str] = ""
     needs: ClassVar[tuple[type, ...]] = ()
     data_needs: ClassVar[tuple[type, ...]] = ()
     final_only: ClassVar[bool] = False
     metrics: tuple[str, ...] = ()
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            EVALUATORS[cls.name] = cls
-
     @property
     def key(self) -> str:
         """The config node, for error messages."""
-        return f"metrics.{self.name}"
+        return f"metrics.{self.registry_name}"
 
     def applies_to(self, model: pl.LightningModule) -> bool:
         return all(isinstance(model, need) for need in self.needs)
@@ -173,12 +171,11 @@ QUALITY = {"fid": "val/fid", "kid": "val/kid", "is": "val/is", "precision": "val
            "recall": "val/recall"}
 
 
+@EVALUATORS.register("sample_quality")
 class SampleQuality(Evaluator):
     """FID, KID, precision/recall and IS of n_samples prior samples against the first n_samples
     images of data.<real_split> (genlab.metrics.fid.sample_metrics), as chosen by `which`.
     kid_subset_size (capped at the image count) and kid_subsets: KID's random subsets."""
-
-    name = "sample_quality"
 
     def __init__(self, which=("fid", "kid", "precision", "recall"), kid_subset_size: int = 1000,
                  kid_subsets: int = 100):
@@ -199,6 +196,7 @@ class SampleQuality(Evaluator):
         return {QUALITY[k]: v for k, v in values.items() if k in QUALITY}
 
 
+@EVALUATORS.register("latent")
 class LatentDiagnostics(Evaluator):
     """For models with an encoder, over the codes of the first n_samples training images (the
     data the prior should match): val/active_units, val/mmd_prior (one posterior draw per image
@@ -216,7 +214,6 @@ class LatentDiagnostics(Evaluator):
     expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
     diagonals (scikit-learn's reg_covar)."""
 
-    name = "latent"
     needs = (Encoder,)
     metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost")
 
@@ -281,11 +278,10 @@ class LatentDiagnostics(Evaluator):
             labels = classes = None
             if isinstance(ctx.data, ClassLabels):
                 labels = ctx.data.labels("train", n)[sub]
-                classes = getattr(ctx.data, "class_names", None) or [
-                    str(c) for c in range(ctx.data.num_classes)]
+                classes = list(ctx.data.class_names)
             path = final_grid(ctx.trainer.default_root_dir, AGGREGATE_POSTERIOR)
             path.parent.mkdir(parents=True, exist_ok=True)
-            figure = aggregate_posterior_figure(mu[sub], z_q, model.hparams.get("eps", "gaussian"),
+            figure = aggregate_posterior_figure(mu[sub], z_q, model.posterior_family,
                                                 labels, classes)
             with atomic_path(path) as tmp:
                 figure.savefig(tmp, format="png", dpi=100)
@@ -303,51 +299,7 @@ def write_grid(images: Tensor, path: Path) -> None:
     save_image(images.float().div(255), path, nrow=max(1, int(len(images) ** 0.5)), padding=2)
 
 
-def principal_plane(mu: Tensor) -> Tensor:
-    """[D, 2]: the two orthonormal directions of the largest spread of the means (D > 2), the
-    identity for D = 2. Projections of N(0, I) onto orthonormal directions are N(0, I) again, so
-    the prior's circles keep their meaning in this plane."""
-    if mu.shape[1] == 2:
-        return torch.eye(2, dtype=mu.dtype)
-    _, _, vh = torch.linalg.svd(mu - mu.mean(0), full_matrices=False)
-    return vh[:2].T
-
-
-def aggregate_posterior_figure(mu: Tensor, z: Tensor, eps: str, labels: Tensor | None = None,
-                               classes: list[str] | None = None) -> Figure:
-    """The latent space seen two ways: the posterior means, and one draw z ~ q(z | x) per image
-    (the aggregate posterior the prior should match), each with the prior N(0, I)'s 1-, 2- and
-    3-sigma circles; with more than two latent units, both projected on the means' first two
-    principal directions (principal_plane). With class labels, each point in its class's colour
-    and a legend of the classes."""
-    plane = principal_plane(mu)
-    pcs = mu.shape[1] > 2
-    fig = Figure(figsize=(10.5 if labels is not None else 9, 4.8), layout="constrained")
-    circle = np.linspace(0, 2 * np.pi, 200)
-    colours = matplotlib.colormaps["tab10" if classes is None or len(classes) <= 10 else "tab20"]
-    for i, (points, title) in enumerate([(mu, "posterior means"),
-                                         (z, f"one draw per image from q(z|x), eps={eps}")]):
-        ax = fig.add_subplot(1, 2, i + 1)
-        xy = (points @ plane).numpy()
-        if labels is None:
-            ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, linewidths=0)
-        else:
-            for c, name in enumerate(classes):
-                mine = (labels == c).numpy()
-                ax.scatter(xy[mine, 0], xy[mine, 1], s=3, alpha=0.6, linewidths=0,
-                           color=colours(c % colours.N), label=name)
-        for r in (1, 2, 3):
-            ax.plot(r * np.cos(circle), r * np.sin(circle), color="grey", linewidth=0.7)
-        where = f"; plane of the means' 2 principal directions ({mu.shape[1]}-D)" if pcs else ""
-        ax.set(title=f"{title}\n{len(points)} images{where}\ncircles: prior at 1, 2, 3 sigma",
-               xlabel="PC 1" if pcs else "z_1", ylabel="PC 2" if pcs else "z_2", aspect="equal")
-        ax.title.set_fontsize("small")
-    if labels is not None:
-        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right center",
-                   title="class", markerscale=4, fontsize="small")
-    return fig
-
-
+@EVALUATORS.register("disentanglement")
 class Disentanglement(Evaluator):
     """MIG, FactorVAE score and DCI (forest predictors) of the model's codes against the data's
     known factors, at the final validation only (minutes on a CPU). points: codes for MIG and DCI
@@ -355,7 +307,6 @@ class Disentanglement(Evaluator):
     factor_vae_votes: FactorVAE training votes of 64 images each (evaluation: half as many; null:
     points // 5). Computed on rank 0 and broadcast: the other ranks hold the same weights."""
 
-    name = "disentanglement"
     needs = (Encoder,)
     data_needs = (KnownFactors,)
     final_only = True
@@ -400,10 +351,11 @@ class Disentanglement(Evaluator):
                 "val/dci_informativeness": dci_scores["informativeness_test"]}
 
 
+@EVALUATORS.register("linear_probe")
 class LinearProbe(Evaluator):
     """val/probe_acc: how linearly readable the data's classes are from the model's codes. A
-    multinomial logistic regression (scikit-learn, on standardised codes, L2 penalty of inverse
-    strength c) is fitted on the codes of the first train_images training images with their class
+    multinomial logistic regression (genlab.metrics.probe.linear_probe_accuracy: standardised
+    codes, L2 penalty of inverse strength c) is fitted on the codes of the first train_images training images with their class
     labels and scored on the codes of the first test_images images of `split` (val or test):
     held-out accuracy in [0, 1], higher is better; chance is the share of the most frequent class,
     about 1 / num_classes (0.1 on digits and Fashion-MNIST). The codes are the model's
@@ -411,7 +363,6 @@ class LinearProbe(Evaluator):
     drawn and lbfgs is deterministic, so the score moves only with the weights. Computed on rank 0
     and broadcast. Needs data with class labels (ClassLabels; dSprites has none)."""
 
-    name = "linear_probe"
     needs = (Representation,)
     data_needs = (ClassLabels,)
     metrics = ("val/probe_acc",)
@@ -430,10 +381,6 @@ class LinearProbe(Evaluator):
         return ctx.attempt_on_rank_zero(self.metrics, lambda: self._score(ctx))
 
     def _score(self, ctx: EvalContext) -> dict[str, float]:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         data: ClassLabels = ctx.data
         model: Representation = ctx.model
 
@@ -445,17 +392,18 @@ class LinearProbe(Evaluator):
 
         x_train, y_train = codes("train", self.train_images), data.labels("train", self.train_images)
         x_test, y_test = codes(self.split, self.test_images), data.labels(self.split, self.test_images)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=self.max_iter))
-        clf.fit(x_train, y_train.numpy())  # ValueError on non-finite codes or a single class
-        return {"val/probe_acc": float(clf.score(x_test, y_test.numpy()))}
+        # ValueError on non-finite codes or a single class
+        acc = linear_probe_accuracy(x_train, y_train.numpy(), x_test, y_test.numpy(), c=self.c,
+                                    max_iter=self.max_iter)
+        return {"val/probe_acc": acc}
 
 
+@EVALUATORS.register("save_samples")
 class SaveSamples(Evaluator):
     """At the final validation, rank 0 writes the prior samples that sample_quality scored to
     <run>/eval_samples.pt (uint8), with the values logged by the evaluators before it, so the
     numbers can be recomputed."""
 
-    name = "save_samples"
     final_only = True
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
@@ -473,11 +421,3 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
-
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Run a block with the global RNGs seeded, and give the random state back after. For
-    generation: families' generate(n) draw from the global generators and take none of their own."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from genlab.runs import GENERATED, atomic_path
+from genlab.seeding import forked_rng
 
 
 class SampleGrids(pl.Callback):
@@ -46,9 +47,7 @@ class SampleGrids(pl.Callback):
         device = pl_module.device
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad(), torch.random.fork_rng(
-                devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
+        with torch.no_grad(), forked_rng(device, self.seed):
             grids = {GENERATED: pl_module.generate(self.n)}
             extra = pl_module.sample_grids(self._real_batch(trainer, pl_module))
         pl_module.train(was_training)

@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genlab.capabilities import ClassLabels, RealImages
+from genlab.capabilities import BinaryImages, ClassLabels, RealImages
 from genlab.compat import batches_completed_this_epoch, lightning_run_seed
 from genlab.config import require, require_choice, require_positive
 from genlab.seeding import generator_for
@@ -135,7 +135,7 @@ class IndexBatches:
         self._skip, self._skip_epoch = state["consumed"], state["epoch"]
 
 
-class InMemoryDataModule(pl.LightningDataModule, RealImages):
+class InMemoryDataModule(pl.LightningDataModule, RealImages, BinaryImages):
     """Base for every genlab source. Subclasses implement `load()` (or override `fetcher`)."""
 
     name = "base"
@@ -170,6 +170,12 @@ class InMemoryDataModule(pl.LightningDataModule, RealImages):
         self.binarize = "none" if self.binary else binarize
         self.splits: dict[str, tuple[Tensor, Tensor | None]] = {}
         self._placed: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+    @property
+    def binary_images(self) -> bool:
+        """Whether the loaders hand out binary images (BinaryImages): a binary source, or
+        data.binarize static or dynamic."""
+        return self.binary or self.binarize != "none"
 
     # -- what a subclass provides ------------------------------------------------------------
     def load(self) -> dict[str, tuple[Tensor, Tensor | None]]:
@@ -283,6 +289,11 @@ class ClassLabelled(InMemoryDataModule, ClassLabels):
     ClassLabels. Subclasses set `num_classes`; `load()` returns LongTensor labels [N]."""
 
     num_classes: int
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes' names, in label order; the digits themselves unless a subclass names them."""
+        return tuple(str(c) for c in range(self.num_classes))
 
     def labels(self, split: str, n: int | None = None) -> Tensor:
         """The class labels of the first `n` images of a split (those of `images(split, n)`)."""

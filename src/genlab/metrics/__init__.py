@@ -1,6 +1,8 @@
 """Metrics: sample quality (FID, KID, IS, precision/recall through torch-fidelity), latent-space
-diagnostics against the prior, and disentanglement scores. See each module's docstring for units."""
+diagnostics against the prior, disentanglement scores, the RBM's log partition function (AIS),
+PSNR and the linear probes' fit. See each module's docstring for units."""
 
+from genlab.metrics.ais import ais_log_z, ais_schedule, exact_log_z
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.extractors import ExtractorUnavailable, known_extractors
 from genlab.metrics.fid import (
@@ -17,22 +19,30 @@ from genlab.metrics.prior import (
     kl_aggregate_posterior,
     mmd,
 )
+from genlab.metrics.probe import linear_probe_accuracy, probe_accuracy
+from genlab.metrics.psnr import psnr
 
 __all__ = [
     "ExPostGMM",
     "ExtractorUnavailable",
     "RealReference",
     "active_units",
+    "ais_log_z",
+    "ais_schedule",
     "cache_key",
     "dci",
+    "exact_log_z",
     "extract_features",
     "factor_vae_score",
     "gather_samples",
     "kl_aggregate_bounds",
     "kl_aggregate_posterior",
     "known_extractors",
+    "linear_probe_accuracy",
     "mig",
     "mmd",
+    "probe_accuracy",
+    "psnr",
     "sample_codes",
     "sample_metrics",
 ]

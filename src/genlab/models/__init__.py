@@ -157,8 +157,15 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
                else list(inspect.signature(ckpt.family.__init__).parameters)[1:])
     unknown = [k for k in hp if k not in allowed]
     if unknown:
+        # a family composed of components stores each as a node (`net: {name: conv, ...}`); a
+        # checkpoint with flat keys in their place (arch, beta, iwae_k, d_mode's settings, ...)
+        # predates that, and its settings cannot be mapped without guessing
+        old = ckpt.family.Settings is not Settings and not all(
+            k in hp for k in ckpt.family.Settings.names() if k in COMPONENT_SLOTS)
+        hint = (" (written by genlab before its families were composed of components; retrain "
+                "it with this version)") if old else ""
         raise RunReadError(f"{where}: unknown hyper-parameter {_named(unknown[0])} of family "
-                           f"{family_name(ckpt.family)!r}; allowed: {', '.join(allowed)}")
+                           f"{family_name(ckpt.family)!r}{hint}; allowed: {', '.join(allowed)}")
     try:
         model = ckpt.family(**hp)
         model.load_state_dict(ckpt.raw["state_dict"])
@@ -168,6 +175,10 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
                            f"from it ({first})") from None
     return model.to(device).eval(), ckpt
 
+
+# the settings that hold component nodes in some family (a checkpoint without them is older)
+COMPONENT_SLOTS = ("net", "likelihood", "posterior", "prior", "objective", "d_mode", "loss",
+                   "generator", "discriminator", "optimizer")
 
 # the config groups a run may set for a model that ignores them, when its top-level key
 # allow_unused names them (e.g. a sweep over d_mode whose plain arm ignores the corruption)
@@ -191,16 +202,22 @@ def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
         corruption = OmegaConf.to_container(corruption, resolve=True)
     kind = as_corruption(corruption).kind
     when = type(model).reads_corruption_when()
+
+    def value(k: str):  # a setting's value; a component's node (a mapping) by its name
+        v = model.hparams.get(k)
+        return v.get("name") if isinstance(v, Mapping) else v
+
     if kind == "none" or "corruption" in allow_unused or (
-            when is not None and all(model.hparams.get(k) in v for k, v in when.items())):
+            when is not None and all(value(k) in v for k, v in when.items())):
         return
 
     def described(name: str, values: Mapping) -> str:
         return " ".join([f"model={name}", *(f"model.{k}={'|'.join(map(str, v))}" for k, v in values.items())])
 
     name = next((n for n, c in FAMILIES.items() if c is type(model)), type(model).__qualname__)
-    this = described(name, {k: [model.hparams.get(k)] for k in when or {}})
-    readers = [described(n, c.reads_corruption_when()) for n, c in FAMILIES.items()
+    this = described(name, {k: [value(k)] for k in when or {}})
+    # by name: the order in which families register (their import order) is no order for a reader
+    readers = [described(n, c.reads_corruption_when()) for n, c in sorted(FAMILIES.items())
                if c.reads_corruption_when() is not None]
     raise ConfigError(f"corruption={kind} has no effect with {this}; "
                       f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")

@@ -5,12 +5,14 @@ optimizers and the update step.
 Scales. Images are in [0, 1] wherever a user or another part of genlab sees them (data, corruption,
 `generate`, grids). Generators end in tanh mapped to [0, 1], (tanh(a) + 1) / 2; discriminators get
 2x - 1 in [-1, 1], the DCGAN convention. Gradient penalties (R1, WGAN-GP) are taken with respect to
-that [-1, 1] input, so r1_gamma and gp_weight mean what they mean in the papers.
+that [-1, 1] input, so r1_gamma and wgan_gp's gp_weight mean what they mean in the papers.
 
 Discriminator outputs are [B, K, L]: K outputs at each of L locations (genlab.nets.gan.
-Discriminator; d_head=global gives L = 1, d_head=patch one per location of the last feature map).
+Discriminator; model.discriminator.head=global gives L = 1, patch one per location of the last
+feature map).
 D's realness s(x) [B, L] is a logit per location: s > 0 means "D calls this part of x real". Every
-loss is per location and averaged over images and locations (`loss`):
+loss is per location and averaged over images and locations (`model.loss`, a component of
+LOSSES; wgan_gp's settings gp_weight and wgan_drift live in its node, model.loss.gp_weight):
     ns       D: softplus(-s(real)) + softplus(s(fake))   G: softplus(-s(fake))  (Goodfellow et al. 2014)
     hinge    D: relu(1 - s(real)) + relu(1 + s(fake))    G: -s(fake)            (Lim & Ye 2017)
     wgan_gp  D: s(fake) - s(real) + gp_weight * (|grad s^(x^)| - 1)^2 + wgan_drift * s(real)^2
@@ -24,7 +26,7 @@ and with any loss, R1 (Mescheder et al. 2018): r1_gamma / 2 * E_images E_locatio
 on the real images D judges (0 = off). With one location that is the usual R1, computed exactly;
 with several, one backward pass of sum_l v_l s_l with Rademacher signs v gives an unbiased estimate
 (the cross terms have mean 0). Images never interact inside D (no normalisation across the batch
-unless d_norm=batch, which is refused with R1 and WGAN-GP), so each image's gradient of the batch
+unless model.discriminator.norm=batch, which is refused with R1 and WGAN-GP), so each image's gradient of the batch
 sum is its own.
 
 ema_decay keeps an exponential moving average of the generator's weights for sampling (Karras et
@@ -42,18 +44,19 @@ batches ends near global_step 2N.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.corruption import AdaptiveSchedule
+from genlab.config import require
+from genlab.corruption import AdaptiveSchedule, as_corruption
 from genlab.models.common import GenerativeModule, log_this_step
-from genlab.nets.gan import D_HEADS, D_NORMS
-
-LOSSES = ("ns", "hinge", "wgan_gp")
+from genlab.nets.gan import DISCRIMINATORS
+from genlab.registry import Component, Registry
+from genlab.settings import Settings, nonnegative, positive, positive_int, setting
 
 
 def to_signed(x: Tensor) -> Tensor:
@@ -66,17 +69,63 @@ def to_image(a: Tensor) -> Tensor:
     return (torch.tanh(a) + 1) / 2
 
 
-def d_adversarial(s_real: Tensor, s_fake: Tensor, loss: str) -> Tensor:
-    """D's adversarial loss from realness [B, L], averaged over images and locations."""
-    if loss == "ns":
+# --- the adversarial losses (`model.loss`), components of every GAN and of its game ----------------
+
+LOSSES: Registry[type[AdversarialLoss]] = Registry("adversarial loss", "model.loss")
+
+
+class AdversarialLoss(Component):
+    """D's and G's adversarial losses from realness [B, L], averaged over images and locations,
+    and the loss's own penalty on D (`penalty`). `penalises_gradients`: the penalty is a gradient
+    of one image's score (refused with a discriminator that mixes images, as R1 is)."""
+
+    penalises_gradients = False
+
+    def d(self, s_real: Tensor, s_fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def g(self, s_fake: Tensor) -> Tensor:
+        return -s_fake.mean()
+
+    def penalty(self, score: Callable[[Tensor], Tensor], real_in: Tensor, fake_in: Tensor,
+                s_real: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """(the penalty added to D's loss or None, what to log); arguments as d_penalties'."""
+        return None, {}
+
+
+@LOSSES.register("ns")
+class NonSaturating(AdversarialLoss):
+    def d(self, s_real, s_fake):
         return F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
-    if loss == "hinge":
+
+    def g(self, s_fake):
+        return F.softplus(-s_fake).mean()
+
+
+@LOSSES.register("hinge")
+class Hinge(AdversarialLoss):
+    def d(self, s_real, s_fake):
         return F.relu(1 - s_real).mean() + F.relu(1 + s_fake).mean()
-    return (s_fake - s_real).mean()  # wgan_gp; its penalty is in AdversarialModule.d_penalties
 
 
-def g_adversarial(s_fake: Tensor, loss: str) -> Tensor:
-    return F.softplus(-s_fake).mean() if loss == "ns" else -s_fake.mean()
+@dataclasses.dataclass
+class WGANGPSettings(Settings):
+    gp_weight: float = nonnegative(10.0)  # weight of the gradient penalty
+    wgan_drift: float = nonnegative(1e-3)  # weight of s(real)^2, keeps D's output centred on 0
+
+
+@LOSSES.register("wgan_gp")
+class WGANGP(AdversarialLoss):
+    Settings = WGANGPSettings
+    penalises_gradients = True
+
+    def d(self, s_real, s_fake):
+        return (s_fake - s_real).mean()
+
+    def penalty(self, score, real_in, fake_in, s_real):
+        gp = gradient_penalty(score, real_in, fake_in)
+        s = self.settings
+        return s.gp_weight * gp + s.wgan_drift * s_real.pow(2).mean(), {"gp": gp.detach()}
 
 
 def r1_penalty(s_real: Tensor, real_in: Tensor) -> Tensor:
@@ -111,42 +160,55 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float, updates: Tensor) ->
         be.copy_(b)
 
 
+def _betas(value, key: str) -> None:
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+    require(ok, key, "[beta1, beta2], each in [0, 1)", value)
+
+
+def _ema_decay(value, key: str) -> None:
+    ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1)
+    require(ok, key, "null (off) or a number in (0, 1)", value)
+
+
+@dataclasses.dataclass
+class AdversarialSettings(Settings):
+    """The settings every genlab GAN shares; a family's Settings derives from it."""
+
+    corruption: object = None  # the run's corruption (model.corruption: ${corruption}), a Corruption or its config
+    loss: str | dict = "ns"  # LOSSES: ns | hinge | wgan_gp
+    discriminator: str | dict = "conv"  # genlab.nets.gan.DISCRIMINATORS
+    lr: float = positive(2e-4)
+    betas: list[float] = setting(rule=_betas, factory=lambda: [0.5, 0.999])  # Adam's, both networks
+    n_critic: int = positive_int(1)  # D steps per G step
+    r1_gamma: float = nonnegative(0.0)  # R1 penalty gamma on real images; 0 = off
+    ema_decay: float | None = setting(None, _ema_decay)  # EMA of G's weights for sampling; None = off
+    ada_interval: int = positive_int(4)  # adaptive corruption schedule: D steps between its updates
+
+
 class AdversarialModule(GenerativeModule):
-    """The base of genlab's GANs. A subclass builds `generator` and its discriminators, lists the
+    """The base of genlab's GANs. A subclass calls `init_adversarial` with its checked settings,
+    builds `generator` and its discriminators (from `d_net`, the discriminator recipe), lists the
     latter's parameters in `d_parameters()`, and calls `adversarial_step` from training_step."""
 
     generator: nn.Module
 
-    def init_adversarial(self, loss, lr, betas, n_critic, gp_weight, wgan_drift, r1_gamma, ema_decay,
-                         d_norm, d_head, ada_interval) -> None:
-        """Check the options every GAN shares (before any network is built)."""
+    def init_adversarial(self, s: AdversarialSettings) -> None:
+        """The shared components (the adversarial loss `gan_loss`, the discriminator recipe
+        `d_net`) and the corruption, before any network is built."""
         self.automatic_optimization = False
-        require_choice(loss, "model.loss", LOSSES)
-        require_positive(lr, "model.lr")
-        ok = isinstance(betas, Sequence) and not isinstance(betas, str) and len(betas) == 2
-        ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-        require(ok, "model.betas", "[beta1, beta2], each in [0, 1)", betas)
-        require_positive(n_critic, "model.n_critic", integer=True)
-        require_nonnegative(gp_weight, "model.gp_weight")
-        require_nonnegative(wgan_drift, "model.wgan_drift")
-        require_nonnegative(r1_gamma, "model.r1_gamma")
-        ok = ema_decay is None or (isinstance(ema_decay, int | float) and not isinstance(ema_decay, bool)
-                                   and 0 < ema_decay < 1)
-        require(ok, "model.ema_decay", "null (off) or a number in (0, 1)", ema_decay)
-        require_choice(d_norm, "model.d_norm", D_NORMS)
-        require(d_norm != "batch" or (r1_gamma == 0 and loss != "wgan_gp"), "model.d_norm",
-                f"{' | '.join(n for n in D_NORMS if n != 'batch')} with R1 or WGAN-GP (batch norm "
-                "makes an image's score depend on its batch, so a per-image gradient penalty is no "
-                "longer per image)", d_norm)
-        require_choice(d_head, "model.d_head", D_HEADS)
-        require_positive(ada_interval, "model.ada_interval", integer=True)
+        self.gan_loss = LOSSES.build(s.loss, "model.loss")
+        self.d_net = DISCRIMINATORS.build(s.discriminator, "model.discriminator")
+        if s.r1_gamma > 0 or self.gan_loss.penalises_gradients:
+            self.d_net.allow_gradient_penalty("model.discriminator")
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("ada_accuracy", torch.zeros(()))  # summed since the last update
         self._ada_steps = 0
+        self.corruption = as_corruption(s.corruption)
 
-    def init_ema(self) -> None:
+    def init_ema(self, decay: float | None) -> None:
         """After `generator` exists: its EMA copy (or None)."""
-        self.g_ema = ema_copy(self.generator, self.hparams.ema_decay)
+        self.g_ema = ema_copy(self.generator, decay)
 
     def d_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
@@ -154,17 +216,16 @@ class AdversarialModule(GenerativeModule):
     # -- the shared pieces of D's loss ------------------------------------------------------------
     def d_penalties(self, score: Callable[[Tensor], Tensor], real_in: Tensor, fake_in: Tensor,
                     s_real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """WGAN-GP's gradient penalty and drift (loss=wgan_gp) and R1 (r1_gamma > 0), summed.
+        """The loss's own penalty (WGAN-GP's gradient penalty and drift) and R1 (r1_gamma > 0), summed.
 
         score: signed images -> realness [B, L]; real_in, fake_in: D's signed inputs; real_in must
         require grad when r1_gamma > 0, and s_real = score(real_in) must come from it.
         """
         hp = self.hparams
-        total, logs = s_real.new_zeros(()), {}
-        if hp.loss == "wgan_gp":
-            gp = gradient_penalty(score, real_in, fake_in)
-            total = total + hp.gp_weight * gp + hp.wgan_drift * s_real.pow(2).mean()
-            logs["gp"] = gp.detach()
+        total = s_real.new_zeros(())
+        penalty, logs = self.gan_loss.penalty(score, real_in, fake_in, s_real)
+        if penalty is not None:
+            total = total + penalty
         if hp.r1_gamma > 0:
             r1 = r1_penalty(s_real, real_in)
             total = total + 0.5 * hp.r1_gamma * r1

@@ -1,7 +1,9 @@
 """GANs where noise is a learning signal: a DCGAN whose discriminator meets the corruption in one
-of several games (`d_mode`, genlab.models.d_modes), and a restoration GAN that learns to undo the
-corruption. Both are AdversarialModules (genlab.models.adversarial: scales, losses, penalties, the
-update); their discriminators are genlab.nets.gan.Discriminator with `d_norm` and `d_head`.
+of several games (`model.d_mode`, genlab.models.games), and a restoration GAN that learns to undo
+the corruption. Both are AdversarialModules (genlab.models.adversarial: scales, losses, penalties,
+the update) composed from components: the adversarial loss (`model.loss`), the generator
+(`model.generator`) and the discriminator (`model.discriminator`, genlab.nets.gan), each a config
+node; the DCGAN's game gets D's scoring function, the corruption and the loss, never the GAN.
 
 Metrics (train/* per step; val/* and test/* are epoch values):
     train/d_loss, train/g_loss   each network's full loss, penalties and auxiliary terms included
@@ -19,82 +21,62 @@ Metrics (train/* per step; val/* and test/* are epoch values):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
 
 import torch
 from torch import Tensor
 
 from genlab.capabilities import RealImages
-from genlab.config import require, require_choice, require_nonnegative, require_positive
-from genlab.corruption import Corruption
+from genlab.config import require
 from genlab.metrics.image_stats import image_statistics, moments, stat_fd
-from genlab.models.adversarial import (
-    AdversarialModule,
-    d_adversarial,
-    g_adversarial,
-    to_image,
-    to_signed,
-)
-from genlab.models.common import eval_means, eval_noise, init_corruption, log_eval, triplets
-from genlab.models.d_modes import D_MODES
-from genlab.nets import ConvDecoder
-from genlab.nets.gan import Discriminator, UNet
+from genlab.metrics.psnr import psnr
+from genlab.models.adversarial import AdversarialModule, AdversarialSettings, to_image, to_signed
+from genlab.models.common import FAMILIES, eval_means, eval_noise, log_eval, triplets
+from genlab.models.games import GAMES
+from genlab.nets.gan import GENERATORS, RESTORERS
 from genlab.seeding import draw
+from genlab.settings import flag, nonnegative, positive_int
 
 # --- DCGAN --------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class DCGANSettings(AdversarialSettings):
+    d_mode: str | dict = "plain"  # genlab.models.games.GAMES: D's game with the corruption
+    generator: str | dict = "dcgan"  # genlab.nets.gan.GENERATORS
+    latent_dim: int = positive_int(64)
+    n_grid: int = positive_int(64)  # real images in the game's grids (degraded_real)
+
+
+@FAMILIES.register("dcgan")
 class DCGAN(AdversarialModule):
-    """G: ConvDecoder with batch norm (28x28, base_channels=64: Linear(latent, 128*7*7)-BN-ReLU-
-    ConvT(128, 64)-BN-ReLU-ConvT(64, 1)-tanh, Radford et al. 2016); D: Discriminator with
-    D_MODES[d_mode].outputs outputs per location."""
+    """G: the `generator` component's network (dcgan, 28x28, base_channels=64: Linear(latent,
+    128*7*7)-BN-ReLU-ConvT(128, 64)-BN-ReLU-ConvT(64, 1)-tanh, Radford et al. 2016); D: the
+    `discriminator` component's network with the game's (GAMES[d_mode]) outputs per location."""
+
+    Settings = DCGANSettings
 
     @classmethod
     def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
-        return {"d_mode": tuple(name for name, mode in D_MODES.items() if mode.uses_corruption)}
+        return {"d_mode": tuple(name for name, game in GAMES.items() if game.uses_corruption)}
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        corruption: Corruption | Mapping | None = None,
-        d_mode: str = "plain",
-        loss: str = "ns",
-        latent_dim: int = 64,
-        base_channels: int = 64,
-        d_norm: str = "none",
-        d_head: str = "global",
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        n_critic: int = 1,
-        gp_weight: float = 10.0,
-        wgan_drift: float = 1e-3,
-        r1_gamma: float = 0.0,
-        ema_decay: float | None = None,
-        ada_interval: int = 4,
-        aux_weight_d: float = 1.0,
-        aux_weight_g: float = 0.2,
-        n_grid: int = 64,
-    ):
+    def __init__(self, image_shape, **settings):
         super().__init__()
-        require_choice(d_mode, "model.d_mode", tuple(D_MODES))
-        self.init_adversarial(loss, lr, betas, n_critic, gp_weight, wgan_drift, r1_gamma, ema_decay,
-                              d_norm, d_head, ada_interval)
-        mode = D_MODES[d_mode]
-        require(loss in mode.losses, "model.loss",
-                f"{' | '.join(mode.losses)} when model.d_mode={d_mode}", loss)
-        require_positive(latent_dim, "model.latent_dim", integer=True)
-        require_positive(base_channels, "model.base_channels", integer=True)
-        require_nonnegative(aux_weight_d, "model.aux_weight_d")
-        require_nonnegative(aux_weight_g, "model.aux_weight_g")
-        require_positive(n_grid, "model.n_grid", integer=True)
-        self.corruption = init_corruption(self, corruption)
-        self.image_shape = tuple(image_shape)
-        self.generator = ConvDecoder(latent_dim, image_shape, base_channels=base_channels, norm=True)
-        self.discriminator = Discriminator(image_shape, mode.outputs, base_channels, d_norm, d_head)
-        self.mode = mode(self)
-        self.init_ema()
+        s = self.configure(image_shape, settings)
+        self.init_adversarial(s)
+        self.game = GAMES.build(s.d_mode, "model.d_mode", score=self.d_out, corruption=self.corruption,
+                                loss=self.gan_loss)
+        losses, loss = self.game.losses, self.gan_loss.registry_name
+        require(losses is None or loss in losses, "model.loss",
+                f"{' | '.join(losses or ())} when model.d_mode={self.game.registry_name}", loss)
+        g_net = GENERATORS.build(s.generator, "model.generator")
+        self.generator = g_net.network(s.latent_dim, self.image_shape)
+        self.discriminator = self.d_net.network(self.image_shape, self.game.outputs)
+        self.init_ema(s.ema_decay)
         self.means = eval_means(["d_real_acc"])
         self._moments: dict[str, list[Tensor]] = {}
+        self.save_settings(s, d_mode=self.game, loss=self.gan_loss, generator=g_net,
+                           discriminator=self.d_net, corruption=self.corruption)
 
     def d_parameters(self):
         return list(self.discriminator.parameters())
@@ -108,8 +90,8 @@ class DCGAN(AdversarialModule):
         return self.discriminator(to_signed(x))
 
     def realness(self, out: Tensor) -> Tensor:
-        """s [B, L], a logit per location (> 0: judged real), as the d_mode defines it."""
-        return self.mode.realness(out)
+        """s [B, L], a logit per location (> 0: judged real), as the game defines it."""
+        return self.game.realness(out)
 
     @torch.no_grad()
     def generate(self, n: int, z: Tensor | None = None) -> Tensor:
@@ -118,26 +100,26 @@ class DCGAN(AdversarialModule):
         return to_image(g(self.z(n) if z is None else z))
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
-        """The d_mode's own grids (what the corruption does to real images, where it is part of the
+        """The game's own grids (what the corruption does to real images, where it is part of the
         game); the sample-grid callback draws the generated samples itself."""
-        return self.mode.grids(real[: self.hparams.n_grid])
+        return self.game.grids(real[: self.hparams.n_grid])
 
     # -- the losses -------------------------------------------------------------------------------
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss for real and fake images in [0, 1] (no gradient reaches G), and what to log."""
-        real_in = to_signed(self.mode.view(real)).detach().requires_grad_(self.hparams.r1_gamma > 0)
-        fake_in = to_signed(self.mode.view(fake)).detach()
+        real_in = to_signed(self.game.view(real)).detach().requires_grad_(self.hparams.r1_gamma > 0)
+        fake_in = to_signed(self.game.view(fake)).detach()
         out_real, out_fake = self.discriminator(real_in), self.discriminator(fake_in)
         s_real = self.realness(out_real)
-        loss, logs = self.mode.d_loss(out_real, out_fake, real)
+        loss, logs = self.game.d_loss(out_real, out_fake, real)
         penalty, penalty_logs = self.d_penalties(lambda x: self.realness(self.discriminator(x)),
                                                  real_in, fake_in, s_real)
         return loss + penalty, {"d_real_acc": (s_real > 0).float().mean(), **logs, **penalty_logs}
 
     def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """G's loss on fake images that carry G's graph (gradients reach G through D and, for modes
+        """G's loss on fake images that carry G's graph (gradients reach G through D and, for games
         whose view corrupts, through the corruption), and what to log."""
-        return self.mode.g_loss(self.d_out(self.mode.view(fake)), fake)
+        return self.game.g_loss(self.d_out(self.game.view(fake)), fake)
 
     # -- Lightning ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -158,7 +140,7 @@ class DCGAN(AdversarialModule):
             m = moments(torch.from_numpy(image_statistics(x.float().cpu())))
             self._moments[name] = [a + b for a, b in zip(self._moments.get(name, [0, 0, 0]), m,
                                                          strict=True)]
-        s_real = self.realness(self.d_out(self.mode.view(real, generator=g)))
+        s_real = self.realness(self.d_out(self.game.view(real, generator=g)))
         log_eval(self, stage, {"d_real_acc": (s_real > 0).float().mean(1)})
 
     def _log_stat_fd(self, stage: str) -> None:
@@ -192,13 +174,15 @@ class DCGAN(AdversarialModule):
 # --- restoration GAN ----------------------------------------------------------------------------
 
 
-def psnr(x: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio per image [B] in dB for images in [0, 1]: 10 log10(1 / MSE);
-    higher is better (capped at 100 dB for identical images)."""
-    mse = (x - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
+@dataclasses.dataclass
+class RestorationGANSettings(AdversarialSettings):
+    generator: str | dict = "unet"  # genlab.nets.gan.RESTORERS
+    consistency_weight: float = nonnegative(10.0)  # weight of the re-degraded views' mean absolute difference
+    degraded_d: bool = flag(False)  # a second D comparing corruption(restored) with corruption(real)
+    n_fixed: int = positive_int(64)  # real training images stored to condition generate(n) on
 
 
+@FAMILIES.register("restoration_gan")
 class RestorationGAN(AdversarialModule):
     """A generator that restores degraded images, y = corruption(x) -> x^ = G(y), trained with
 
@@ -215,7 +199,7 @@ class RestorationGAN(AdversarialModule):
     `generate(n)` is conditional: it restores fresh corruptions of `n_fixed` real training images
     that the model stores (a buffer filled at the start of fit, so a checkpoint alone can generate),
     cycling through them when n is larger; genlab-sample mode=restore restores test images.
-    Not a d_mode: the generator's input, its metrics (PSNR, not stat_fd) and `generate` all differ
+    Not a game of the DCGAN: the generator's input, its metrics (PSNR, not stat_fd) and `generate` all differ
     from the DCGAN's, while the adversarial pieces are shared.
     """
 
@@ -223,42 +207,21 @@ class RestorationGAN(AdversarialModule):
     def reads_corruption_when(cls) -> dict[str, tuple[str, ...]] | None:
         return {}  # the degradation it undoes
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        corruption: Corruption | Mapping | None = None,
-        loss: str = "ns",
-        base_channels: int = 32,
-        d_norm: str = "none",
-        d_head: str = "global",
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.5, 0.999),
-        consistency_weight: float = 10.0,
-        degraded_d: bool = False,
-        n_critic: int = 1,
-        gp_weight: float = 10.0,
-        wgan_drift: float = 1e-3,
-        r1_gamma: float = 0.0,
-        ema_decay: float | None = None,
-        ada_interval: int = 4,
-        n_fixed: int = 64,
-    ):
+    Settings = RestorationGANSettings
+
+    def __init__(self, image_shape, **settings):
         super().__init__()
-        self.init_adversarial(loss, lr, betas, n_critic, gp_weight, wgan_drift, r1_gamma, ema_decay,
-                              d_norm, d_head, ada_interval)
-        require_positive(base_channels, "model.base_channels", integer=True)
-        require_nonnegative(consistency_weight, "model.consistency_weight")
-        require(isinstance(degraded_d, bool), "model.degraded_d", "true | false", degraded_d)
-        require_positive(n_fixed, "model.n_fixed", integer=True)
-        self.corruption = init_corruption(self, corruption)
-        self.image_shape = tuple(image_shape)
-        self.generator = UNet(image_shape, base_channels)
-        self.discriminator = Discriminator(image_shape, 1, base_channels, d_norm, d_head)
-        self.discriminator_degraded = (Discriminator(image_shape, 1, base_channels, d_norm, d_head)
-                                       if degraded_d else None)
-        self.init_ema()
-        self.register_buffer("fixed_real", torch.zeros(n_fixed, *self.image_shape))
+        s = self.configure(image_shape, settings)
+        self.init_adversarial(s)
+        g_net = RESTORERS.build(s.generator, "model.generator")
+        self.generator = g_net.network(self.image_shape)
+        self.discriminator = self.d_net.network(self.image_shape, 1)
+        self.discriminator_degraded = self.d_net.network(self.image_shape, 1) if s.degraded_d else None
+        self.init_ema(s.ema_decay)
+        self.register_buffer("fixed_real", torch.zeros(s.n_fixed, *self.image_shape))
         self.means = eval_means(["psnr", "psnr_input", "l1", "d_real_acc"])
+        self.save_settings(s, loss=self.gan_loss, generator=g_net, discriminator=self.d_net,
+                           corruption=self.corruption)
 
     def d_parameters(self):
         nets = [self.discriminator, self.discriminator_degraded]
@@ -304,7 +267,7 @@ class RestorationGAN(AdversarialModule):
         s_real, s_fake = d(real_in)[:, 0], d(fake_in)[:, 0]
         penalty, logs = self.d_penalties(lambda x: d(x)[:, 0], real_in, fake_in, s_real)
         logs["d_real_acc"] = (s_real > 0).float().mean()
-        return d_adversarial(s_real, s_fake, self.hparams.loss) + penalty, logs
+        return self.gan_loss.d(s_real, s_fake) + penalty, logs
 
     def discriminator_loss(self, real: Tensor, degraded: Tensor, levels: Tensor,
                            restored: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -320,14 +283,13 @@ class RestorationGAN(AdversarialModule):
     def generator_loss(self, restored: Tensor, degraded: Tensor,
                        levels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """G's loss on restorations that carry G's graph."""
-        adv = g_adversarial(self.discriminator(to_signed(restored))[:, 0], self.hparams.loss)
+        adv = self.gan_loss.g(self.discriminator(to_signed(restored))[:, 0])
         redegraded = self.corruption(restored, level=levels)  # same levels, fresh noise
         consistency = (redegraded - degraded).abs().mean()
         loss = adv + self.hparams.consistency_weight * consistency
         logs = {"g_adv": adv.detach(), "consistency": consistency.detach()}
         if self.discriminator_degraded is not None:
-            adv2 = g_adversarial(self.discriminator_degraded(to_signed(redegraded))[:, 0],
-                                 self.hparams.loss)
+            adv2 = self.gan_loss.g(self.discriminator_degraded(to_signed(redegraded))[:, 0])
             loss = loss + adv2
             logs["g_adv2"] = adv2.detach()
         return loss, logs

@@ -118,6 +118,11 @@ class VAE(GenerativeModule, Encoder):
         """The posterior mean: what disentanglement scores and the linear probe read."""
         return self.posterior(x)[0]
 
+    @property
+    def posterior_family(self) -> str:
+        """q(z | x)'s family by name (Encoder): model.posterior, gaussian | uniform."""
+        return self.q.registry_name
+
     def unit_noise(self, mu: Tensor, k: int | None = None,
                    generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
         """The reparameterisation noise eps with unit variance, shape [B, D] or [k, B, D] (the
@@ -246,13 +251,15 @@ class VAE(GenerativeModule, Encoder):
     def on_fit_start(self):
         """A run chooses its checkpoints by the validation value of the bound it trains (val/iwae
         for the IWAE), never by a bound it does not optimise; val/iwae exists only for that run."""
-        trained = self.objective.bound_metric
+        trained, name = self.objective.bound_metric, self.objective.registry_name
+        k = getattr(self.objective.settings, "k", None)
         for ckpt in self.trainer.checkpoint_callbacks:
             monitor = getattr(ckpt, "monitor", None)
-            for bound in ("val/elbo", "val/iwae"):
-                require(not (monitor == bound and trained != bound), "objective.metric",
-                        f"{trained} (model.objective={self.objective.registry_name} trains it) or a "
-                        f"metric other than {bound}", monitor)
+            require(not (trained == "val/iwae" and monitor == "val/elbo"), "objective.metric",
+                    f"val/iwae (model=vae's objective then) or another metric than val/elbo: "
+                    f"model.objective={name} trains the {k}-sample bound", monitor)
+            require(not (trained != "val/iwae" and monitor == "val/iwae"), "objective.metric",
+                    "a metric the run logs; val/iwae needs model.objective=iwae", monitor)
 
     def training_step(self, batch, batch_idx):
         loss, logs = self.objective.loss(self, batch)

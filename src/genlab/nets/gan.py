@@ -1,18 +1,27 @@
 """The GANs' own networks: the discriminator (a global or a patch head, a normalisation that never
-mixes images) and the restoration GAN's image-to-image generator.
+mixes images) and the restoration GAN's image-to-image generator, and the registries the GAN
+families take them from (component slots, bottom of this module):
 
-The DCGAN's generator is a ConvDecoder with batch norm (genlab.nets.conv). A restorer maps a
-degraded image to a clean one of the same shape; UNet does that with the same stride-2 plan as
-ConvEncoder (28 -> 14 -> 7), so every genlab image size works without new sizing rules.
+    model.generator      GENERATORS (model=dcgan): dcgan, genlab.nets.conv.ConvDecoder with batch norm
+                         RESTORERS (model=restoration_gan): unet
+    model.discriminator  DISCRIMINATORS: conv (base_channels, norm, head)
+
+A restorer maps a degraded image to a clean one of the same shape; UNet does that with the same
+stride-2 plan as ConvEncoder (28 -> 14 -> 7), so every genlab image size works without new sizing rules.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genlab.nets.conv import conv_plan
+from genlab.config import require
+from genlab.nets.conv import ConvDecoder, conv_plan
+from genlab.registry import Component, Registry
+from genlab.settings import Settings, choice, positive_int
 
 # layer, instance and spectral norm act on one image at a time. batch (DCGAN's and the textbook
 # loop's choice; each batch D is shown is normalised on its own) makes an image's realness depend
@@ -107,3 +116,87 @@ class UNet(nn.Module):
         for layer in self.up:
             h = layer(torch.cat([h, skips.pop()], dim=1))
         return self.out(torch.cat([h, x], dim=1))
+
+
+# --- the GANs' network slots: recipes registered by name, built by their family ------------------
+# A generator recipe builds latent -> image (`model.generator` of model=dcgan), a restorer recipe
+# image -> image (`model.generator` of model=restoration_gan), a discriminator recipe image ->
+# [B, K, L] with the K outputs its game asks for (`model.discriminator`). A recipe holds no weights:
+# the family builds the networks from it, in its own order (the weights' initial values come from
+# the global random stream), and a restoration GAN's second discriminator comes from the same one.
+
+GENERATORS: Registry[type[Generator]] = Registry("generator", "model.generator")
+RESTORERS: Registry[type[Restorer]] = Registry("restorer", "model.generator")
+DISCRIMINATORS: Registry[type[DiscriminatorNet]] = Registry("discriminator", "model.discriminator")
+
+
+class Generator(Component):
+    def network(self, latent_dim: int, image_shape) -> nn.Module:
+        """latent codes [B, latent_dim] -> pre-activation images [B, C, H, W] (tanh follows)."""
+        raise NotImplementedError
+
+
+class Restorer(Component):
+    def network(self, image_shape) -> nn.Module:
+        """images [B, C, H, W] in [-1, 1] -> pre-activation images of the same shape."""
+        raise NotImplementedError
+
+
+class DiscriminatorNet(Component):
+    def network(self, image_shape, outputs: int) -> nn.Module:
+        """images [B, C, H, W] in [-1, 1] -> raw outputs [B, outputs, L]."""
+        raise NotImplementedError
+
+    def allow_gradient_penalty(self, key: str) -> None:
+        """Called when a per-image gradient penalty (R1, WGAN-GP) is on: a ConfigError naming
+        `key`.<setting> when an image's output depends on the rest of its batch."""
+
+
+@dataclasses.dataclass
+class DCGANGeneratorSettings(Settings):
+    base_channels: int = positive_int(64)  # widths 2*base, base of the transposed convolutions
+
+
+@GENERATORS.register("dcgan")
+class DCGANGenerator(Generator):
+    """genlab.nets.conv.ConvDecoder with batch norm (Radford et al. 2016)."""
+
+    Settings = DCGANGeneratorSettings
+
+    def network(self, latent_dim, image_shape):
+        return ConvDecoder(latent_dim, image_shape, base_channels=self.settings.base_channels, norm=True)
+
+
+@dataclasses.dataclass
+class UNetSettings(Settings):
+    base_channels: int = positive_int(32)  # widths base, 2*base down the U (28 -> 14 -> 7)
+
+
+@RESTORERS.register("unet")
+class UNetRestorer(Restorer):
+    Settings = UNetSettings
+
+    def network(self, image_shape):
+        return UNet(image_shape, self.settings.base_channels)
+
+
+@dataclasses.dataclass
+class ConvDiscriminatorSettings(Settings):
+    base_channels: int = positive_int(64)  # widths base, 2*base of the stride-2 convolutions
+    norm: str = choice("none", D_NORMS)  # after all but the first convolution (Discriminator)
+    head: str = choice("global", D_HEADS)  # global: one realness per image | patch: one per location
+
+
+@DISCRIMINATORS.register("conv")
+class ConvDiscriminator(DiscriminatorNet):
+    Settings = ConvDiscriminatorSettings
+
+    def network(self, image_shape, outputs):
+        s = self.settings
+        return Discriminator(image_shape, outputs, s.base_channels, s.norm, s.head)
+
+    def allow_gradient_penalty(self, key):
+        require(self.settings.norm != "batch", f"{key}.norm",
+                f"{' | '.join(n for n in D_NORMS if n != 'batch')} with R1 or WGAN-GP (batch norm "
+                "makes an image's score depend on its batch, so a per-image gradient penalty is no "
+                "longer per image)", self.settings.norm)

@@ -68,6 +68,9 @@ class ResumableOptunaSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
 
+        from genlab.sweep import register_resolvers
+
+        register_resolvers()  # the jobs' configs name them; importing genlab registers nothing
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)

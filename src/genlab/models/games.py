@@ -1,11 +1,15 @@
-"""The DCGAN's discriminator games (`model.d_mode`): one small class each, registered by name.
+"""The DCGAN's discriminator games (`model.d_mode`): one small component each, registered in GAMES.
 
-A mode says how many outputs D has per location, what D judges in the real/fake game (`view`), how
-an output becomes realness, D's and G's losses and any extra sample grids. Subclassing DMode with a
-`name` registers the class in D_MODES, so a new game is one class (and its test) and nothing else:
-`model.d_mode=<name>` finds it. Every mode works with every corruption, schedule and d_head;
-outputs are [B, K, L] (K per location, L locations) and every loss is averaged over images and
-locations (genlab.models.adversarial).
+A game says how many outputs D has per location, what D judges in the real/fake game (`view`), how
+an output becomes realness, D's and G's losses and any extra sample grids. It is built from its
+config node (`model.d_mode=noise_head`, or `model/d_mode=noise_head model.d_mode.aux_weight_d=2`:
+its settings live in its own node) and receives what it plays with as arguments: D's scoring
+function (images in [0, 1] -> D's raw outputs), the corruption and the adversarial loss component
+(genlab.models.adversarial.LOSSES); it never sees the GAN that plays it. So a new game, settings
+included, is one registered class (and its conf/model/d_mode/<name>.yaml) and nothing else. Every
+game works with every corruption, schedule and discriminator head; outputs are [B, K, L] (K per
+location, L locations) and every loss is averaged over images and locations
+(genlab.models.adversarial).
 
     plain           D sees clean real and fake.
     instance_noise  D sees corruption(real) and corruption(fake), fresh draws for each (Sonderby et
@@ -20,8 +24,9 @@ locations (genlab.models.adversarial).
                     G loss is ns's. Only loss=ns (a 3-way softmax has no hinge or WGAN form here).
     noise_head      D has the real/fake logit (on clean images) and a regression head predicting the
                     level of corrupted images, as SS-GAN (Chen et al. 2019) predicts rotations: D's
-                    head loss on degraded real (weight aux_weight_d), G's on degraded fake (weight
-                    aux_weight_g), so G is rewarded when its fakes degrade the way real images do.
+                    head loss on degraded real (weight model.d_mode.aux_weight_d), G's on degraded
+                    fake (weight model.d_mode.aux_weight_g), so G is rewarded when its fakes
+                    degrade the way real images do.
                     Like SS-GAN, D does not train its head on fakes (G and D could collude there).
                     Levels are drawn per image uniformly from the corruption's level_range, or from
                     [0, current level] when it has none (one fixed level would give nothing to
@@ -31,45 +36,45 @@ locations (genlab.models.adversarial).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.models.adversarial import LOSSES, d_adversarial, g_adversarial
+from genlab.registry import Component, Registry
+from genlab.settings import Settings, nonnegative
 
 if TYPE_CHECKING:
-    from genlab.models.gan import DCGAN
+    from genlab.corruption import Corruption
+    from genlab.models.adversarial import AdversarialLoss
     from genlab.seeding import ExampleNoise
 
-D_MODES: dict[str, type[DMode]] = {}
+GAMES: Registry[type[Game]] = Registry("discriminator game", "model.d_mode")
 
 
-class DMode:
-    """One discriminator game. `gan` is the DCGAN playing it: its discriminator (`gan.d_out`),
-    corruption and hyper-parameters.
+class Game(Component):
+    """One discriminator game, built as cls(settings, score=, corruption=, loss=):
 
-    Class attributes: `name` (the registry key; a subclass without one is not registered),
-    `outputs` (D's outputs per location), `losses` (the model.loss values it supports) and
-    `uses_corruption` (False: the corruption never reaches D, so a sweep over corruptions
-    gives this mode nothing new to run).
+    score       images in [0, 1] -> D's raw outputs [B, K, L] (K = `outputs`)
+    corruption  the run's genlab.corruption.Corruption
+    loss        the adversarial loss component (d(s_real, s_fake), g(s_fake))
+
+    Class attributes: `outputs` (D's outputs per location), `losses` (the model.loss names it
+    supports; None: every one) and `uses_corruption` (False: the corruption never reaches D, so a
+    sweep over corruptions gives this game nothing new to run).
     """
 
-    name: ClassVar[str] = ""
     outputs: ClassVar[int] = 1
-    losses: ClassVar[tuple[str, ...]] = LOSSES
+    losses: ClassVar[tuple[str, ...] | None] = None
     uses_corruption: ClassVar[bool] = True
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            if cls.name in D_MODES and D_MODES[cls.name].__qualname__ != cls.__qualname__:
-                raise ValueError(f"d_mode {cls.name!r} is registered twice")
-            D_MODES[cls.name] = cls
-
-    def __init__(self, gan: DCGAN):
-        self.gan = gan
+    def __init__(self, settings=None, *, score: Callable[[Tensor], Tensor], corruption: Corruption,
+                 loss: AdversarialLoss):
+        super().__init__(settings)
+        self.score, self.corruption, self.loss = score, corruption, loss
 
     def view(self, x: Tensor, generator: torch.Generator | ExampleNoise | None = None) -> Tensor:
         """What D judges in the real/fake game, images in [0, 1]; random draws from `generator`
@@ -82,39 +87,38 @@ class DMode:
 
     def d_loss(self, out_real: Tensor, out_fake: Tensor, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's game loss (penalties are added by the model) from D's outputs on the views of real
-        and fake images; `real` is the clean batch, for modes that degrade it themselves."""
-        return d_adversarial(self.realness(out_real), self.realness(out_fake), self.gan.hparams.loss), {}
+        and fake images; `real` is the clean batch, for games that degrade it themselves."""
+        return self.loss.d(self.realness(out_real), self.realness(out_fake)), {}
 
     def g_loss(self, out_fake: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """G's loss from D's outputs on the view of `fake` (with gradient to G)."""
-        return g_adversarial(self.realness(out_fake), self.gan.hparams.loss), {}
+        return self.loss.g(self.realness(out_fake)), {}
 
     def grids(self, real: Tensor) -> dict[str, Tensor]:
         """Extra sample grids: by default what the corruption does to real images now (a fixed
         draw), where the corruption is part of the game."""
-        c = self.gan.corruption
+        c = self.corruption
         if not self.uses_corruption or c.kind == "none":
             return {}
         return {"degraded_real": c(real, generator=torch.Generator().manual_seed(0)).clamp(0, 1)}
 
 
-class Plain(DMode):
-    name = "plain"
+@GAMES.register("plain")
+class Plain(Game):
     uses_corruption = False
 
 
-class InstanceNoise(DMode):
-    name = "instance_noise"
-
+@GAMES.register("instance_noise")
+class InstanceNoise(Game):
     def view(self, x, generator=None):
-        return self.gan.corruption(x, generator=generator)
+        return self.corruption(x, generator=generator)
 
 
 REAL, FAKE, DEGRADED = 0, 1, 2  # three_class labels
 
 
-class ThreeClass(DMode):
-    name = "three_class"
+@GAMES.register("three_class")
+class ThreeClass(Game):
     outputs = 3
     losses = ("ns",)
 
@@ -122,39 +126,49 @@ class ThreeClass(DMode):
         return out[:, REAL] - torch.logsumexp(out[:, REAL + 1:], dim=1)
 
     def d_loss(self, out_real, out_fake, real):
-        out_degraded = self.gan.d_out(self.gan.corruption(real))
+        out_degraded = self.score(self.corruption(real))
         label = torch.full((len(real), out_real.shape[2]), REAL, device=real.device)
         loss = (F.cross_entropy(out_real, label) + F.cross_entropy(out_fake, label + FAKE)
                 + F.cross_entropy(out_degraded, label + DEGRADED))
         return loss, {"d_degraded_acc": (out_degraded.argmax(1) == DEGRADED).float().mean()}
 
 
-class NoiseHead(DMode):
-    name = "noise_head"
-    outputs = 2
+@dataclasses.dataclass
+class NoiseHeadSettings(Settings):
+    aux_weight_d: float = nonnegative(1.0)  # weight of D's level-regression loss (on degraded real)
+    aux_weight_g: float = nonnegative(0.2)  # weight of G's level-regression loss (on degraded fake)
 
-    def __init__(self, gan):
-        super().__init__(gan)
-        c = gan.corruption
+
+@GAMES.register("noise_head")
+class NoiseHead(Game):
+    outputs = 2
+    Settings = NoiseHeadSettings
+
+    def __init__(self, settings=None, **context):
+        super().__init__(settings, **context)
+        c = self.corruption
         self.level_scale = float(c.level_range[1] if c.level_range else c.level) or 1.0
 
     def level_loss(self, x: Tensor) -> Tensor:
         """Mean squared error of D's estimate of level / level_scale at every location, on x
         corrupted at per-image levels (module docstring); unitless."""
-        c, n = self.gan.corruption, len(x)
+        c, n = self.corruption, len(x)
         if c.level_range is not None:
             levels = c.sample_levels(n, device=x.device, dtype=x.dtype)
         else:
             levels = c.current_level * torch.rand(n, device=x.device, dtype=x.dtype)
-        prediction = self.gan.d_out(c(x, level=levels))[:, 1]
+        prediction = self.score(c(x, level=levels))[:, 1]
         return F.mse_loss(prediction, (levels / self.level_scale)[:, None].expand_as(prediction))
 
     def d_loss(self, out_real, out_fake, real):
         loss, _ = super().d_loss(out_real, out_fake, real)
         aux = self.level_loss(real)
-        return loss + self.gan.hparams.aux_weight_d * aux, {"aux_d": aux.detach()}
+        return loss + self.settings.aux_weight_d * aux, {"aux_d": aux.detach()}
 
     def g_loss(self, out_fake, fake):
         loss, _ = super().g_loss(out_fake, fake)
         aux = self.level_loss(fake)
-        return loss + self.gan.hparams.aux_weight_g * aux, {"aux_g": aux.detach()}
+        return loss + self.settings.aux_weight_g * aux, {"aux_g": aux.detach()}
+
+
+__all__ = ["GAMES", "Game", "InstanceNoise", "NoiseHead", "Plain", "ThreeClass"]
