@@ -24,15 +24,15 @@ SHAPE = [1, 28, 28]
 
 
 DAE_RUNS = [  # the first keeps the sample-quality callback on: it must work with the DAE's chain
-    ("gaussian", ["model.likelihood=gaussian", "model.walkback=2", "model.chain_draw=sample"]),
-    ("masking", ["model.walkback=1", "corruption.level_range=[0.1,0.5]", *NO_EVAL]),
+    ("gaussian", ["model.likelihood=gaussian", "model.objective.walkback=2", "model.chain_draw=sample"]),
+    ("masking", ["model.objective.walkback=1", "corruption.level_range=[0.1,0.5]", *NO_EVAL]),
 ]
 
 
 @pytest.mark.parametrize(("corruption", "extra"), DAE_RUNS, ids=[c for c, _ in DAE_RUNS])
 def test_dae_trains_and_samples_chains(smoke, tmp_path, corruption, extra):
     run = smoke(tmp_path / "run", "model=dae", f"corruption={corruption}",
-                "objective.metric=val/recon", "objective.mode=max", "model.base_channels=8",
+                "objective.metric=val/recon", "objective.mode=max", "model.net.base_channels=8",
                 "model.code_dim=16", "model.chain_steps=5", *extra)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok", summary
@@ -64,8 +64,8 @@ def test_dae_trains_and_samples_chains(smoke, tmp_path, corruption, extra):
 @pytest.mark.parametrize("chain_draw", ["mean", "sample"])
 def test_chain_is_images_in_unit_range(likelihood, chain_draw):
     torch.manual_seed(0)
-    model = DAE(SHAPE, Corruption("gaussian", 0.3), likelihood=likelihood, chain_draw=chain_draw,
-                code_dim=8, base_channels=8, chain_steps=3).eval()
+    model = DAE(SHAPE, corruption=Corruption("gaussian", 0.3), likelihood=likelihood, chain_draw=chain_draw,
+                code_dim=8, net={"name": "conv", "base_channels": 8}, chain_steps=3).eval()
     x0 = torch.rand(5, *SHAPE)
     chain = model.chain(x0, 6)
     assert chain.shape == (5, 6, *SHAPE)
@@ -80,7 +80,7 @@ def test_chain_is_images_in_unit_range(likelihood, chain_draw):
 
 def test_walkback_adds_terms_from_the_chain():
     torch.manual_seed(0)
-    model = DAE(SHAPE, Corruption("masking", 0.5), code_dim=8, base_channels=8)
+    model = DAE(SHAPE, corruption=Corruption("masking", 0.5), code_dim=8, net={"name": "conv", "base_channels": 8})
     x = torch.rand(6, *SHAPE)
     terms = model.recon_terms(x, walkback=3)
     assert len(terms) == 4 and all(t.shape == (6,) and torch.isfinite(t).all() for t in terms)
@@ -92,7 +92,7 @@ def test_walkback_adds_terms_from_the_chain():
 
 @pytest.mark.parametrize(("kwargs", "key"), [
     ({"chain_draw": "mode"}, "model.chain_draw="),
-    ({"walkback": -1}, "model.walkback="),
+    ({"objective": {"name": "denoise", "walkback": -1}}, "model.objective.walkback="),
     ({"likelihood": "laplace"}, "model.likelihood="),
     ({"corruption": {"kind": "blur", "level": 1.0, "schedule": {"kind": "adaptive"}}},
      "corruption.schedule.kind="),

@@ -55,6 +55,26 @@ def test_bad_options_are_named():
     from genlab.config import ConfigError
 
     for kwargs, key in (({"depth": 0}, "model.depth"), ({"init_std": -1.0}, "model.init_std"), ({"init": "xavier"}, "model.init"),
-                        ({"optimizer": "lbfgs"}, "model.optimizer"), ({"momentum": 1.0}, "model.momentum")):
+                        ({"optimizer": "lbfgs"}, "model.optimizer"),
+                        ({"optimizer": {"name": "sgd", "momentum": 1.0}}, "model.optimizer.momentum")):
         with pytest.raises(ConfigError, match=key):
             DeepMLP(image_shape=[1, 8, 8], **kwargs)
+
+
+def test_the_optimizer_is_a_component():
+    """model.optimizer picks the update rule from genlab.optim.OPTIMIZERS; its settings are its own
+    and the family's lr (and weight decay) reach it."""
+    import pytest
+
+    from genlab.config import ConfigError
+    from genlab.optim import OPTIMIZERS
+
+    sgd = DeepMLP(image_shape=[1, 8, 8], depth=2, optimizer={"name": "sgd", "momentum": 0.9}, lr=0.5)
+    opt = sgd.configure_optimizers()
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.5
+    assert sgd.hparams.optimizer == {"name": "sgd", "momentum": 0.9}
+    adam = DeepMLP(image_shape=[1, 8, 8], depth=2, optimizer="adam").configure_optimizers()
+    assert type(adam) is torch.optim.Adam and adam.defaults["weight_decay"] == 0.0
+    assert list(OPTIMIZERS) == ["sgd", "adam"]
+    with pytest.raises(ConfigError, match=r"^model.optimizer.momentum is not a setting of adam; allowed: none"):
+        DeepMLP(image_shape=[1, 8, 8], optimizer={"name": "adam", "momentum": 0.5})

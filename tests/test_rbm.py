@@ -68,7 +68,8 @@ def train_steps(dm, steps: int, **kw) -> tuple[RBM, list[float]]:
     binarised digits through its own training_step and optimizer; returns it and the exact test
     log-likelihood (nats per image) every 100 updates, the first before training."""
     torch.manual_seed(0)
-    m = RBM(DIGITS, hidden=12, n_chains=32, optimizer="adam", lr=0.01, **kw)
+    m = RBM(DIGITS, hidden=12, optimizer="adam", lr=0.01,
+            objective={"name": "cd", "n_chains": 32, **kw})
     m.data_mean.copy_(dm.images("train").flatten(1).mean(0))
     with torch.no_grad():
         m.b.copy_(m.base_bias())
@@ -124,9 +125,10 @@ def test_ais_matches_the_exact_log_partition(trained):
 def test_pcd_chains_travel_in_the_checkpoint(trained):
     m, _ = trained[True]
     state = m.state_dict()
-    assert "chains" in state and not torch.equal(state["chains"], RBM(DIGITS, hidden=12, n_chains=32,
-                                                                      persistent=True).chains)
-    fresh = RBM(DIGITS, hidden=12, n_chains=32, persistent=True)
+    pcd = {"name": "cd", "n_chains": 32, "persistent": True}
+    assert "objective.chains" in state and not torch.equal(state["objective.chains"],
+                                                           RBM(DIGITS, hidden=12, objective=pcd).chains)
+    fresh = RBM(DIGITS, hidden=12, objective=pcd)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.chains, m.chains) and torch.equal(fresh.data_mean, m.data_mean)
 
@@ -144,10 +146,26 @@ def test_bad_values_name_the_key():
     with pytest.raises(ConfigError, match=r"model.hidden=0 is invalid; allowed: a positive integer"):
         RBM(DIGITS, hidden=0)
     with pytest.raises(ConfigError, match=r"model.sample_start='persistent' is invalid; allowed: "
-                                          r"random when model.persistent=false"):
+                                          r"random when model.objective.persistent=false"):
         RBM(DIGITS, sample_start="persistent")
     with pytest.raises(ConfigError, match=r"model.ais_betas=3 is invalid"):
         RBM(DIGITS, ais_betas=3)
+    with pytest.raises(ConfigError, match=r"model.objective.k=0 is invalid; allowed: a positive integer"):
+        RBM(DIGITS, objective={"name": "cd", "k": 0})
+    with pytest.raises(ConfigError, match=r"model.optimizer.momentum=1.0 is invalid; allowed: a number in \[0, 1\)"):
+        RBM(DIGITS, optimizer={"name": "sgd", "momentum": 1.0})
+    with pytest.raises(ConfigError, match=r"model.weight_decay=-1 is invalid; allowed: a number >= 0"):
+        RBM(DIGITS, weight_decay=-1)
+
+
+def test_the_optimizer_is_sgd_with_momentum_unless_told_otherwise():
+    """model.optimizer (genlab.optim.OPTIMIZERS): SGD with momentum 0.5 by default, the RBM's weight
+    decay reaching whichever optimizer it names."""
+    sgd = RBM(DIGITS, hidden=4).configure_optimizers()
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.5, 1e-4)
+    adam = RBM(DIGITS, hidden=4, optimizer="adam", weight_decay=0.01).configure_optimizers()
+    assert type(adam) is torch.optim.Adam and adam.defaults["weight_decay"] == 0.01
 
 
 SMOKE = ["model=rbm", "data=digits", "model.hidden=32", "model.ais_betas=300", "model.ais_runs=20",
@@ -156,7 +174,7 @@ SMOKE = ["model=rbm", "data=digits", "model.hidden=32", "model.ais_betas=300", "
 
 @pytest.mark.parametrize(("binarize", "extra"), [
     ("dynamic", []),  # the sample-quality callback stays on: FID from the RBM's chains
-    ("static", ["model.persistent=true", "model.sample_start=persistent", *NO_EVAL]),
+    ("static", ["model.objective.persistent=true", "model.sample_start=persistent", *NO_EVAL]),
 ], ids=["cd_dynamic", "pcd_static"])
 def test_rbm_trains_tests_and_samples(smoke, tmp_path, binarize, extra):
     run = smoke(tmp_path / "run", *SMOKE, f"data.binarize={binarize}", *extra)
@@ -202,7 +220,7 @@ def test_pcd_resumed_from_a_checkpoint_matches_an_uninterrupted_run(smoke, tmp_p
     # save_top_k=-1: Lightning 2.6 rewrites last.ckpt only at steps where it also saves a top-k
     # checkpoint, so with the default top-1 last.ckpt is the newest state only when the last
     # epoch was the best
-    args = [*SMOKE, "data.binarize=dynamic", "model.persistent=true", "callbacks.samples=null",
+    args = [*SMOKE, "data.binarize=dynamic", "model.objective.persistent=true", "callbacks.samples=null",
             *NO_EVAL, "seed=3", "callbacks.checkpoint.save_top_k=-1"]
     whole = smoke(tmp_path / "whole", *args, "trainer.max_epochs=2")
     # one epoch, then continued in the same folder (the checkpoint callback keeps its best)
@@ -210,7 +228,7 @@ def test_pcd_resumed_from_a_checkpoint_matches_an_uninterrupted_run(smoke, tmp_p
     smoke(resumed, *args, "trainer.max_epochs=2", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}")
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
             for r in (whole, resumed))
-    for key in ("W", "b", "c", "chains"):
+    for key in ("W", "b", "c", "objective.chains"):
         assert torch.equal(a[key], b[key]), key
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (whole, resumed))
     for key in ("val/pseudo_loglik", "val/free_energy_gap", "test/loglik"):

@@ -11,15 +11,24 @@ parameters (floating point, on the CPU or a CUDA device) and torch's own default
 
 `optim.eps` is Adam's epsilon (torch's 1e-8; Burda et al. 2016 used 1e-4). A family passes its
 own lr, betas and weight decay.
+
+OPTIMIZERS is the registry of a family's optimizer component (`model.optimizer`, used by the RBM
+and the deep classifier): `sgd` (momentum) and `adam` (through `adam` above, so the run's `optim`
+settings apply). A component's `make(params, lr, weight_decay, optim)` builds the torch optimizer;
+the learning rate and the weight decay (an L2 penalty on the family's parameters, part of its
+objective rather than of the update rule) stay settings of the family.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 import torch
 
-from genlab.config import ConfigError, require_choice, require_positive
+from genlab.config import ConfigError, require, require_choice, require_positive
+from genlab.registry import Component, Registry
+from genlab.settings import Settings, setting
 
 IMPLS = ("auto", "fused", "foreach", "single")
 FUSED_DEVICES = ("cpu", "cuda")
@@ -49,3 +58,44 @@ def adam(params: Iterable[torch.Tensor], impl: str = "auto", eps: float = 1e-8,
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True},
              "single": {"foreach": False, "fused": False}, "default": {}}[impl]
     return torch.optim.Adam(params, eps=eps, **kwargs, **flags)
+
+
+# --- the optimizer component of a family (`model.optimizer`) -------------------------------------
+
+OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer", "model.optimizer")
+
+
+class Optimizer(Component):
+    """A torch optimizer's recipe: `make` builds it over a family's parameters."""
+
+    def make(self, params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0,
+             optim: Mapping = DEFAULTS) -> torch.optim.Optimizer:
+        """The optimizer over `params` with the family's learning rate and weight decay (L2);
+        `optim`: the run's `optim` settings (Adam's implementation and epsilon)."""
+        raise NotImplementedError
+
+
+def _momentum(value, key: str) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    require(ok and 0 <= value < 1, key, "a number in [0, 1)", value)
+
+
+@dataclasses.dataclass
+class SGDSettings(Settings):
+    momentum: float = setting(0.0, _momentum)  # heavy-ball momentum; 0 = plain gradient descent
+
+
+@OPTIMIZERS.register("sgd")
+class SGD(Optimizer):
+    Settings = SGDSettings
+
+    def make(self, params, lr, weight_decay=0.0, optim=DEFAULTS):
+        return torch.optim.SGD(params, lr=lr, momentum=self.settings.momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Optimizer):
+    """genlab's Adam (`adam`), torch's betas."""
+
+    def make(self, params, lr, weight_decay=0.0, optim=DEFAULTS):
+        return adam(params, **optim, lr=lr, weight_decay=weight_decay)

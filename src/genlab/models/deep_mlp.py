@@ -10,6 +10,9 @@ so 20 layers pass almost nothing forward or back) or from He et al.'s N(0, 2 / f
 init=he, which keeps the signal's scale through ReLU layers. (PyTorch's default initialisation
 shrinks it by about 0.4 a layer and starves 20 layers as well.)
 
+The update rule is the `model.optimizer` component (genlab.optim.OPTIMIZERS: `sgd` with its
+`momentum`, 0 by default: the paper's plain gradient descent; or `adam`); `init` picks one of INITS.
+
 It is a classifier, not a generative model: it has no `generate`, so its runs switch the sample
 grids and the sample-quality evaluation off (conf/experiment/gradient_noise.yaml does).
 
@@ -20,56 +23,57 @@ seeds in genlab-report is the success rate.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from genlab.config import require, require_choice, require_positive
-from genlab.models.common import GenerativeModule, eval_means, log_eval, log_this_step
+from genlab.models.common import FAMILIES, GenerativeModule, eval_means, log_eval, log_this_step
+from genlab.optim import OPTIMIZERS
+from genlab.settings import Settings, choice, fraction, positive, positive_int
 
-OPTIMIZERS = ("sgd", "adam")
-INITS = ("simple", "he")
+# init: the standard deviation of a linear layer's N(0, std^2) weights, given init_std
+INITS: dict[str, Callable[[nn.Linear, float], float]] = {
+    "simple": lambda layer, init_std: init_std,  # the paper's poor "simple init"
+    "he": lambda layer, init_std: math.sqrt(2.0 / layer.in_features),  # He et al.: 2 / fan_in
+}
 
 
+@dataclasses.dataclass
+class DeepMLPSettings(Settings):
+    n_classes: int = positive_int(10)
+    depth: int = positive_int(20)
+    width: int = positive_int(50)
+    init: str = choice("simple", list(INITS))
+    init_std: float = positive(0.1)  # init=simple only
+    optimizer: str | dict = "sgd"  # genlab.optim.OPTIMIZERS: sgd (momentum) | adam
+    lr: float = positive(0.01)
+    success_acc: float = fraction(0.5, closed_low=True)
+
+
+@FAMILIES.register("deep_mlp")
 class DeepMLP(GenerativeModule):
-    def __init__(
-        self,
-        image_shape: list[int],
-        n_classes: int = 10,
-        depth: int = 20,
-        width: int = 50,
-        init: str = "simple",
-        init_std: float = 0.1,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.0,
-        success_acc: float = 0.5,
-    ):
+    Settings = DeepMLPSettings
+
+    def __init__(self, image_shape, **settings):
         super().__init__()
-        require_positive(depth, "model.depth", integer=True)
-        require_positive(width, "model.width", integer=True)
-        require_positive(n_classes, "model.n_classes", integer=True)
-        require_choice(init, "model.init", INITS)
-        require_positive(init_std, "model.init_std")
-        require_choice(optimizer, "model.optimizer", OPTIMIZERS)
-        require_positive(lr, "model.lr")
-        require(0 <= momentum < 1, "model.momentum", "a number in [0, 1)", momentum)
-        require(0 <= success_acc <= 1, "model.success_acc", "a number in [0, 1]", success_acc)
-        self.save_hyperparameters()
-        sizes = [math.prod(image_shape)] + [width] * depth
+        s = self.configure(image_shape, settings)
+        self.optimizer = OPTIMIZERS.build(s.optimizer, "model.optimizer")
+        sizes = [math.prod(self.image_shape)] + [s.width] * s.depth
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(sizes[-1], n_classes))
+        layers.append(nn.Linear(sizes[-1], s.n_classes))
         self.net = nn.Sequential(nn.Flatten(), *layers)
+        std = INITS[s.init]
         for m in self.net:
             if isinstance(m, nn.Linear):
-                std = init_std if init == "simple" else math.sqrt(2.0 / m.in_features)
-                nn.init.normal_(m.weight, 0.0, std)
+                nn.init.normal_(m.weight, 0.0, std(m, s.init_std))
                 nn.init.zeros_(m.bias)
         self.means = eval_means(["loss", "acc"])
+        self.save_settings(s, optimizer=self.optimizer)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -98,6 +102,4 @@ class DeepMLP(GenerativeModule):
         self.log("test/success", (acc >= self.hparams.success_acc).float())
 
     def configure_optimizers(self):
-        if self.hparams.optimizer == "adam":
-            return self.adam(self.parameters(), lr=self.hparams.lr)
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        return self.optimizer.make(self.parameters(), lr=self.hparams.lr, optim=self.optim)

@@ -9,14 +9,17 @@ hidden h in {0,1}^H,
 
 Training: the gradient of the negative log-likelihood is dF(v_data)/dtheta - E_model[dF(v)/dtheta].
 CD-k estimates the model expectation with v_k, k Gibbs steps (v -> h -> v, binary draws) from
-each data image; PCD (`persistent=true`, Tieleman 2008) with `n_chains` chains that continue from
-where the previous update left them (the chains are a buffer in the state_dict, so a resumed run
+each data image; PCD (`model.objective.persistent=true`, Tieleman 2008) with `n_chains` chains
+that continue from where the previous update left them (the objective component `cd`,
+RBM_OBJECTIVES, holds them as a buffer in the state_dict, so a resumed run
 goes on with the same chains; under DDP, which broadcasts rank 0's buffers before every step,
 all ranks start their PCD step from rank 0's chains). The loss is the surrogate
     mean_batch F(v_data) - mean_chains F(v_model),   v_model detached (no gradient through sampling),
 whose autograd gradient is exactly that CD/PCD estimate. We use the surrogate rather than manual
 optimisation so the RBM shares Lightning's optimizer loop with every family (gradient clipping,
-the gradient-noise callback, DDP gradient averaging) and keeps no update rule of its own. Its
+the gradient-noise callback, DDP gradient averaging) and keeps no update rule of its own: the
+update is the `model.optimizer` component (genlab.optim.OPTIMIZERS: sgd with momentum 0.5 by
+default, or adam), with the RBM's own lr and weight_decay (an L2 penalty on W, b and c). Its
 value, train/free_energy_gap = mean F(data) - mean F(negatives), is no likelihood: it is negative
 where the data sit lower in free energy than the model's own samples, and 0 in expectation when
 the chains sample the data distribution.
@@ -41,6 +44,7 @@ Metrics, all per image (summed over pixels), in nats where they are log-probabil
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -49,75 +53,123 @@ from torch import Tensor, nn
 
 from genlab.capabilities import BinaryImages
 from genlab.compat import attached_trainer
-from genlab.config import (
-    ConfigError,
-    require,
-    require_choice,
-    require_nonnegative,
-    require_positive,
-)
+from genlab.config import ConfigError, require
 from genlab.metrics.ais import ais_log_z, ais_schedule, exact_log_z
-from genlab.models.common import GenerativeModule, eval_means, eval_noise, log_eval, log_this_step
+from genlab.models.common import (
+    FAMILIES,
+    GenerativeModule,
+    eval_means,
+    eval_noise,
+    log_eval,
+    log_this_step,
+)
+from genlab.optim import OPTIMIZERS
+from genlab.registry import Component, Registry
 from genlab.seeding import ExampleNoise, draw, generator_for, run_seed
+from genlab.settings import Settings, choice, flag, nonnegative, positive, positive_int, setting
 
 SAMPLE_STARTS = ("random", "persistent")
-OPTIMIZERS = ("sgd", "adam")
+
+# the RBM's training objectives (`model.objective`)
+RBM_OBJECTIVES: Registry[type[Component]] = Registry("RBM objective", "model.objective")
 
 
+# --- the objective ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CDSettings(Settings):
+    k: int = positive_int(1)  # Gibbs sweeps per update: from the data (CD-k) or the chains (PCD-k)
+    persistent: bool = flag(False)  # true: persistent CD (Tieleman 2008)
+    n_chains: int = positive_int(100)  # PCD: persistent chains, the negative sample of every update
+
+
+@RBM_OBJECTIVES.register("cd")
+class ContrastiveDivergence(Component, nn.Module):
+    """CD-k, or PCD-k with `persistent` (module doc): the surrogate loss mean F(data) - mean
+    F(negatives). With `persistent` it holds the `n_chains` chains as a buffer (`chains`, in the
+    state_dict), uniform random binary images of `visible` pixels to start (from the global RNG).
+    It receives the RBM's Gibbs sampler and free energy as call arguments."""
+
+    Settings = CDSettings
+
+    def __init__(self, settings: CDSettings, visible: int):
+        super().__init__(settings)
+        if settings.persistent:
+            self.register_buffer("chains", (torch.rand(settings.n_chains, visible) < 0.5).float())
+
+    @property
+    def persistent(self) -> bool:
+        return self.settings.persistent
+
+    def loss(self, v: Tensor, gibbs, free_energy) -> Tensor:
+        """The surrogate for a batch v [B, V]; `gibbs(v, steps)` runs Gibbs sweeps without
+        gradient, `free_energy(v)` gives F per image."""
+        start = self.chains if self.persistent else v
+        negatives = gibbs(start, self.settings.k)
+        if self.persistent:
+            self.chains.copy_(negatives)
+        return free_energy(v).mean() - free_energy(negatives).mean()
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+def _ais_betas(value, key: str) -> None:
+    require(isinstance(value, int) and (value == 0 or value >= 6), key,
+            "0 (skip test/loglik) or an integer >= 6", value)
+
+
+def _integer(value, key: str) -> None:
+    require(isinstance(value, int), key, "an integer", value)
+
+
+@dataclasses.dataclass
+class RBMSettings(Settings):
+    hidden: int = positive_int(500)
+    objective: str | dict = "cd"  # RBM_OBJECTIVES: cd (k, persistent, n_chains)
+    # genlab.optim.OPTIMIZERS: sgd (momentum) | adam; SGD with momentum 0.5 unless told otherwise
+    optimizer: str | dict = setting(factory=lambda: {"name": "sgd", "momentum": 0.5})
+    lr: float = positive(0.05)
+    weight_decay: float = nonnegative(1e-4)  # L2 on W, b and c, whichever optimizer applies it
+    init_std: float = positive(0.01)
+    sample_steps: int = positive_int(200)
+    sample_start: str = choice("random", SAMPLE_STARTS)
+    ais_betas: int = setting(10_000, _ais_betas)
+    ais_runs: int = positive_int(100)
+    ais_seed: int = setting(0, _integer)
+    gap_images: int = positive_int(500)
+
+
+@FAMILIES.register("rbm")
 class RBM(GenerativeModule):
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        hidden: int = 500,
-        k: int = 1,
-        persistent: bool = False,
-        n_chains: int = 100,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.5,
-        weight_decay: float = 1e-4,
-        init_std: float = 0.01,
-        sample_steps: int = 200,
-        sample_start: str = "random",
-        ais_betas: int = 10_000,
-        ais_runs: int = 100,
-        ais_seed: int = 0,
-        gap_images: int = 500,
-    ):
+    Settings = RBMSettings
+
+    def __init__(self, image_shape, **settings):
         super().__init__()
-        require_positive(hidden, "model.hidden", integer=True)
-        require_positive(k, "model.k", integer=True)
-        require(isinstance(persistent, bool), "model.persistent", "true | false", persistent)
-        require_positive(n_chains, "model.n_chains", integer=True)
-        require_choice(optimizer, "model.optimizer", OPTIMIZERS)
-        require_positive(lr, "model.lr")
-        require(isinstance(momentum, int | float) and 0 <= momentum < 1, "model.momentum",
-                "a number in [0, 1)", momentum)
-        require_nonnegative(weight_decay, "model.weight_decay")
-        require_positive(init_std, "model.init_std")
-        require_positive(sample_steps, "model.sample_steps", integer=True)
-        require_choice(sample_start, "model.sample_start", SAMPLE_STARTS)
-        require(sample_start == "random" or persistent, "model.sample_start",
-                "random when model.persistent=false (there are no persistent chains)", sample_start)
-        require(isinstance(ais_betas, int) and (ais_betas == 0 or ais_betas >= 6), "model.ais_betas",
-                "0 (skip test/loglik) or an integer >= 6", ais_betas)
-        require_positive(ais_runs, "model.ais_runs", integer=True)
-        require(isinstance(ais_seed, int), "model.ais_seed", "an integer", ais_seed)
-        require_positive(gap_images, "model.gap_images", integer=True)
-        self.save_hyperparameters()
-        self.image_shape = tuple(image_shape)
+        s = self.configure(image_shape, settings)
+        self.optimizer = OPTIMIZERS.build(s.optimizer, "model.optimizer")
         V = math.prod(self.image_shape)
-        self.W = nn.Parameter(torch.randn(V, hidden) * init_std)
+        self.W = nn.Parameter(torch.randn(V, s.hidden) * s.init_std)
         self.b = nn.Parameter(torch.zeros(V))
-        self.c = nn.Parameter(torch.zeros(hidden))
+        self.c = nn.Parameter(torch.zeros(s.hidden))
         # training pixel marginals: the visible biases' start and AIS's base-rate model; set at
         # the start of fit and saved, so a checkpoint alone is enough for the test log-likelihood
         self.register_buffer("data_mean", torch.full((V,), 0.5))
-        if persistent:  # uniform random binary images to start; they follow the run's seed
-            self.register_buffer("chains", (torch.rand(n_chains, V) < 0.5).float())
+        # after W: PCD's chains start from the global RNG, which W's draw has moved
+        self.objective = RBM_OBJECTIVES.build(s.objective, "model.objective", visible=V)
+        require(s.sample_start == "random" or self.objective.persistent, "model.sample_start",
+                "random when model.objective.persistent=false (there are no persistent chains)",
+                s.sample_start)
         self.means = eval_means(["pseudo_loglik", "recon_error", "free_energy", "free_energy_gap",
                                  "loglik", "log_z", "log_z_stderr"])
         self._log_z: tuple[float, float] | None = None
+        self.save_settings(s, objective=self.objective, optimizer=self.optimizer)
+
+    @property
+    def chains(self) -> Tensor:
+        """The persistent chains of PCD (model.objective.persistent=true), [n_chains, V]."""
+        return self.objective.chains
 
     # -- the model ----------------------------------------------------------------------------
     def free_energy(self, v: Tensor) -> Tensor:
@@ -268,11 +320,7 @@ class RBM(GenerativeModule):
 
     def training_step(self, batch, batch_idx):
         v = batch[0].flatten(1)
-        start = self.chains if self.hparams.persistent else v
-        negatives = self.gibbs(start, self.hparams.k)
-        if self.hparams.persistent:
-            self.chains.copy_(negatives)
-        gap = self.free_energy(v).mean() - self.free_energy(negatives).mean()
+        gap = self.objective.loss(v, self.gibbs, self.free_energy)
         if log_this_step(self):
             self.log("train/free_energy_gap", gap.detach(), prog_bar=True)
             with torch.no_grad():
@@ -314,8 +362,5 @@ class RBM(GenerativeModule):
         log_eval(self, "test", values)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "adam":
-            return self.adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum,
-                               weight_decay=hp.weight_decay)
+        return self.optimizer.make(self.parameters(), lr=self.hparams.lr,
+                                   weight_decay=self.hparams.weight_decay, optim=self.optim)
