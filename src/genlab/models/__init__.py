@@ -1,14 +1,15 @@
-"""LightningModules, one per model family; variants are options, not subclasses.
+"""LightningModules, one per model family, each composed of registered components; variants are
+components and settings, not subclasses (model=named_vae is a VAE preset).
 
-FAMILIES is the only way from a name to a model class: a checkpoint records its family's name,
-and genlab-sample and genlab-train's ckpt_path rebuild the model through this table, never from an
-import path, so a checkpoint cannot make genlab import or call anything else. A new family is one
-entry here.
+FAMILIES (genlab.models.common) is the only way from a name to a model class: `model.family` in a
+config, and the family's name in a checkpoint. genlab-sample and genlab-train's ckpt_path rebuild
+the model through the registries, never from an import path, so a checkpoint cannot make genlab
+import or call anything else. A new family is a GenerativeModule registered with
+@FAMILIES.register("<name>") in a module imported below, and its conf/model/<name>.yaml.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,11 @@ from genlab.config import ConfigError, require
 from genlab.corruption import as_corruption
 from genlab.data import DATASETS, data_kwargs
 from genlab.models.common import FAMILIES, GenerativeModule
-from genlab.settings import Settings
 from genlab.models.dae import DAE
 from genlab.models.deep_mlp import DeepMLP
 from genlab.models.gan import DCGAN, RestorationGAN
 from genlab.models.rbm import RBM
 from genlab.models.vae import VAE
-
-# families not yet registered with @FAMILIES.register (transition: each moves to the decorator)
-for _name, _cls in {"dae": DAE, "dcgan": DCGAN,
-                    "restoration_gan": RestorationGAN, "rbm": RBM, "deep_mlp": DeepMLP}.items():
-    if _cls.registry_name == "":
-        FAMILIES.add(_name, _cls)
 
 
 def build_model(node: Mapping, image_shape) -> GenerativeModule:
@@ -40,15 +34,12 @@ def build_model(node: Mapping, image_shape) -> GenerativeModule:
 
     node = dict(plain(node))
     family = family_of(node)
-    node.pop("_target_", None), node.pop("family", None)
+    node.pop("family")
     return family(list(image_shape), **node)
 
 
 def family_of(node: Mapping) -> type[GenerativeModule]:
     """The family class a model config node names (`model.family`)."""
-    if "_target_" in node:  # transition: families still configured by import path
-        from hydra.utils import get_class
-        return get_class(node["_target_"])
     return FAMILIES.get(node.get("family"), "model.family")
 
 
@@ -153,15 +144,13 @@ def load_model(path: str | Path, key: str = "ckpt", device: str = "cpu"):
 
     ckpt = read_genlab_checkpoint(path, key)
     where, hp = f"{key}={str(path)!r}", ckpt.raw["hyper_parameters"]
-    allowed = (["image_shape", *ckpt.family.Settings.names()] if ckpt.family.Settings is not Settings
-               else list(inspect.signature(ckpt.family.__init__).parameters)[1:])
+    allowed = ["image_shape", *ckpt.family.Settings.names()]
     unknown = [k for k in hp if k not in allowed]
     if unknown:
         # a family composed of components stores each as a node (`net: {name: conv, ...}`); a
         # checkpoint with flat keys in their place (arch, beta, iwae_k, d_mode's settings, ...)
         # predates that, and its settings cannot be mapped without guessing
-        old = ckpt.family.Settings is not Settings and not all(
-            k in hp for k in ckpt.family.Settings.names() if k in COMPONENT_SLOTS)
+        old = not all(k in hp for k in ckpt.family.Settings.names() if k in COMPONENT_SLOTS)
         hint = (" (written by genlab before its families were composed of components; retrain "
                 "it with this version)") if old else ""
         raise RunReadError(f"{where}: unknown hyper-parameter {_named(unknown[0])} of family "
