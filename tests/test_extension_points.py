@@ -1,8 +1,8 @@
 """The extension points of docs/architecture.md, each performed once here the way a user would:
-a dataset, a model family and an evaluator, each defined in this file plus the conf files a
-user would add (written to a folder on Hydra's search path), then a real smoke run through
-genlab-train's `train(cfg)`. (A discriminator mode: tests/test_gan.py,
-test_a_new_d_mode_is_one_class.)"""
+a dataset, a model family, an evaluator, a prior, an objective and a network, each defined in
+this file, registered, plus the conf files a user would add (written to a folder on Hydra's
+search path), then a real smoke run through genlab-train's `train(cfg)`. (A discriminator game
+with a setting of its own: tests/test_gan.py, test_a_new_d_mode_is_one_class.)"""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from genlab.data import DATASETS, InMemoryDataModule, build_datamodule
 from genlab.data.digits import load_digits_tensors
 from genlab.models import FAMILIES, family_name, load_model, read_genlab_checkpoint
 from genlab.models.common import GenerativeModule, eval_means, log_eval
+from genlab.models.objectives import VAE_OBJECTIVES, VAEObjective
+from genlab.models.priors import PRIORS, Prior
+from genlab.nets import NETS, Net
 from genlab.runs import RunReadError, read_summary
 from genlab.settings import Settings, positive
 
@@ -206,3 +209,73 @@ def test_add_an_evaluator(tmp_path):
     assert Path(summary["best_checkpoint"]).name.startswith("best-epoch")
     assert "val/fid" not in summary and "val/active_units" not in summary
     assert summary["metric_errors"] == {}
+
+
+# --- add a component: one registered class (+ its conf/model/<slot>/<name>.yaml for its settings) --
+
+
+@dataclasses.dataclass
+class WideNormalSettings(Settings):
+    scale: float = positive(2.0)
+
+
+class WideNormal(Prior):
+    """N(0, scale^2 I): no closed-form KL is given, so the VAE takes the Monte-Carlo one."""
+
+    Settings = WideNormalSettings
+
+    def log_prob(self, z):
+        s = self.settings.scale
+        return (-0.5 * (z / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample(self, n, device=None):
+        return self.settings.scale * torch.randn(n, self.latent_dim, device=device)
+
+
+@dataclasses.dataclass
+class KLFloorSettings(Settings):
+    floor: float = positive(0.5)  # nats per image below which the KL is not penalised
+
+
+class KLFloor(VAEObjective):
+    """-(recon - max(KL, floor)): the ELBO with a floor on the KL term (free bits, summed)."""
+
+    Settings = KLFloorSettings
+
+    def loss(self, vae, batch):
+        t = vae.elbo_terms(batch[0])
+        return -(t["recon"] - t["kl"].clamp(min=self.settings.floor)).mean(), {"elbo": t["elbo"].mean()}
+
+
+class OneLayer(Net):
+    """An encoder and a decoder of one linear layer each."""
+
+    def encoder(self, image_shape, out_dim):
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), out_dim))
+
+    def decoder(self, in_dim, image_shape):
+        return nn.Sequential(nn.Linear(in_dim, math.prod(image_shape)), nn.Unflatten(1, tuple(image_shape)))
+
+
+@pytest.mark.parametrize(("registry", "name", "component", "overrides", "check"), [
+    (PRIORS, "wide_normal", WideNormal, ["model/prior=wide_normal", "model.prior.scale=3"],
+     lambda m: isinstance(m.prior, WideNormal) and m.prior.settings.scale == 3),
+    (VAE_OBJECTIVES, "kl_floor", KLFloor, ["model/objective=kl_floor"],
+     lambda m: isinstance(m.objective, KLFloor) and m.objective.settings.floor == 0.5),
+    (NETS, "one_layer", OneLayer, ["model.net=one_layer"],
+     lambda m: sum(isinstance(x, nn.Linear) for x in m.modules()) == 2),
+])
+def test_add_a_component(tmp_path, registered, registry, name, component, overrides, check):
+    """A prior, an objective or a network is one registered class; a component with settings
+    also gets its conf file (conf/model/<slot>/<name>.yaml) so that `model/<slot>=<name>` picks it
+    and its settings are overridable; the VAE needs no edit, and its checkpoint rebuilds it."""
+    registered(registry, name, component)
+    slot = registry.key.split(".")[1]
+    fields = "".join(f"{k}: {v}\n" for k, v in dataclasses.asdict(component.Settings()).items())
+    search = user_conf(tmp_path / "conf", {f"model/{slot}/{name}.yaml": f"name: {name}\n{fields}"})
+    run = tmp_path / "run"
+    summary = train_run(run, search, "data=digits", "model.latent_dim=4", "metrics.sample_quality=null",
+                        *overrides)
+    assert math.isfinite(summary["test/elbo"]) and math.isfinite(summary["val/elbo"])
+    model, _ = load_model(summary["best_checkpoint"])
+    assert check(model)

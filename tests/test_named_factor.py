@@ -79,7 +79,7 @@ def test_line_factor_targets_are_standardised_levels():
     dm = DSpritesDataModule()
     model = named_vae(named_factors={"scale": "line", "orientation": "circle"})
     model.named.bind_data(dm)
-    assert model.named.units == {"scale": ("line", 0), "orientation": ("circle", 1)}
+    assert {k: (c.registry_name, u) for k, (c, u) in model.named.units.items()} == {"scale": ("line", 0), "orientation": ("circle", 1)}
     f = index_to_factors(torch.arange(0, 737_280, 97))
     scale = model.named.targets(f)[:, 0]
     assert abs(scale.mean()) < 0.05 and abs(scale.var() - 1) < 0.05  # over a near-uniform grid

@@ -80,14 +80,3 @@ class Gaussian(Likelihood):
 
 __all__ = ["LIKELIHOODS", "Bernoulli", "Gaussian", "Likelihood"]
 
-
-# transition shims for families not yet composed from components; removed with the last of them
-def log_likelihood(x: Tensor, out: Tensor, kind: str, log_std: Tensor | None = None) -> Tensor:
-    if kind == "bernoulli":
-        return Bernoulli().log_prob(x, out)
-    ll = -0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI
-    return ll.flatten(1).sum(1)
-
-
-def mean_image(out: Tensor, kind: str) -> Tensor:
-    return torch.sigmoid(out) if kind == "bernoulli" else out.clamp(0, 1)

@@ -29,9 +29,9 @@ from torch import Tensor
 
 from genlab.capabilities import NamedFactors
 from genlab.config import ConfigError, require
+from genlab.registry import Registry
 from genlab.seeding import mix_seed
 
-KINDS = {"circle": 2, "line": 1}  # kind -> latent units it takes
 SQRT3 = math.sqrt(3.0)
 LOG_2PI = math.log(2 * math.pi)
 SWEEP = 2.0  # a free unit is swept over +-2 prior standard deviations
@@ -64,6 +64,75 @@ def wrapped(a: Tensor) -> Tensor:
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
+# how a named factor is coded in its units: kind name (model.named_factors.<factor>) -> coding
+CODINGS: Registry[type[Coding]] = Registry("named factor kind", "model.named_factors")
+
+
+class Coding:
+    """A named factor's code in `units` latent units: what they are trained towards, how far a
+    code is from the factor, and the values a traversal sweeps them over."""
+
+    units = 1
+    metric_suffix = "mae"
+
+    def target(self, data, factors: Tensor, name: str) -> Tensor:
+        """[B, units]: the code of each image's factor value."""
+        raise NotImplementedError
+
+    def error(self, code: Tensor, data, factors: Tensor, name: str) -> Tensor:
+        """[B]: how far each image's code [B, units] is from its factor value."""
+        raise NotImplementedError
+
+    def sweep(self, steps: int) -> Tensor:
+        """[steps, units]: the codes a traversal sets, over the factor's range."""
+        raise NotImplementedError
+
+
+def _phase(data, factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """The rotation as an angle phi on the circle (one symmetry period per turn) and the period."""
+    theta, period = data.rotation(factors, name)
+    return 2 * math.pi * torch.remainder(theta, period) / period, period
+
+
+@CODINGS.register("circle")
+class Circle(Coding):
+    """(cos phi, sin phi) of the factor's rotation; errors in degrees of the image."""
+
+    units = 2
+    metric_suffix = "err_deg"
+
+    def target(self, data, factors, name):
+        phi, _ = _phase(data, factors, name)
+        return torch.stack([torch.cos(phi), torch.sin(phi)], dim=1)
+
+    def error(self, code, data, factors, name):
+        phi, period = _phase(data, factors, name)
+        err = wrapped(torch.atan2(code[:, 1], code[:, 0]) - phi).abs()
+        return torch.rad2deg(err * period / (2 * math.pi))
+
+    def sweep(self, steps):
+        a = torch.arange(steps) * (2 * math.pi / steps)
+        return torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+
+
+@CODINGS.register("line")
+class Line(Coding):
+    """The level index standardised over the factor's levels; errors in levels."""
+
+    def target(self, data, factors, name):
+        i = list(data.factor_names).index(name)
+        return standardised(factors[:, i], data.factor_sizes[i]).unsqueeze(1)
+
+    def error(self, code, data, factors, name):
+        i = list(data.factor_names).index(name)
+        size = data.factor_sizes[i]
+        level = code[:, 0] * math.sqrt(max(size**2 - 1, 1) / 12) + (size - 1) / 2
+        return (level - factors[:, i].float()).abs()
+
+    def sweep(self, steps):
+        return torch.linspace(-SQRT3, SQRT3, steps).unsqueeze(1)
+
+
 def check_named_factors(named_factors, latent_dim: int) -> dict[str, str]:
     """model.named_factors as {name: kind} without the nulls (a null drops a factor), checked
     against the kinds and the latent units there are."""
@@ -72,8 +141,8 @@ def check_named_factors(named_factors, latent_dim: int) -> dict[str, str]:
             "model.named_factors", allowed, named_factors)
     named = {k: v for k, v in named_factors.items() if v is not None}
     for name, kind in named.items():
-        require(kind in KINDS, f"model.named_factors.{name}", " | ".join(KINDS), kind)
-    n_named = sum(KINDS[k] for k in named.values())
+        CODINGS.get(kind, f"model.named_factors.{name}")
+    n_named = sum(CODINGS[k].units for k in named.values())
     require(latent_dim >= n_named, "model.latent_dim",
             f"an integer >= {n_named}, the units model.named_factors takes", latent_dim)
     return named
@@ -86,17 +155,19 @@ class NamedUnits:
 
     def __init__(self, named_factors: Mapping, latent_dim: int, labelled_fraction: float, labelled_seed: int):
         named = check_named_factors(named_factors, latent_dim)
-        # name -> (kind, first unit); the named units come first, in the config's order
-        self.units: dict[str, tuple[str, int]] = {}
+        # name -> (coding, first unit); the named units come first, in the config's order
+        self.units: dict[str, tuple[Coding, int]] = {}
+        first = 0
         for name, kind in named.items():
-            self.units[name] = (kind, sum(KINDS[k] for k, _ in self.units.values()))
-        self.n_named = sum(KINDS[k] for k in named.values())
+            self.units[name] = (CODINGS[kind](), first)
+            first += CODINGS[kind].units
+        self.n_named = first
         self.labelled_fraction, self.labelled_seed = labelled_fraction, labelled_seed
         self.factor_data: NamedFactors | None = None
         self._labelled: Tensor | None = None
 
     def metric(self, name: str) -> str:
-        return f"{name}_err_deg" if self.units[name][0] == "circle" else f"{name}_mae"
+        return f"{name}_{self.units[name][0].metric_suffix}"
 
     def metrics(self) -> list[str]:
         return [self.metric(n) for n in self.units]
@@ -105,14 +176,14 @@ class NamedUnits:
         """Check the named factors against the data's and choose the labelled subset."""
         require(isinstance(data, NamedFactors), "model.named_factors",
                 "only with data whose factors have names (data=dsprites)",
-                {name: kind for name, (kind, _) in self.units.items()})
-        for name, (kind, _) in self.units.items():
+                {name: coding.registry_name for name, (coding, _) in self.units.items()})
+        for name, (coding, _) in self.units.items():
             require(name in data.factor_names, "model.named_factors", "factors of the data: "
                     + " | ".join(data.factor_names), name)
-            if kind == "circle":
+            if isinstance(coding, Circle):
                 require(name in data.periodic_factors, f"model.named_factors.{name}",
                         "line (circle needs a periodic factor: "
-                        + (" | ".join(data.periodic_factors) or "this data has none") + ")", kind)
+                        + (" | ".join(data.periodic_factors) or "this data has none") + ")", "circle")
         self.factor_data = data
         self._labelled = labelled_mask(math.prod(data.factor_sizes), self.labelled_fraction,
                                        self.labelled_seed)
@@ -123,21 +194,10 @@ class NamedUnits:
             self._labelled = self._labelled.to(factors.device)
         return self._labelled[grid_index(factors, tuple(self.factor_data.factor_sizes))]
 
-    def _column(self, name: str) -> int:
-        return list(self.factor_data.factor_names).index(name)
-
     def targets(self, factors: Tensor) -> Tensor:
         """What the named units are trained towards, [B, n_named] (see the module's docstring)."""
-        out = []
-        for name, (kind, _) in self.units.items():
-            if kind == "circle":
-                theta, period = self.factor_data.rotation(factors, name)
-                phi = 2 * math.pi * torch.remainder(theta, period) / period
-                out += [torch.cos(phi), torch.sin(phi)]
-            else:
-                i = self._column(name)
-                out.append(standardised(factors[:, i], self.factor_data.factor_sizes[i]))
-        return torch.stack(out, dim=1)
+        return torch.cat([coding.target(self.factor_data, factors, name)
+                          for name, (coding, _) in self.units.items()], dim=1)
 
     def supervised_term(self, mu: Tensor, std: Tensor, factors: Tensor) -> Tensor:
         """-log N(target; mu, std^2) summed over the named units, the posterior's density at the
@@ -154,19 +214,8 @@ class NamedUnits:
         """Per image, how far the named units are from each named factor: circle, the absolute
         error of the predicted rotation in degrees of the image (the circle's angle error scaled
         by the symmetry period); line, the absolute error in levels."""
-        out = {}
-        for name, (kind, u) in self.units.items():
-            if kind == "circle":
-                theta, period = self.factor_data.rotation(factors, name)
-                phi = 2 * math.pi * torch.remainder(theta, period) / period
-                err = wrapped(torch.atan2(mu[:, u + 1], mu[:, u]) - phi).abs()
-                out[self.metric(name)] = torch.rad2deg(err * period / (2 * math.pi))
-            else:
-                i = self._column(name)
-                size = self.factor_data.factor_sizes[i]
-                level = mu[:, u] * math.sqrt(max(size**2 - 1, 1) / 12) + (size - 1) / 2
-                out[self.metric(name)] = (level - factors[:, i].float()).abs()
-        return out
+        return {self.metric(name): coding.error(mu[:, u:u + coding.units], self.factor_data, factors, name)
+                for name, (coding, u) in self.units.items()}
 
 
 def sweep(model, unit: str, steps: int) -> tuple[slice, Tensor]:
@@ -177,11 +226,8 @@ def sweep(model, unit: str, steps: int) -> tuple[slice, Tensor]:
     named = model.named.units if model.named is not None else {}
     dim = model.hparams.latent_dim
     if unit in named:
-        kind, u = named[unit]
-        if kind == "circle":
-            a = torch.arange(steps) * (2 * math.pi / steps)
-            return slice(u, u + 2), torch.stack([torch.cos(a), torch.sin(a)], dim=1)
-        return slice(u, u + 1), torch.linspace(-SQRT3, SQRT3, steps).unsqueeze(1)
+        coding, u = named[unit]
+        return slice(u, u + coding.units), coding.sweep(steps)
     if not (isinstance(unit, str) and unit.isdigit() and int(unit) < dim):
         raise ConfigError(f"unit={unit!r} is invalid; allowed: "
                           + " | ".join([*named, f"a latent index 0..{dim - 1}", "all"]))
@@ -207,4 +253,4 @@ def traverse(model, x: Tensor, units: slice, values: Tensor) -> Tensor:
     return model.likelihood.mean(model.decode(z.flatten(0, 1)))
 
 
-__all__ = ["NamedUnits", "check_named_factors", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]
+__all__ = ["CODINGS", "Circle", "Line", "NamedUnits", "check_named_factors", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]

@@ -1,0 +1,52 @@
+"""The component config files agree with the components: every conf/model/<slot>/<name>.yaml
+names a registered component of that slot and lists exactly its settings at their defaults, so
+what a user reads in conf/ is what the code does; and every registry is one genlab.registry.Registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import genlab
+from genlab.registry import Registry
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _registries() -> list[Registry]:
+    """Every module-level Registry of genlab's modules (all imported)."""
+    for info in pkgutil.walk_packages(genlab.__path__, "genlab."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    found = {id(v): v for name, m in list(sys.modules.items()) if name.startswith("genlab")
+             for v in vars(m).values() if isinstance(v, Registry)}
+    return list(found.values())
+
+
+REGISTRIES = _registries()
+FILES = sorted(p for p in (CONF / "model").glob("*/*.yaml"))
+
+
+def test_the_registries_are_found():
+    keys = {r.key for r in REGISTRIES}
+    assert {"model.family", "model.net", "model.likelihood", "model.posterior", "model.prior",
+            "model.objective", "model.d_mode", "model.loss", "data.name", "corruption.kind",
+            "metrics"} <= keys, keys
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_component_file_lists_its_settings_at_their_defaults(path):
+    slot = path.parent.name
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    assert node.get("name") == path.stem, f"{path}: name must be the file's name"
+    owners = [r[path.stem] for r in REGISTRIES if r.key == f"model.{slot}" and path.stem in r]
+    assert len(owners) == 1, f"{path}: {path.stem!r} is registered in {len(owners)} model.{slot} registries"
+    defaults = dataclasses.asdict(owners[0].Settings())
+    settings = {k: v for k, v in node.items() if k != "name"}
+    assert settings == defaults, f"{path}: settings {settings} != {owners[0].__qualname__}'s defaults {defaults}"
