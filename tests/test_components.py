@@ -50,3 +50,23 @@ def test_a_component_file_lists_its_settings_at_their_defaults(path):
     defaults = dataclasses.asdict(owners[0].Settings())
     settings = {k: v for k, v in node.items() if k != "name"}
     assert settings == defaults, f"{path}: settings {settings} != {owners[0].__qualname__}'s defaults {defaults}"
+
+
+def test_the_architecture_document_lists_every_registry_and_its_entries():
+    """docs/architecture.md's table of registries: each registry's variable name appears in a row
+    with its config key and every entry's name, so the table cannot fall behind the code."""
+    import genlab.models as models_package  # noqa: F401 (every family registered)
+
+    doc = (CONF.parent / "docs" / "architecture.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    missing = []
+    for r in REGISTRIES:
+        names = [attr for module, m in list(sys.modules.items()) if module.startswith("genlab")
+                 for attr, v in vars(m).items() if v is r]
+        row = next((line for line in rows if any(f"`{n}`" in line for n in names)), None)
+        if row is None:
+            missing.append(f"no row names {names[0]} ({r.key})")
+            continue
+        key = "`metrics.<name>`" if r.key == "metrics" else f"`{r.key}"
+        missing += [f"{names[0]}'s row lacks {x}" for x in [key, *r] if x not in row]
+    assert not missing, "\n".join(missing)

@@ -43,7 +43,7 @@ STARTED = ("hydra", "paths", "resume", "ckpt_path", "logger", "tags", "allow_unu
 
 
 def flat_config(config: Any, skip: tuple[str, ...] = STARTED, prefix: str = "") -> dict[str, Any]:
-    """{"model.beta": 1, ...} of a saved config, without the top-level keys in `skip`; 2.0 == 2."""
+    """{"model.objective.beta": 1, ...} of a saved config, without the top-level keys in `skip`; 2.0 == 2."""
     if not isinstance(config, dict):
         if isinstance(config, float) and config.is_integer():
             return {prefix: int(config)}

@@ -94,7 +94,7 @@ COMPARISON = ("diff", "diff low", "diff high", "p", "higher", "lower", "paired")
 
 def find_baseline(rows: list[dict[str, Any]], keys: list[str], pairs: list[str]) -> dict[str, Any]:
     """The one row that --baseline's KEY=VALUE pairs pick; ValueError (one line) otherwise. A
-    value matches as text or as the same number (model.beta=1 picks the row of 1.0)."""
+    value matches as text or as the same number (model.objective.beta=1 picks the row of 1.0)."""
     def same(have: Any, want: str) -> bool:
         if str(have) == want:
             return True
@@ -108,7 +108,7 @@ def find_baseline(rows: list[dict[str, Any]], keys: list[str], pairs: list[str])
         key, sep, value = str(pair).partition("=")
         if not sep or not key:
             raise ValueError(f"--baseline {pair!r}: expected KEY=VALUE, e.g. "
-                             f"{keys[0] if keys else 'model.beta'}=1")
+                             f"{keys[0] if keys else 'model.objective.beta'}=1")
         if key not in keys:
             raise ValueError(f"--baseline {pair!r}: {key!r} is not a key of the table; allowed: "
                              f"{', '.join(keys) or 'none (one configuration)'}")

@@ -97,7 +97,7 @@ def setup() -> None:
 
 def build(node: DictConfig, **kwargs):
     """hydra's instantiate, with genlab's own ConfigError passed through unwrapped so the user
-    reads 'model.beta=-1.0 is invalid; allowed: ...' rather than an instantiation trace."""
+    reads 'model.objective.beta=-1.0 is invalid; allowed: ...' rather than an instantiation trace."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:

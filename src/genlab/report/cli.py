@@ -129,7 +129,7 @@ def unknown_argument(args: argparse.Namespace, loaded: list[Run]) -> str | None:
     for option in ("x", "lines"):
         key = getattr(args, option)
         if key and all(lookup(r.config, key) is MISSING for r in loaded):
-            return f"--{option} {key!r} is a key of no run's .hydra/config.yaml (e.g. model.beta)"
+            return f"--{option} {key!r} is a key of no run's .hydra/config.yaml (e.g. model.objective.beta)"
     if args.step_metric:
         logged: set[str] = set()
         for r in loaded:

@@ -63,7 +63,7 @@ def identity(run: Run, group_by: list[str] | None) -> Identity:
 
 
 def flat(config: Any) -> dict[str, Any]:
-    """{"model.beta": 1, ...} without the keys that do not define a configuration; 2.0 == 2. A
+    """{"model.objective.beta": 1, ...} without the keys that do not define a configuration; 2.0 == 2. A
     component given as a mapping with a name is keyed as one given by name: model.d_mode (its
     name) and model.d_mode.aux_weight_d, not model.d_mode.name (load.is_component)."""
     out = {}

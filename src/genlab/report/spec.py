@@ -2,7 +2,7 @@
 --panels) says the figures show (genlab.report.cli.apply_preset reads the block):
 
     report:
-      x: {max: [model.iwae_k, model.elbo_k], label: k, log: true}  # or {key: model.beta, label: beta}
+      x: {max: [model.objective.k], label: k, log: true}  # or {key: model.objective.beta, label: beta}
       lines: {by: arm, names: {vae: [VAE, IWAE], vae_k5: VAE, iwae_k5: IWAE}}
       panels: {generated: prior samples, expost: ex-post mixture samples}
 
