@@ -169,7 +169,7 @@ def test_genlab_sample_user_error(bad_files, capsys, case):
 def _write_run(path: Path, status: str = "ok") -> Path:
     """A run directory as genlab-train leaves it, with one metric and its curve."""
     (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "config.yaml").write_text("seed: 0\nmodel:\n  beta: 1.0\n")
+    (path / ".hydra" / "config.yaml").write_text("seed: 0\nmodel:\n  objective: {name: elbo, beta: 1.0}\n")
     runs.write_summary(path, {"status": status, "seed": 0, "val/elbo": -100.0})
     (path / "metrics.csv").write_text("epoch,step,val/elbo\n0,10,-120.0\n1,20,-100.0\n")
     return path
