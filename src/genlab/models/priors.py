@@ -86,7 +86,9 @@ class VampPrior(Prior):
     a Gaussian, or a box for the uniform posterior), at K learned image-shaped pseudo-inputs u_k
     that the VAE's encoder maps to the components' means and standard deviations. u_k =
     hardtanh(a_k, 0, 1), a_k the learned parameters (so a pixel pushed outside [0, 1] stops
-    moving, as in the authors' implementation)."""
+    moving, as in the authors' implementation). With the uniform posterior the components are
+    boxes, and log p(z) = -inf outside all of them: the Monte-Carlo KL of a posterior draw
+    outside every box is +inf (from the first step with fresh pseudo-inputs: docs/objectives.md)."""
 
     Settings = VampSettings
 
