@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import CONF, make_cfg
+from conftest import make_cfg
 
 from genlab import runs
 from genlab.config import ConfigError
@@ -151,13 +149,6 @@ def test_bad_prior_settings_are_refused_in_one_line(tmp_path, overrides):
     with pytest.raises(ConfigError) as e:
         build_model(make_cfg(tmp_path, *overrides).model, SHAPE)
     assert str(e.value) == "model.prior.components=0 is invalid; allowed: a positive integer"
-
-
-@pytest.mark.parametrize("name", ["standard_normal", "vamp", "mog"])
-def test_each_prior_config_file_holds_the_dataclass_defaults(name):
-    node = yaml.safe_load((CONF / "model" / "prior" / f"{name}.yaml").read_text())
-    cls = PRIORS[name]
-    assert node == {"name": name, **dataclasses.asdict(cls.Settings())}
 
 
 def test_the_standard_normal_has_no_weights_and_draws_from_the_training_stream():
