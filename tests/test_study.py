@@ -17,7 +17,7 @@ SMOKE_STUDIES = [
     pytest.param("aevb_fig2", "seed=0 model.latent_dim=2,20"),
     pytest.param("iwae_table", "seed=0 arm=vae_k5,iwae_k5"),
     pytest.param("named_factor", "seed=0 arm=labelled_10,beta_vae"),
-    pytest.param("prior_hole", "seed=0 model.beta=0.5,2"),
+    pytest.param("prior_hole", "seed=0 model.objective.beta=1 arm=standard_normal,vamp"),
     pytest.param("reparam_uniform", "seed=0 model.latent_dim=2 model.posterior=gaussian,uniform"),
     pytest.param("dae_noise", "seed=0 arm=plain,masking-0p25"),
     pytest.param("d_head", "seed=0 model.d_mode=noise_head model.discriminator.head=global,patch"),

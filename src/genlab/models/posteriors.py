@@ -14,13 +14,12 @@ import math
 import torch
 from torch import Tensor
 
-from genlab.models.priors import Prior
+from genlab.models.priors import Prior, gaussian_log_prob
 from genlab.registry import Component, Registry
 from genlab.seeding import ExampleNoise, draw
 
 POSTERIORS: Registry[type[Posterior]] = Registry("posterior family", "model.posterior")
 SQRT3 = math.sqrt(3.0)
-LOG_2PI = math.log(2 * math.pi)
 Noise = torch.Generator | ExampleNoise | None
 
 
@@ -45,7 +44,7 @@ class Gaussian(Posterior):
         return draw(shape, generator, normal=True, batch_dim=batch_dim, dtype=dtype, device=device)
 
     def log_prob(self, z, mu, std):
-        return (-0.5 * ((z - mu) / std) ** 2 - std.log() - 0.5 * LOG_2PI).sum(-1)
+        return gaussian_log_prob(z, mu, std)
 
     def kl(self, z, mu, std, prior):
         exact = prior.kl_from_gaussian(mu, std)

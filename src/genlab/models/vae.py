@@ -10,7 +10,9 @@ Components, each a config node (a registry name, or {name: ..., setting: value})
     likelihood  p(x | z) (genlab.models.likelihood): bernoulli | gaussian (std, learn_std)
     posterior   q(z | x)'s family by its reparameterisation noise (genlab.models.posteriors):
                 gaussian | uniform (same variance; its KL is a Monte-Carlo estimate)
-    prior       p(z) (genlab.models.priors): standard_normal
+    prior       p(z) (genlab.models.priors): standard_normal | vamp (components, init_mean,
+                init_std) | mog (components, mean_spread, init_std); the learned priors have no
+                closed-form KL, so the KL is the Monte-Carlo estimate log q(z|x) - log p(z)
     objective   what it trains on (genlab.models.objectives): elbo (beta) | iwae (k) | elbo_k (k)
                 | named_elbo (beta, supervised_weight)
 `named_factors` ties the first latent units to named factors of the data (genlab.models.named),
@@ -96,7 +98,10 @@ class VAE(GenerativeModule, Encoder):
         self.decoder = net.decoder(s.latent_dim, image_shape)
         self.likelihood = LIKELIHOODS.build(s.likelihood, "model.likelihood")
         self.q = POSTERIORS.build(s.posterior, "model.posterior")
-        self.prior = PRIORS.build(s.prior, "model.prior", latent_dim=s.latent_dim)
+        # every prior gets the same context; a learned one (vamp) scores z with the VAE's own
+        # encoder and posterior family, the standard normal ignores them
+        self.prior = PRIORS.build(s.prior, "model.prior", latent_dim=s.latent_dim,
+                                  image_shape=self.image_shape, posterior_fn=self.posterior, q=self.q)
         self.objective = VAE_OBJECTIVES.build(s.objective, "model.objective")
         self.named = (NamedUnits(s.named_factors, s.latent_dim, s.labelled_fraction, s.labelled_seed)
                       if s.named_factors is not None else None)
