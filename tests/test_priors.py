@@ -71,10 +71,17 @@ def test_mog_samples_have_the_mixtures_mean_and_variance():
     assert torch.allclose(z.var(0), var, rtol=0.03)
 
 
-@pytest.mark.parametrize("posterior", ["gaussian", "uniform"])
+def test_vamp_with_the_uniform_posterior_is_refused_in_one_line():
+    """Its components would be boxes: a posterior draw outside all of them has an infinite KL."""
+    with pytest.raises(ConfigError, match=r"^model.prior='vamp' is invalid; allowed: standard_normal \| mog "
+                                          r"with model.posterior=uniform"):
+        vae({"name": "vamp", "components": 4}, "uniform")
+
+
+@pytest.mark.parametrize("posterior", ["gaussian"])
 def test_vamp_log_prob_is_the_mean_of_the_pseudo_inputs_posteriors(posterior):
-    """(1/K) sum_k q(z | u_k) by hand, with the VAE's own encoder and posterior family: a Gaussian
-    density, or for the uniform posterior a box of half-width sqrt(3) std."""
+    """(1/K) sum_k q(z | u_k) by hand, with the VAE's own encoder and posterior family (a
+    Gaussian density; the uniform posterior's boxes are refused with the VampPrior)."""
     model = vae({"name": "vamp", "components": 4}, posterior)
     u = model.prior.inputs()
     assert u.shape == (4, *SHAPE) and 0 <= u.min() and u.max() <= 1

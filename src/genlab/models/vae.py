@@ -42,7 +42,8 @@ from genlab.models.likelihood import LIKELIHOODS
 from genlab.models.named import NamedUnits, sweep, traverse
 from genlab.models.objectives import VAE_OBJECTIVES
 from genlab.models.posteriors import POSTERIORS
-from genlab.models.priors import PRIORS
+from genlab.models.posteriors import Uniform as UniformPosterior
+from genlab.models.priors import PRIORS, VampPrior
 from genlab.nets import NETS
 from genlab.seeding import ExampleNoise
 from genlab.settings import Settings, fraction, nonnegative_int, positive, positive_int, setting
@@ -102,6 +103,11 @@ class VAE(GenerativeModule, Encoder):
         # encoder and posterior family, the standard normal ignores them
         self.prior = PRIORS.build(s.prior, "model.prior", latent_dim=s.latent_dim,
                                   image_shape=self.image_shape, posterior_fn=self.posterior, q=self.q)
+        # the VampPrior's components are q's family: boxes for the uniform posterior, whose KL is
+        # +inf for any draw outside every box, so that pairing cannot train
+        require(not (isinstance(self.prior, VampPrior) and isinstance(self.q, UniformPosterior)),
+                "model.prior", "standard_normal | mog with model.posterior=uniform (the VampPrior's "
+                "box components leave the KL infinite)", "vamp")
         self.objective = VAE_OBJECTIVES.build(s.objective, "model.objective")
         self.named = (NamedUnits(s.named_factors, s.latent_dim, s.labelled_fraction, s.labelled_seed)
                       if s.named_factors is not None else None)
