@@ -435,11 +435,12 @@ def _color(x: Tensor, strength: Tensor, generator) -> Tensor:
     nothing (its draw is still made, so a grey and a colour batch use the stream alike)."""
     t = strength.view(-1, 1, 1, 1).to(x.dtype)
     u = _rand((x.shape[0], 3), x, generator).view(-1, 3, 1, 1)
+    # written as x + (x - m) * (factor - 1): t = 0 adds exact zeros, so level 0 is exactly x
     x = x + t * (u[:, 0:1] - 0.5) / 2
     m = x.mean(dim=1, keepdim=True)  # one channel: m is x exactly, x - m is 0, x comes back as is
-    x = m + (x - m) * (1 + t * (2 * u[:, 1:2] - 1))
+    x = x + (x - m) * (t * (2 * u[:, 1:2] - 1))
     m = x.mean(dim=(1, 2, 3), keepdim=True)
-    return m + (x - m) * (1 + t * (u[:, 2:3] - 0.5))
+    return x + (x - m) * (t * (u[:, 2:3] - 0.5))
 
 
 # --- the kinds: each one registered entry --------------------------------------------------------
