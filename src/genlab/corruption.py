@@ -485,10 +485,18 @@ class _Gaussian(Kind):
         return _gaussian(x, levels, generator, corruption.clip)
 
 
-class _Probability(Kind):
-    @staticmethod
-    def check_level(level, key: str) -> None:
-        require(_is_number(level) and 0 <= level <= 1, key, "a number in [0, 1]", level)
+class _UnitLevel(Kind):
+    """A kind whose level lies in [0, 1]; `allowed` says what it is, for the error message."""
+
+    allowed = "a number in [0, 1]"
+
+    @classmethod
+    def check_level(cls, level, key: str) -> None:
+        require(_is_number(level) and 0 <= level <= 1, key, cls.allowed, level)
+
+
+class _Probability(_UnitLevel):
+    pass
 
 
 @CORRUPTIONS.register("masking")
@@ -523,10 +531,8 @@ class _RotateCrop(Kind):
         return _rotate_crop(x, levels, generator, corruption.radius)
 
 
-class _Fraction(Kind):
-    @staticmethod
-    def check_level(level, key: str) -> None:
-        require(_is_number(level) and 0 <= level <= 1, key, "a fraction of the image side in [0, 1]", level)
+class _Fraction(_UnitLevel):
+    allowed = "a fraction of the image side in [0, 1]"
 
 
 @CORRUPTIONS.register("translation")
@@ -544,10 +550,8 @@ class _Cutout(_Fraction):
 
 
 @CORRUPTIONS.register("color")
-class _Color(Kind):
-    @staticmethod
-    def check_level(level, key: str) -> None:
-        require(_is_number(level) and 0 <= level <= 1, key, "a strength in [0, 1]", level)
+class _Color(_UnitLevel):
+    allowed = "a strength in [0, 1]"
 
     @staticmethod
     def degrade(x, levels, generator, corruption, bound):
