@@ -304,7 +304,8 @@ def test_hydra_config_schedule_override():
 
 def test_hydra_config_defaults_for_28x28():
     levels = {k: corruption_config(k).level for k in KINDS if k != "none"}
-    assert levels == {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0}
+    assert levels == {"gaussian": 0.1, "masking": 0.25, "salt_pepper": 0.1, "blur": 1.0, "rotate_crop": 90.0,
+                      "translation": 0.125, "cutout": 0.5, "color": 1.0, "diffaugment": 1.0}
     assert corruption_config("rotate_crop").radius == 0.3
 
 

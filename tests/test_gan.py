@@ -449,3 +449,5 @@ def test_ablation_grid_runs_each_distinct_configuration_once(tmp_path):
             assert (mode, kind, "constant") in seen.values()
     assert ("plain", "none", "constant") in seen.values()
     assert ("instance_noise", "blur", "linear") in seen.values()
+    for kind in ("translation", "cutout", "diffaugment"):  # DiffAugment's (issue 23)
+        assert ("instance_noise", kind, "constant") in seen.values()

@@ -14,13 +14,23 @@ What the level means, per kind (units are stated here and nowhere else):
     salt_pepper  nu in [0, 1]: probability that a pixel is replaced, half by 0 and half by 1
     blur         sigma of a Gaussian blur, in pixels
     rotate_crop  angle in degrees [0, 180] by which a random disc is rotated (sign random per image)
+    translation  fraction of the image side in [0, 1]: each image shifted by whole pixels, up to
+                 round(level * side) along each axis, zeros coming in (DiffAugment: 0.125)
+    cutout       fraction of the image side in [0, 1]: a square of side round(level * side) set to
+                 0 at a random place, its centre in the image (DiffAugment: 0.5)
+    color        strength in [0, 1] of DiffAugment's random brightness, saturation and contrast
+                 (1: the paper's ranges); saturation does nothing to 1-channel (grey) images
+    diffaugment  strength in [0, 1] of DiffAugment's policy color,translation,cutout in sequence:
+                 color at level, translation at level / 8, cutout at level / 2 (1: the paper's)
 
 Each kind is one registered entry of CORRUPTIONS (a `Kind` subclass: its level's rule and its
 degradation), and each schedule one of SCHEDULE_KINDS, so adding either is one registered class.
 
-gaussian, masking and blur are differentiable in the image (an add, a multiply, a weighted sum),
-so a corruption can sit between a generator and a discriminator; salt_pepper and rotate_crop pass
-gradients to the pixels they keep or move.
+gaussian, masking, blur and color are differentiable in the image (an add, a multiply, a weighted
+sum), so a corruption can sit between a generator and a discriminator; salt_pepper, rotate_crop,
+translation and cutout pass gradients to the pixels they keep or move (translation, cutout, color
+and diffaugment are DiffAugment's, Zhao et al. 2020, made for exactly that place: the
+instance_noise game applies them to real and fake alike, with G's gradient through them).
 
 The level is fixed, drawn per image from `level_range`, or follows a schedule over the number of
 training images seen (`step(n_images)` advances it): constant, linear or cosine decay to 0, or
@@ -365,6 +375,74 @@ def _rotate_crop(x: Tensor, angle: Tensor, generator, radius: float) -> Tensor:
     return flat.scatter(2, target.unsqueeze(1).expand(b, c, -1), moved).view(b, c, h, w)
 
 
+# DiffAugment (Zhao et al. 2020): augmentations applied to real and fake images alike on the way to
+# D, differentiable in the image so that G's loss back-propagates through them. Integer shifts and
+# masks are gathers and products: their gradient w.r.t. the pixel values is exact (1 for a pixel
+# moved or kept, 0 for one dropped or cut); no gradient w.r.t. the level or the draws is needed.
+
+
+def _side_px(levels: Tensor, size: int) -> Tensor:
+    """round(level * size) per image (half up, as DiffAugment's int(size * ratio + 0.5)), [B] long."""
+    return torch.floor(levels.float() * size + 0.5).long()
+
+
+def _uniform_int(u: Tensor, n: Tensor) -> Tensor:
+    """Integers uniform in {0, ..., n - 1} from uniform [0, 1) draws u (n >= 1, per element)."""
+    return torch.minimum((u.float() * n).long(), n - 1)
+
+
+def _translation(x: Tensor, fraction: Tensor, generator) -> Tensor:
+    """Shift each image by integers (dy, dx), each uniform in {-s, ..., s} with s = round(fraction
+    * side) of its own axis, zeros filling what comes in from outside (DiffAugment's translation;
+    its default fraction is 1/8). out[i, j] = x[i - dy, j - dx]: content moves down by dy, right
+    by dx."""
+    b, c, h, w = x.shape
+    u = _rand((b, 2), x, generator)  # one draw per axis per image, whatever the level
+    sh, sw = _side_px(fraction, h), _side_px(fraction, w)
+    dy = _uniform_int(u[:, 0], 2 * sh + 1) - sh
+    dx = _uniform_int(u[:, 1], 2 * sw + 1) - sw
+    rows = torch.arange(h, device=x.device).view(1, h, 1) - dy.view(-1, 1, 1)  # source row [B, H, 1]
+    cols = torch.arange(w, device=x.device).view(1, 1, w) - dx.view(-1, 1, 1)  # source col [B, 1, W]
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).view(b, 1, h * w)
+    source = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).view(b, 1, h * w)
+    moved = x.reshape(b, c, h * w).gather(2, source.expand(b, c, -1))
+    return torch.where(inside, moved, torch.zeros((), dtype=x.dtype, device=x.device)).view(b, c, h, w)
+
+
+def _cutout(x: Tensor, fraction: Tensor, generator) -> Tensor:
+    """Set to 0 a square (all channels) of side s = round(fraction * side) per axis, at a random
+    place per image (DiffAugment's cutout; its default fraction is 1/2). As in DiffAugment the
+    square's first row is uniform in {-(s // 2), ..., H - s + s // 2} (likewise its first column):
+    its centre lies anywhere in the image, so up to half of it may fall outside and be lost."""
+    b, _, h, w = x.shape
+    u = _rand((b, 2), x, generator)
+    sh, sw = _side_px(fraction, h), _side_px(fraction, w)
+    top = _uniform_int(u[:, 0], h + 1 - sh % 2) - sh // 2
+    left = _uniform_int(u[:, 1], w + 1 - sw % 2) - sw // 2
+    rows = torch.arange(h, device=x.device).view(1, h, 1) - top.view(-1, 1, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w) - left.view(-1, 1, 1)
+    cut = (rows >= 0) & (rows < sh.view(-1, 1, 1)) & (cols >= 0) & (cols < sw.view(-1, 1, 1))
+    return x * (~cut).unsqueeze(1).to(x.dtype)
+
+
+def _color(x: Tensor, strength: Tensor, generator) -> Tensor:
+    """DiffAugment's colour policy in sequence, each factor drawn per image, scaled by strength t
+    in [0, 1] (t = 1: the paper's ranges; t = 0: the identity):
+        brightness  x + t * (u - 1/2) / 2      (the paper's U(-0.5, 0.5) on [-1, 1] images)
+        saturation  m_c + (x - m_c) * (1 + t * (2u - 1)), m_c = the mean over channels (paper: U(0, 2))
+        contrast    m + (x - m) * (1 + t * (u - 1/2)), m = the image's mean (paper: U(0.5, 1.5))
+    Unclamped, as in the paper. On 1-channel (grey) images x = m_c, so saturation changes
+    nothing (its draw is still made, so a grey and a colour batch use the stream alike)."""
+    t = strength.view(-1, 1, 1, 1).to(x.dtype)
+    u = _rand((x.shape[0], 3), x, generator).view(-1, 3, 1, 1)
+    # written as x + (x - m) * (factor - 1): t = 0 adds exact zeros, so level 0 is exactly x
+    x = x + t * (u[:, 0:1] - 0.5) / 2
+    m = x.mean(dim=1, keepdim=True)  # one channel: m is x exactly, x - m is 0, x comes back as is
+    x = x + (x - m) * (t * (2 * u[:, 1:2] - 1))
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return x + (x - m) * (t * (u[:, 2:3] - 0.5))
+
+
 # --- the kinds: each one registered entry --------------------------------------------------------
 
 
@@ -407,10 +485,18 @@ class _Gaussian(Kind):
         return _gaussian(x, levels, generator, corruption.clip)
 
 
-class _Probability(Kind):
-    @staticmethod
-    def check_level(level, key: str) -> None:
-        require(_is_number(level) and 0 <= level <= 1, key, "a number in [0, 1]", level)
+class _UnitLevel(Kind):
+    """A kind whose level lies in [0, 1]; `allowed` says what it is, for the error message."""
+
+    allowed = "a number in [0, 1]"
+
+    @classmethod
+    def check_level(cls, level, key: str) -> None:
+        require(_is_number(level) and 0 <= level <= 1, key, cls.allowed, level)
+
+
+class _Probability(_UnitLevel):
+    pass
 
 
 @CORRUPTIONS.register("masking")
@@ -443,6 +529,49 @@ class _RotateCrop(Kind):
     @staticmethod
     def degrade(x, levels, generator, corruption, bound):
         return _rotate_crop(x, levels, generator, corruption.radius)
+
+
+class _Fraction(_UnitLevel):
+    allowed = "a fraction of the image side in [0, 1]"
+
+
+@CORRUPTIONS.register("translation")
+class _Translation(_Fraction):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _translation(x, levels, generator)
+
+
+@CORRUPTIONS.register("cutout")
+class _Cutout(_Fraction):
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _cutout(x, levels, generator)
+
+
+@CORRUPTIONS.register("color")
+class _Color(_UnitLevel):
+    allowed = "a strength in [0, 1]"
+
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        return _color(x, levels, generator)
+
+
+# DiffAugment's default policy at strength 1: translation 1/8 of the side, cutout 1/2 of it
+DIFFAUGMENT = (("color", 1.0), ("translation", 0.125), ("cutout", 0.5))
+
+
+@CORRUPTIONS.register("diffaugment")
+class _DiffAugment(_Color):
+    """DiffAugment's policy color,translation,cutout in that order, each kind at its level times
+    this one's strength (so per-image levels and schedules scale the three together)."""
+
+    @staticmethod
+    def degrade(x, levels, generator, corruption, bound):
+        for kind, scale in DIFFAUGMENT:
+            x = CORRUPTIONS[kind].degrade(x, levels * scale, generator, corruption, bound * scale)
+        return x
 
 
 KINDS = tuple(CORRUPTIONS)  # the built-in kinds
