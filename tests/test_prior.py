@@ -62,6 +62,9 @@ def test_kl_aggregate_posterior_known_answers():
     v = c**2 * (1 - s**2) + s**2
     assert kl_aggregate_posterior(c * mu, logvar, n_samples=3000) == pytest.approx(
         d / 2 * (v - 1 - math.log(v)), abs=0.08)
+    # against the prior the aggregate is (a learned prior's log density): KL 0 again
+    shifted = lambda z: -0.5 * ((z - delta.double()) ** 2).sum(-1) - d / 2 * math.log(2 * math.pi)  # noqa: E731
+    assert abs(kl_aggregate_posterior(mu + delta, logvar, n_samples=3000, log_prior=shifted)) < 0.03
 
 
 def test_kl_aggregate_bounds_match_direct_mixture_densities():

@@ -27,7 +27,7 @@ class Representation(Protocol):
 
 @runtime_checkable
 class Encoder(Representation, Protocol):
-    """A model with an amortised posterior q(z | x) over a latent space whose prior is N(0, I):
+    """A model with an amortised posterior q(z | x) over a latent space with a prior p(z):
     latent diagnostics (active units, MMD to the prior, aggregate KL, the ex-post mixture) and
     disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]. Its `codes` (a
     Representation) are the ones scored for disentanglement (e.g. the posterior mean)."""
@@ -42,6 +42,16 @@ class Encoder(Representation, Protocol):
                  generator: torch.Generator | None = None) -> Tensor:
         """Draws from q(z | x) given its parameters, [B, D] (or [k, B, D]), in the model's own
         posterior family, from `generator` when given."""
+        ...
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+        """n draws [n, D] from the model's prior p(z) (on its device, made in `dtype`), from
+        `generator` when given."""
+        ...
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) under the model's prior, summed over latent units: [...] for z [..., D]."""
         ...
 
 

@@ -200,7 +200,8 @@ class SampleQuality(Evaluator):
 class LatentDiagnostics(Evaluator):
     """For models with an encoder, over the codes of the first n_samples training images (the
     data the prior should match): val/active_units, val/mmd_prior (one posterior draw per image
-    against prior draws), val/kl_aggregate, and val/fid_expost, the FID of samples decoded from a
+    against draws of the model's own prior, Encoder.prior_sample), val/kl_aggregate (against its
+    log density, Encoder.prior_log_prob), and val/fid_expost, the FID of samples decoded from a
     Gaussian mixture fitted to the codes (Ghosh et al. 2020), to put beside val/fid, the prior's.
     The final validation also draws the codes of the subset into
     <run>/samples/aggregate_posterior_final.png (aggregate_posterior_figure: the latent plane, or
@@ -249,16 +250,21 @@ class LatentDiagnostics(Evaluator):
             g = generator_for(ctx.seed, "latent_draws")
             # one draw from each point's posterior, in the model's own family (eps=uniform too)
             z_q = model.sample_z(mu[sub], std[sub], generator=g)
-            return {"val/mmd_prior": mmd(z_q, torch.randn(z_q.shape, generator=g, dtype=z_q.dtype))}
+            z_p = model.prior_sample(len(z_q), generator=g, dtype=z_q.dtype).to(z_q)  # the model's prior
+            return {"val/mmd_prior": mmd(z_q, z_p)}
 
         out.update(ctx.attempt(["val/mmd_prior"], prior_mmd))
+
+        def log_prior(z: Tensor) -> Tensor:  # the model's prior, scored on its device
+            return model.prior_log_prob(z.to(ctx.model.device)).double().cpu()
+
         # the mixture of every code's posterior (for eps=uniform: the moment-matched Gaussians),
         # scored at `subset` draws; cost subset * n * D. NaN, with the bracket as the reason,
         # where the codes cannot tell the KL (kl_aggregate_bounds)
         out.update(ctx.attempt(["val/kl_aggregate"], lambda: {
             "val/kl_aggregate": kl_aggregate_posterior(
                 mu, 2 * std.log(), n_samples=self.subset, seed=mix_seed(ctx.seed, "kl_aggregate"),
-                max_gap=self.kl_max_gap)}))
+                max_gap=self.kl_max_gap, log_prior=log_prior)}))
 
         def fid_expost():
             # every rank fits the same mixture to the same codes and draws the same points, then

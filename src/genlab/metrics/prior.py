@@ -56,9 +56,14 @@ def mmd(z_q: Tensor, z_p: Tensor, kernel: str = "imq", scales: Sequence[float] =
     return float(xx + yy - 2 * kxy.mean())
 
 
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
 def kl_aggregate_bounds(mu: Tensor, logvar: Tensor, n_samples: int = 2000, seed: int = 0,
-                        chunk: int = 256) -> tuple[float, float]:
-    """Two Monte-Carlo estimates of KL(q(z) || N(0, I)) in nats, (lower, upper), that bracket the
+                        chunk: int = 256, log_prior=standard_normal_log_prob) -> tuple[float, float]:
+    """Two Monte-Carlo estimates of KL(q(z) || p(z)) in nats, (lower, upper), that bracket the
     aggregate posterior's KL in expectation; q(z) = E_x q(z|x) over the data the N codes are
     drawn from, the N points given being a sample of it.
 
@@ -97,18 +102,18 @@ def kl_aggregate_bounds(mu: Tensor, logvar: Tensor, n_samples: int = 2000, seed:
         log_in.append(torch.logsumexp(log_comp, dim=1) - math.log(n))
         log_comp[torch.arange(len(own)), own] = -math.inf  # leave z's own posterior out
         log_out.append(torch.logsumexp(log_comp, dim=1) - math.log(n - 1))
-    log_p = -0.5 * (z**2).sum(1) - 0.5 * dim * math.log(2 * math.pi)
+    log_p = log_prior(z).double()  # p: N(0, I) unless `log_prior` (float64 z [n, D] -> [n]) says
     return float((torch.cat(log_out) - log_p).mean()), float((torch.cat(log_in) - log_p).mean())
 
 
 def kl_aggregate_posterior(mu: Tensor, logvar: Tensor, n_samples: int = 2000, seed: int = 0,
-                           chunk: int = 256, max_gap: float = 0.1) -> float:
-    """KL(q(z) || N(0, I)) of the aggregate posterior in nats: the leave-one-out estimate of
+                           chunk: int = 256, max_gap: float = 0.1, log_prior=standard_normal_log_prob) -> float:
+    """KL(q(z) || p(z)) of the aggregate posterior in nats (p = N(0, I) unless `log_prior`): the leave-one-out estimate of
     kl_aggregate_bounds, biased downwards by at most the bracket's width in expectation. Where
     the bracket is wider than `max_gap` nats, N codes cannot tell the KL (in 16 dimensions that is
     the rule for a trained VAE, see kl_aggregate_bounds): ValueError, naming the bracket.
     """
-    lower, upper = kl_aggregate_bounds(mu, logvar, n_samples, seed, chunk)
+    lower, upper = kl_aggregate_bounds(mu, logvar, n_samples, seed, chunk, log_prior)
     if upper - lower > max_gap:
         n, dim = mu.shape
         raise ValueError(f"{n} codes in {dim} dimensions cannot tell the aggregate KL: the "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.registry import Component, Registry
+from genlab.seeding import draw
 from genlab.settings import Settings, nonnegative, positive, positive_int
 
 PRIORS: Registry[type[Prior]] = Registry("prior", "model.prior")
@@ -45,8 +46,11 @@ class Prior(Component, nn.Module):
         """log p(z) summed over the last (latent) dimension."""
         raise NotImplementedError
 
-    def sample(self, n: int, device=None) -> Tensor:
-        """n draws [n, latent_dim] from the training stream."""
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+        """n draws [n, latent_dim] on `device`: from `generator` when given (evaluations: a seeded
+        CPU generator, the same draws on any device), else from the training stream; `dtype`, the
+        precision the draws are made in."""
         raise NotImplementedError
 
     def kl_from_gaussian(self, mu: Tensor, std: Tensor) -> Tensor | None:
@@ -59,8 +63,8 @@ class StandardNormal(Prior):
     def log_prob(self, z):
         return (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
 
-    def sample(self, n, device=None):
-        return torch.randn(n, self.latent_dim, device=device)
+    def sample(self, n, device=None, generator=None, dtype=torch.float32):
+        return draw((n, self.latent_dim), generator, normal=True, dtype=dtype, device=device)
 
     def kl_from_gaussian(self, mu, std):
         return 0.5 * (mu**2 + std**2 - 1 - 2 * std.log()).sum(1)
@@ -116,12 +120,12 @@ class VampPrior(Prior):
         per_component = self.q.log_prob(z.unsqueeze(-2), mu, std)  # [..., K]
         return torch.logsumexp(per_component, -1) - math.log(len(mu))
 
-    def sample(self, n, device=None):
+    def sample(self, n, device=None, generator=None, dtype=torch.float32):
         mu, std = self.components()
-        which = torch.randint(len(mu), (n,), device=mu.device)
-        eps = self.q.noise((n, self.latent_dim), None, batch_dim=0, dtype=mu.dtype, device=mu.device)
+        which = draw((n,), generator, device=mu.device).mul(len(mu)).long().clamp(max=len(mu) - 1)
+        eps = self.q.noise((n, self.latent_dim), generator, batch_dim=0, dtype=mu.dtype, device=mu.device)
         z = mu[which] + std[which] * eps
-        return z if device is None else z.to(device)
+        return z.to(dtype=dtype) if device is None else z.to(device=device, dtype=dtype)
 
 
 @dataclasses.dataclass
@@ -152,11 +156,12 @@ class MixtureOfGaussians(Prior):
         per_component = gaussian_log_prob(z.unsqueeze(-2), self.means, self.stds())  # [..., K]
         return torch.logsumexp(per_component + F.log_softmax(self.logits, -1), -1)
 
-    def sample(self, n, device=None):
-        which = torch.multinomial(F.softmax(self.logits, -1), n, replacement=True)
-        eps = torch.randn(n, self.latent_dim, device=self.means.device, dtype=self.means.dtype)
+    def sample(self, n, device=None, generator=None, dtype=torch.float32):
+        which = torch.multinomial(F.softmax(self.logits, -1).cpu(), n, replacement=True, generator=generator)
+        which = which.to(self.means.device)
+        eps = draw((n, self.latent_dim), generator, normal=True, dtype=self.means.dtype, device=self.means.device)
         z = self.means[which] + self.stds()[which] * eps
-        return z if device is None else z.to(device)
+        return z.to(dtype=dtype) if device is None else z.to(device=device, dtype=dtype)
 
 
 __all__ = ["PRIORS", "MixtureOfGaussians", "Prior", "StandardNormal", "VampPrior", "gaussian_log_prob"]

@@ -154,6 +154,13 @@ class VAE(GenerativeModule, Encoder):
     def log_prior(self, z: Tensor) -> Tensor:
         return self.prior.log_prob(z)
 
+    # the Encoder protocol's view of the prior (latent diagnostics)
+    prior_log_prob = log_prior
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.prior.sample(n, self.device, generator, dtype)
+
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
