@@ -55,9 +55,10 @@ def class_grid_labels(num_classes: int, per_class: int | None = None, device=Non
 def check_labels(labels: Tensor, num_classes: int, key: str = "class") -> Tensor:
     """Requested labels as a LongTensor, each in 0 .. num_classes - 1, or one ConfigError line."""
     labels = torch.as_tensor(labels)
-    ok = not labels.is_floating_point() and labels.dim() == 1 and bool(
-        ((labels >= 0) & (labels < num_classes)).all())
-    require(ok, key, f"class indices in 0 .. {num_classes - 1}", labels.tolist())
+    require(not labels.is_floating_point() and labels.dim() == 1, key, "a LongTensor [n] of class indices",
+            f"{labels.dtype} {tuple(labels.shape)}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    require(len(bad) == 0, key, f"class indices in 0 .. {num_classes - 1}", int(bad[0]) if len(bad) else None)
     return labels.long()
 
 

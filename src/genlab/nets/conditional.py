@@ -106,10 +106,10 @@ __all__ = ["ConditionalBatchNorm", "ConditionalGenerator", "ProjectionDiscrimina
 # Built with the context num_classes (model.num_classes), which every generator and discriminator
 # component receives and the unconditional ones ignore.
 
-def _require_classes(num_classes, key: str) -> int:
+def _require_classes(num_classes, key: str, name: str) -> int:
     require(num_classes is not None, key, "an unconditional one (dcgan, conv) on data without class "
             "labels (model.num_classes=null); conditional ones need data that declares ClassLabels "
-            "(data=digits | fashion_mnist | mnist)", key.rsplit(".", 1)[-1])
+            "(data=digits | fashion_mnist | mnist)", name)
     return num_classes
 
 
@@ -125,7 +125,7 @@ class ConditionalDCGANGenerator(Generator):
         self.num_classes = num_classes
 
     def network(self, latent_dim, image_shape):
-        c = _require_classes(self.num_classes, "model.generator")
+        c = _require_classes(self.num_classes, "model.generator", self.registry_name)
         return ConditionalGenerator(latent_dim, image_shape, c, self.settings.base_channels)
 
 
@@ -147,7 +147,7 @@ class Projection(ConvDiscriminator):
         self.num_classes = num_classes
 
     def network(self, image_shape, outputs):
-        c = _require_classes(self.num_classes, "model.discriminator")
+        c = _require_classes(self.num_classes, "model.discriminator", self.registry_name)
         return ProjectionDiscriminator(image_shape, outputs, c, self.settings.base_channels,
                                        self.settings.norm)
 
