@@ -455,6 +455,9 @@ class ClassConditionalQuality(Evaluator):
         self._real: tuple[tuple, Tensor, Tensor] | None = None
 
     def check(self, trainer: pl.Trainer, model: pl.LightningModule) -> None:
+        # on by default in every labelled data's metrics; only a conditional model needs the labels
+        if not self.applies_to(model):
+            return
         super().check(trainer, model)
         n = trainer.datamodule.num_classes
         require(self.classes is None or max(self.classes) < n, f"{self.key}.classes",
