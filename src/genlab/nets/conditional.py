@@ -106,27 +106,32 @@ __all__ = ["ConditionalBatchNorm", "ConditionalGenerator", "ProjectionDiscrimina
 # Built with the context num_classes (model.num_classes), which every generator and discriminator
 # component receives and the unconditional ones ignore.
 
-def _require_classes(num_classes, key: str, name: str) -> int:
-    require(num_classes is not None, key, "an unconditional one (dcgan, conv) on data without class "
-            "labels (model.num_classes=null); conditional ones need data that declares ClassLabels "
-            "(data=digits | fashion_mnist | mnist)", name)
-    return num_classes
+class Labelled:
+    """A conditional component's share: the classes it is built with (the context num_classes),
+    refused in one line where the data has none. Mixed in before the component's base."""
 
-
-@GENERATORS.register("conditional_dcgan")
-class ConditionalDCGANGenerator(Generator):
-    """ConditionalGenerator: the dcgan generator with class-conditional batch norm."""
-
-    Settings = DCGANGeneratorSettings
     conditional = True
 
     def __init__(self, settings=None, num_classes: int | None = None, **context):
         super().__init__(settings)
         self.num_classes = num_classes
 
+    def classes(self, key: str) -> int:
+        require(self.num_classes is not None, key, "an unconditional one (dcgan, conv) on data without "
+                "class labels (model.num_classes=null); conditional ones need data that declares "
+                "ClassLabels (data=digits | fashion_mnist | mnist)", self.registry_name)
+        return self.num_classes
+
+
+@GENERATORS.register("conditional_dcgan")
+class ConditionalDCGANGenerator(Labelled, Generator):
+    """ConditionalGenerator: the dcgan generator with class-conditional batch norm."""
+
+    Settings = DCGANGeneratorSettings
+
     def network(self, latent_dim, image_shape):
-        c = _require_classes(self.num_classes, "model.generator", self.registry_name)
-        return ConditionalGenerator(latent_dim, image_shape, c, self.settings.base_channels)
+        return ConditionalGenerator(latent_dim, image_shape, self.classes("model.generator"),
+                                    self.settings.base_channels)
 
 
 @dataclasses.dataclass
@@ -136,20 +141,14 @@ class ProjectionSettings(Settings):
 
 
 @DISCRIMINATORS.register("projection")
-class Projection(ConvDiscriminator):
+class Projection(Labelled, ConvDiscriminator):
     """ProjectionDiscriminator: the conv discriminator's trunk with a projection head (global)."""
 
     Settings = ProjectionSettings
-    conditional = True
-
-    def __init__(self, settings=None, num_classes: int | None = None, **context):
-        super().__init__(settings)
-        self.num_classes = num_classes
 
     def network(self, image_shape, outputs):
-        c = _require_classes(self.num_classes, "model.discriminator", self.registry_name)
-        return ProjectionDiscriminator(image_shape, outputs, c, self.settings.base_channels,
-                                       self.settings.norm)
+        return ProjectionDiscriminator(image_shape, outputs, self.classes("model.discriminator"),
+                                       self.settings.base_channels, self.settings.norm)
 
 
-__all__ += ["ConditionalDCGANGenerator", "Projection"]
+__all__ += ["ConditionalDCGANGenerator", "Labelled", "Projection"]
