@@ -315,7 +315,7 @@ class VAE(GenerativeModule, Encoder):
                     "a metric the run logs; val/iwae needs model.objective=iwae", monitor)
 
     def training_step(self, batch, batch_idx):
-        with self.labelled(batch[1]):
+        with self.labelled(batch[1] if self.condition is not None else None):
             loss, logs = self.objective.loss(self, batch)
         if log_this_step(self):
             self.log("train/loss", loss.detach(), prog_bar=True)
