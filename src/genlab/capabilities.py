@@ -119,3 +119,19 @@ class ClassLabels(Protocol):
         """The class labels of the first n (default all) images of split, LongTensor [n] on the
         CPU, in the order of `images(split, n)`."""
         ...
+
+
+@runtime_checkable
+class ClassConditional(Protocol):
+    """A model that generates images of requested classes (model=cvae, model=cdcgan; the
+    class-conditional metrics and `genlab-sample class=C` need it). Where conditioning is an option
+    of a family (the VAE's `conditional`, the DCGAN's conditional generator), a model declares the
+    capability itself: it holds `num_classes` only when it is conditional, so isinstance answers for
+    the model, not for its family. Its `generate(n)` draws classes 0..num_classes-1 in turn."""
+
+    num_classes: int  # labels are 0 .. num_classes - 1, those of the data it was trained on
+
+    def generate_class(self, labels: Tensor) -> Tensor:
+        """One image of each requested class: labels LongTensor [n] -> float images [n, C, H, W]
+        in [0, 1], drawn from the training stream."""
+        ...

@@ -4,13 +4,17 @@
     genlab-sample ckpt=PATH mode=interpolate n=8 steps=10 out=FILE.png
     genlab-sample ckpt=PATH mode=reconstruct n=32 out=FILE.png
     genlab-sample ckpt=PATH mode=traversal unit=orientation n=8 steps=10 out=FILE.png
+    genlab-sample ckpt=PATH class=3 n=16 out=FILE.png              # n samples of class 3
+    genlab-sample ckpt=PATH mode=classes n=8 out=FILE.png          # n samples of every class, a row each
 
 Every family samples from its prior (`prior`); the others are its own `sample_modes()`: the VAE's
 `interpolate` and `reconstruct`, the DAE's `chain`, the restoration GAN's `restore`. VAEs also
 have `traversal`: n encoded test images (rows), each with one latent unit swept over `steps`
 values and the others fixed; `unit` is a named factor of model=named_vae, a latent index, or `all`
 (one row per latent unit for each image; genlab.models.named.sweeps). Modes that start from real
-test images read the data source from the checkpoint.
+test images read the data source from the checkpoint. A class-conditional model (model=cvae,
+model=cdcgan: genlab.capabilities.ClassConditional) also takes `class` (its prior samples all of
+that class; without it they cycle through the classes) and has `classes`.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from genlab.capabilities import ClassConditional
 from genlab.config import ConfigError
 from genlab.data import build_datamodule
 from genlab.models import VAE, load_model
+from genlab.models.conditional import class_grid_labels, check_labels
 from genlab.models.named import sweeps, traverse
 from genlab.runs import RunReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULTS = {"ckpt": None, "n": "64", "out": "samples.png", "mode": "prior", "steps": "10",
-            "seed": "0", "device": "cpu", "unit": ""}
+            "seed": "0", "device": "cpu", "unit": "", "class": ""}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -42,6 +48,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         args[key] = value
     if not args["ckpt"]:
         raise ConfigError("ckpt=PATH is required")
+    if args["class"] and not args["class"].isdigit():
+        raise ConfigError(f"class={args['class']!r} is invalid; allowed: a class index (an integer >= 0)")
     for key in ("n", "steps", "seed"):
         if not args[key].isdigit() or (key != "seed" and int(args[key]) <= 0):
             raise ConfigError(f"{key}={args[key]!r} is invalid; allowed: "
@@ -83,6 +91,14 @@ def sample(args: dict[str, str]) -> Path:
                               for i in range(n) for units, values in plan])
 
         modes["traversal"] = traversal
+    if isinstance(model, ClassConditional):
+        modes["classes"] = lambda: model.generate_class(class_grid_labels(model.num_classes, n))
+        if args["class"]:
+            label = check_labels(torch.tensor([int(args["class"])]), model.num_classes)
+            modes["prior"] = lambda: model.generate_class(label.repeat(n))
+    elif args["class"]:
+        raise ConfigError(f"class={args['class']} is invalid for this {type(model).__name__}: it is not "
+                          "class-conditional; allowed: a checkpoint of model=cvae or model=cdcgan")
     if mode not in modes:
         raise ConfigError(f"mode={mode!r} is invalid for {type(model).__name__}; "
                           f"allowed: {' | '.join(modes)}")
@@ -90,7 +106,7 @@ def sample(args: dict[str, str]) -> Path:
         images = modes[mode]().float().cpu().clamp(0, 1)
     out = Path(args["out"])
     rows_of_steps = mode in ("interpolate", "traversal") or mode.startswith("chain")
-    nrow = steps if rows_of_steps else max(1, int(len(images) ** 0.5))
+    nrow = steps if rows_of_steps else n if mode == "classes" else max(1, int(len(images) ** 0.5))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, out, nrow=nrow, padding=2)

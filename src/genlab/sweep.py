@@ -82,6 +82,17 @@ def sweep_id(resume: Any, sweeps_dir: str) -> str:
     return str(resume)
 
 
+def num_classes(data_name) -> int | None:
+    """The number of classes of a dataset (`model.num_classes` of the conditional models), None
+    for one without class labels or a name that is not a dataset (refused where data is built)."""
+    from genlab.capabilities import ClassLabels
+    from genlab.data import DATASETS
+
+    entry = DATASETS.get(data_name) if isinstance(data_name, str) else None
+    # classes declare a capability by listing it among their bases
+    return entry.module.num_classes if entry is not None and ClassLabels in entry.module.__mro__ else None
+
+
 def trained_bound(objective) -> str:
     """The validation metric of the bound a VAE's objective (`model.objective`, a name or a node)
     trains on: val/iwae for the IWAE, else val/elbo (genlab.models.objectives)."""
@@ -97,6 +108,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("genlab_sweep_id", sweep_id, use_cache=True)
     if not OmegaConf.has_resolver("genlab_trained_bound"):
         OmegaConf.register_new_resolver("genlab_trained_bound", trained_bound)
+    if not OmegaConf.has_resolver("genlab_num_classes"):
+        OmegaConf.register_new_resolver("genlab_num_classes", num_classes)
 
 
 # -- one configuration per run directory -----------------------------------------------------

@@ -20,8 +20,10 @@ subclass of `Evaluator`, configured by its own node `metrics.<name>` (its keywor
 
 Built in: sample_quality (FID, KID, precision/recall, IS), latent (active units, MMD to the prior,
 aggregate KL, FID of an ex-post mixture), disentanglement (MIG, FactorVAE, DCI), linear_probe
-(class accuracy of a logistic regression on the codes) and save_samples.
-Units and signs: genlab.metrics.fid, genlab.metrics.prior, genlab.metrics.disentanglement.
+(class accuracy of a logistic regression on the codes), class_conditional (intra-FID and the class
+accuracy of a class-conditional model's samples) and save_samples.
+Units and signs: genlab.metrics.fid, genlab.metrics.prior, genlab.metrics.disentanglement,
+genlab.metrics.conditional.
 
 Randomness: every draw is seeded from the run seed and a phase name of its own
 (genlab.seeding.mix_seed), so an evaluator's numbers do not depend on which others ran before it.
@@ -42,11 +44,13 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from genlab.capabilities import ClassLabels, Encoder, KnownFactors, Representation
+from genlab.capabilities import ClassConditional, ClassLabels, Encoder, KnownFactors, Representation
 from genlab.config import ConfigError, require, require_choice, require_positive
 from genlab.data import DATASETS, dataset_name
+from genlab.metrics.conditional import class_accuracy, intra_fid
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
-from genlab.metrics.fid import METRIC_SWITCH, RealReference, gather_samples, to_uint8
+from genlab.metrics.extractors import DOMAIN
+from genlab.metrics.fid import METRIC_SWITCH, RealReference, extract_features, gather_samples, to_uint8
 from genlab.metrics.figures import aggregate_posterior_figure
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
 from genlab.metrics.probe import linear_probe_accuracy
@@ -104,6 +108,18 @@ class EvalContext:
                 local = torch.cat([m.generate(len(zb), z=zb) for zb in mine.split(b)])
         # uint8 is what the extractors read anyway, and a quarter of the bytes to gather
         return gather_samples(to_uint8(local))[:n].cpu()
+
+    def generate_classes(self, labels: Tensor) -> Tensor:
+        """Images of the requested classes labels [n] from a ClassConditional model, as uint8
+        [n, C, H, W] on the CPU, the same on every rank (as `generate`: each rank its contiguous
+        share, seeded with mix_seed(seed, "generate_class", rank))."""
+        per_rank = math.ceil(len(labels) / self.world)
+        b, m = self.generate_batch_size, self.model
+        mine = labels[self.rank * per_rank : (self.rank + 1) * per_rank]
+        with forked_rng(m.device, mix_seed(self.seed, "generate_class", self.rank)):
+            local = torch.cat([m.generate_class(yb.to(m.device)) for yb in mine.split(b)]
+                              or [m.generate_class(mine.to(m.device))])
+        return gather_samples(to_uint8(local))[: len(labels)].cpu()
 
     def samples(self) -> Tensor:
         """The n_samples prior samples of this evaluation (generated once, shared)."""
@@ -213,10 +229,15 @@ class LatentDiagnostics(Evaluator):
     (nats) of the aggregate KL's two estimates at which it is logged (genlab.metrics.prior.
     kl_aggregate_posterior), NaN with the bracket in metric_errors beyond it;
     expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
-    diagonals (scikit-learn's reg_covar)."""
+    diagonals (scikit-learn's reg_covar). A class-conditional model (ClassConditional) is skipped."""
 
     needs = (Encoder,)
     metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost")
+
+    def applies_to(self, model: pl.LightningModule) -> bool:
+        # a class-conditional encoder, q(z | x, y), reads each image's label, which these
+        # diagnostics of q(z | x) do not hand it: a conditional VAE skips them
+        return super().applies_to(model) and not isinstance(model, ClassConditional)
 
     def __init__(self, subset: int = 2000, expost_components: int = 10, expost_reg_covar: float = 1e-6,
                  kl_max_gap: float = 0.1):
@@ -367,11 +388,16 @@ class LinearProbe(Evaluator):
     about 1 / num_classes (0.1 on digits and Fashion-MNIST). The codes are the model's
     Representation (the VAE's posterior mean, the DAE's bottleneck) of the clean images; nothing is
     drawn and lbfgs is deterministic, so the score moves only with the weights. Computed on rank 0
-    and broadcast. Needs data with class labels (ClassLabels; dSprites has none)."""
+    and broadcast. Needs data with class labels (ClassLabels; dSprites has none); skips a
+    class-conditional model (ClassConditional), whose codes are given the class."""
 
     needs = (Representation,)
     data_needs = (ClassLabels,)
     metrics = ("val/probe_acc",)
+
+    def applies_to(self, model: pl.LightningModule) -> bool:
+        # a class-conditional model's codes are given the class: nothing to probe for
+        return super().applies_to(model) and not isinstance(model, ClassConditional)
 
     def __init__(self, train_images: int = 5000, test_images: int = 5000, split: str = "val",
                  c: float = 1.0, max_iter: int = 1000):
@@ -402,6 +428,77 @@ class LinearProbe(Evaluator):
         acc = linear_probe_accuracy(x_train, y_train.numpy(), x_test, y_test.numpy(), c=self.c,
                                     max_iter=self.max_iter)
         return {"val/probe_acc": acc}
+
+
+@EVALUATORS.register("class_conditional")
+class ClassConditionalQuality(Evaluator):
+    """For class-conditional models (ClassConditional), per_class generated images of each of
+    `classes` (null: every class of the data) against the real reference (the first n_samples
+    images of data.<real_split>, grouped by their labels), with the run's feature extractor:
+
+    val/intra_fid   the mean over the classes of the FID between the generated and the real images
+                    of each class (genlab.metrics.conditional.intra_fid; lower is better)
+    val/class_acc   the mean over the classes of the share of each class's generated images that the
+                    dataset's extractor CNN, a classifier trained on real images only, assigns to
+                    that class (chance 1 / classes; higher is better). NaN, with the reason, under
+                    an extractor that is not the data's own classifier (inception-v3-compat).
+
+    per_class: null gives n_samples // classes. Needs data with class labels (ClassLabels)."""
+
+    needs = (ClassConditional,)
+    data_needs = (ClassLabels,)
+    metrics = ("val/intra_fid", "val/class_acc")
+
+    def __init__(self, per_class: int | None = None, classes: list[int] | None = None):
+        require(per_class is None or (isinstance(per_class, int) and not isinstance(per_class, bool)
+                                      and per_class > 1), f"{self.key}.per_class",
+                "null (n_samples // classes) or an integer > 1", per_class)
+        ok = classes is None or (isinstance(classes, list | tuple) and len(classes) > 0 and all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes))
+        require(ok, f"{self.key}.classes", "null (every class) or a non-empty list of class indices",
+                classes)
+        self.per_class, self.classes = per_class, None if classes is None else sorted(set(classes))
+        self._real: tuple[tuple, Tensor, Tensor] | None = None
+
+    def check(self, trainer: pl.Trainer, model: pl.LightningModule) -> None:
+        # on by default in every labelled data's metrics; only a conditional model needs the labels
+        if not self.applies_to(model):
+            return
+        super().check(trainer, model)
+        n = trainer.datamodule.num_classes
+        require(self.classes is None or max(self.classes) < n, f"{self.key}.classes",
+                f"class indices in 0 .. {n - 1}", self.classes)
+
+    def _real_features(self, ctx: EvalContext) -> tuple[Tensor, Tensor]:
+        data: ClassLabels = ctx.data
+        key = (ctx.real.split, ctx.real.n, ctx.real.fingerprint, ctx.extractor)
+        if self._real is None or self._real[0] != key:
+            x = ctx.data.images(ctx.real.split, ctx.real.n)
+            feats = extract_features(x, ctx.extractor, batch_size=ctx.generate_batch_size)
+            self._real = (key, feats, data.labels(ctx.real.split, ctx.real.n))
+        return self._real[1], self._real[2]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        data: ClassLabels = ctx.data
+        classes = self.classes if self.classes is not None else list(range(data.num_classes))
+        per_class = self.per_class or max(2, ctx.n_samples // data.num_classes)
+        labels = torch.tensor(classes).repeat_interleave(per_class)
+        fake = ctx.generate_classes(labels).float().div(255)
+
+        def fid():
+            real, real_labels = self._real_features(ctx)
+            fake_f = extract_features(fake, ctx.extractor, batch_size=ctx.generate_batch_size)
+            return {"val/intra_fid": intra_fid(fake_f, labels, real, real_labels, classes)[0]}
+
+        def accuracy():
+            spec = DOMAIN.get(ctx.extractor)
+            if spec is None or spec["data"] != dataset_name(ctx.data) or spec["label_columns"] is not None:
+                raise ValueError(f"val/class_acc needs the data's own classifier as metrics.extractor, "
+                                 f"not {ctx.extractor}")
+            logits = extract_features(fake, ctx.extractor, layer="logits", batch_size=ctx.generate_batch_size)
+            return {"val/class_acc": class_accuracy(logits, labels, classes)[0]}
+
+        return {**ctx.attempt(["val/intra_fid"], fid), **ctx.attempt(["val/class_acc"], accuracy)}
 
 
 @EVALUATORS.register("save_samples")

@@ -10,8 +10,13 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from genlab.capabilities import ClassConditional
+from genlab.models.conditional import class_grid_labels
 from genlab.runs import GENERATED, atomic_path
 from genlab.seeding import forked_rng
+
+
+CLASSES = "classes"  # the class-by-sample grid of a class-conditional model
 
 
 class SampleGrids(pl.Callback):
@@ -19,7 +24,9 @@ class SampleGrids(pl.Callback):
     `<run>/samples/generated_epoch<E>.png` (and `generated_final.png` at the end: the one file
     genlab-report shows as a run's samples), then every extra grid that
     `pl_module.sample_grids(real)` returns for a fixed batch of n validation images
-    (reconstructions, chains, degraded real images) as `<name>_epoch<E>.png` / `<name>_final.png`.
+    (reconstructions, chains, degraded real images) as `<name>_epoch<E>.png` / `<name>_final.png`,
+    and for a class-conditional model (ClassConditional) the class-by-sample grid `classes`: one
+    row per class, as many samples as classes in each.
     Every grid also goes to the loggers that take images (W&B) under `samples/<name>`.
 
     The grids are drawn from a generator seeded with `seed` on a forked random state: the same
@@ -50,6 +57,9 @@ class SampleGrids(pl.Callback):
         with torch.no_grad(), forked_rng(device, self.seed):
             grids = {GENERATED: pl_module.generate(self.n)}
             extra = pl_module.sample_grids(self._real_batch(trainer, pl_module))
+            if isinstance(pl_module, ClassConditional):
+                extra[CLASSES] = pl_module.generate_class(class_grid_labels(pl_module.num_classes,
+                                                                            device=device))
         pl_module.train(was_training)
         if GENERATED in extra:
             raise ValueError(f"{type(pl_module).__name__}.sample_grids returned a grid named "

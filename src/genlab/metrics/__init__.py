@@ -1,8 +1,9 @@
 """Metrics: sample quality (FID, KID, IS, precision/recall through torch-fidelity), latent-space
 diagnostics against the prior, disentanglement scores, the RBM's log partition function (AIS),
-PSNR and the linear probes' fit. See each module's docstring for units."""
+PSNR, the linear probes' fit, and class-conditional scores (intra-FID, class accuracy). See each module's docstring for units."""
 
 from genlab.metrics.ais import ais_log_z, ais_schedule, exact_log_z
+from genlab.metrics.conditional import class_accuracy, frechet_distance, intra_fid
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.extractors import ExtractorUnavailable, known_extractors
 from genlab.metrics.fid import (
@@ -30,11 +31,14 @@ __all__ = [
     "ais_log_z",
     "ais_schedule",
     "cache_key",
+    "class_accuracy",
     "dci",
     "exact_log_z",
     "extract_features",
     "factor_vae_score",
+    "frechet_distance",
     "gather_samples",
+    "intra_fid",
     "kl_aggregate_bounds",
     "kl_aggregate_posterior",
     "known_extractors",

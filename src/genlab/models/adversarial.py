@@ -193,12 +193,13 @@ class AdversarialModule(GenerativeModule):
 
     generator: nn.Module
 
-    def init_adversarial(self, s: AdversarialSettings) -> None:
+    def init_adversarial(self, s: AdversarialSettings, num_classes: int | None = None) -> None:
         """The shared components (the adversarial loss `gan_loss`, the discriminator recipe
-        `d_net`) and the corruption, before any network is built."""
+        `d_net`, built with the data's num_classes for a conditional one) and the corruption,
+        before any network is built."""
         self.automatic_optimization = False
         self.gan_loss = LOSSES.build(s.loss, "model.loss")
-        self.d_net = DISCRIMINATORS.build(s.discriminator, "model.discriminator")
+        self.d_net = DISCRIMINATORS.build(s.discriminator, "model.discriminator", num_classes=num_classes)
         if s.r1_gamma > 0 or self.gan_loss.penalises_gradients:
             self.d_net.allow_gradient_penalty("model.discriminator")
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))

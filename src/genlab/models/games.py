@@ -63,13 +63,16 @@ class Game(Component):
     loss        the adversarial loss component (d(s_real, s_fake), g(s_fake))
 
     Class attributes: `outputs` (D's outputs per location), `losses` (the model.loss names it
-    supports; None: every one) and `uses_corruption` (False: the corruption never reaches D, so a
-    sweep over corruptions gives this game nothing new to run).
+    supports; None: every one), `uses_corruption` (False: the corruption never reaches D, so a
+    sweep over corruptions gives this game nothing new to run) and `takes_labels` (True: D's
+    outputs all come from the family, which passes a conditional D the labels; a game that calls
+    `score` itself cannot, and refuses a conditional model).
     """
 
     outputs: ClassVar[int] = 1
     losses: ClassVar[tuple[str, ...] | None] = None
     uses_corruption: ClassVar[bool] = True
+    takes_labels: ClassVar[bool] = False
 
     def __init__(self, settings=None, *, score: Callable[[Tensor], Tensor], corruption: Corruption,
                  loss: AdversarialLoss):
@@ -106,10 +109,13 @@ class Game(Component):
 @GAMES.register("plain")
 class Plain(Game):
     uses_corruption = False
+    takes_labels = True
 
 
 @GAMES.register("instance_noise")
 class InstanceNoise(Game):
+    takes_labels = True
+
     def view(self, x, generator=None):
         return self.corruption(x, generator=generator)
 

@@ -32,10 +32,12 @@ from genlab.metrics.image_stats import image_statistics, moments, stat_fd
 from genlab.metrics.psnr import psnr
 from genlab.models.adversarial import AdversarialModule, AdversarialSettings, to_image, to_signed
 from genlab.models.common import FAMILIES, eval_means, eval_noise, log_eval, triplets
+from genlab.models.conditional import check_labels, cycle_labels, num_classes_rule, require_class_data
 from genlab.models.games import GAMES
+from genlab.nets import conditional as _conditional_nets  # noqa: F401  (registers conditional_dcgan, projection)
 from genlab.nets.gan import GENERATORS, RESTORERS
 from genlab.seeding import draw
-from genlab.settings import flag, nonnegative, positive_int
+from genlab.settings import flag, nonnegative, positive_int, setting
 
 # --- DCGAN --------------------------------------------------------------------------------------
 
@@ -46,13 +48,20 @@ class DCGANSettings(AdversarialSettings):
     generator: str | dict = "dcgan"  # genlab.nets.gan.GENERATORS
     latent_dim: int = positive_int(64)
     n_grid: int = positive_int(64)  # real images in the game's grids (degraded_real)
+    num_classes: int | None = setting(None, num_classes_rule)  # the data's: conditional networks' classes
 
 
 @FAMILIES.register("dcgan")
 class DCGAN(AdversarialModule):
     """G: the `generator` component's network (dcgan, 28x28, base_channels=64: Linear(latent,
     128*7*7)-BN-ReLU-ConvT(128, 64)-BN-ReLU-ConvT(64, 1)-tanh, Radford et al. 2016); D: the
-    `discriminator` component's network with the game's (GAMES[d_mode]) outputs per location."""
+    `discriminator` component's network with the game's (GAMES[d_mode]) outputs per location.
+
+    Conditional (preset model=cdcgan): a conditional generator (conditional_dcgan) with a conditional
+    discriminator (projection), both or neither, on data with class labels (genlab.nets.conditional,
+    genlab.models.conditional). The fakes of a batch get the real batch's labels; D judges real
+    images with their labels and fakes with theirs. Only games that leave D's calls to the family
+    take labels (plain, instance_noise); the others refuse a conditional model."""
 
     Settings = DCGANSettings
 
@@ -63,13 +72,22 @@ class DCGAN(AdversarialModule):
     def __init__(self, image_shape, **settings):
         super().__init__()
         s = self.configure(image_shape, settings)
-        self.init_adversarial(s)
+        self.init_adversarial(s, num_classes=s.num_classes)
         self.game = GAMES.build(s.d_mode, "model.d_mode", score=self.d_out, corruption=self.corruption,
                                 loss=self.gan_loss)
         losses, loss = self.game.losses, self.gan_loss.registry_name
         require(losses is None or loss in losses, "model.loss",
                 f"{' | '.join(losses or ())} when model.d_mode={self.game.registry_name}", loss)
-        g_net = GENERATORS.build(s.generator, "model.generator")
+        g_net = GENERATORS.build(s.generator, "model.generator", num_classes=s.num_classes)
+        self.conditional = g_net.conditional
+        require(self.d_net.conditional == g_net.conditional, "model.discriminator",
+                f"{'a conditional one (projection)' if g_net.conditional else 'an unconditional one (conv)'}"
+                f" with model.generator={g_net.registry_name}", self.d_net.registry_name)
+        if self.conditional:
+            require(self.game.takes_labels, "model.d_mode", " | ".join(
+                n for n, game in GAMES.items() if game.takes_labels) + " with a conditional generator "
+                "(this game scores images without their labels)", self.game.registry_name)
+            self.num_classes = s.num_classes  # declares ClassConditional (genlab.capabilities)
         self.generator = g_net.network(s.latent_dim, self.image_shape)
         self.discriminator = self.d_net.network(self.image_shape, self.game.outputs)
         self.init_ema(s.ema_decay)
@@ -85,9 +103,21 @@ class DCGAN(AdversarialModule):
     def z(self, n: int) -> Tensor:
         return torch.randn(n, self.hparams.latent_dim, device=self.device)
 
-    def d_out(self, x: Tensor) -> Tensor:
-        """D's raw outputs [B, K, L] for images x in [0, 1]."""
-        return self.discriminator(to_signed(x))
+    def labels_of(self, batch) -> Tensor | None:
+        """A batch's class labels for a conditional model (None for an unconditional one)."""
+        return batch[1] if self.conditional else None
+
+    def g_out(self, g, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """G's (or its EMA's) pre-activation images; y: the classes of a conditional G."""
+        return g(z) if y is None else g(z, y)
+
+    def d_raw(self, x_signed: Tensor, y: Tensor | None = None) -> Tensor:
+        """D's raw outputs for signed images; y: their classes for a conditional D."""
+        return self.discriminator(x_signed) if y is None else self.discriminator(x_signed, y)
+
+    def d_out(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """D's raw outputs [B, K, L] for images x in [0, 1] (and classes y, when conditional)."""
+        return self.d_raw(to_signed(x), y)
 
     def realness(self, out: Tensor) -> Tensor:
         """s [B, L], a logit per location (> 0: judged real), as the game defines it."""
@@ -95,9 +125,21 @@ class DCGAN(AdversarialModule):
 
     @torch.no_grad()
     def generate(self, n: int, z: Tensor | None = None) -> Tensor:
-        """n samples in [0, 1], from the EMA generator when there is one."""
+        """n samples in [0, 1], from the EMA generator when there is one; a conditional model's of
+        the classes 0, 1, ..., num_classes - 1 in turn (genlab.models.conditional.cycle_labels)."""
+        if self.conditional:
+            return self.generate_class(cycle_labels(n if z is None else len(z), self.num_classes), z)
         g = self.g_ema if self.g_ema is not None else self.generator
         return to_image(g(self.z(n) if z is None else z))
+
+    @torch.no_grad()
+    def generate_class(self, labels: Tensor, z: Tensor | None = None) -> Tensor:
+        """A conditional model's samples of the requested classes (ClassConditional)."""
+        require(self.conditional, "model.generator", "conditional_dcgan to generate given classes",
+                self.hparams.generator.get("name"))
+        labels = check_labels(labels, self.num_classes).to(self.device)
+        g = self.g_ema if self.g_ema is not None else self.generator
+        return to_image(g(self.z(len(labels)) if z is None else z, labels))
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """The game's own grids (what the corruption does to real images, where it is part of the
@@ -105,42 +147,51 @@ class DCGAN(AdversarialModule):
         return self.game.grids(real[: self.hparams.n_grid])
 
     # -- the losses -------------------------------------------------------------------------------
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """D's loss for real and fake images in [0, 1] (no gradient reaches G), and what to log."""
+    def discriminator_loss(self, real: Tensor, fake: Tensor,
+                           y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """D's loss for real and fake images in [0, 1] (no gradient reaches G), and what to log;
+        y: the classes of both (a conditional model: the fakes have the real batch's labels)."""
         real_in = to_signed(self.game.view(real)).detach().requires_grad_(self.hparams.r1_gamma > 0)
         fake_in = to_signed(self.game.view(fake)).detach()
-        out_real, out_fake = self.discriminator(real_in), self.discriminator(fake_in)
+        out_real, out_fake = self.d_raw(real_in, y), self.d_raw(fake_in, y)
         s_real = self.realness(out_real)
         loss, logs = self.game.d_loss(out_real, out_fake, real)
-        penalty, penalty_logs = self.d_penalties(lambda x: self.realness(self.discriminator(x)),
+        penalty, penalty_logs = self.d_penalties(lambda x: self.realness(self.d_raw(x, y)),
                                                  real_in, fake_in, s_real)
         return loss + penalty, {"d_real_acc": (s_real > 0).float().mean(), **logs, **penalty_logs}
 
-    def generator_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def generator_loss(self, fake: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """G's loss on fake images that carry G's graph (gradients reach G through D and, for games
-        whose view corrupts, through the corruption), and what to log."""
-        return self.game.g_loss(self.d_out(self.game.view(fake)), fake)
+        whose view corrupts, through the corruption), and what to log; y: the fakes' classes."""
+        return self.game.g_loss(self.d_out(self.game.view(fake), y), fake)
 
     # -- Lightning ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.conditional:
+            require_class_data(self.trainer.datamodule, self.num_classes,
+                               f"model.generator={self.hparams.generator['name']}")
+
     def training_step(self, batch, batch_idx):
-        real = batch[0]
+        real, y = batch[0], self.labels_of(batch)
         n = real.shape[0]
         # with a G step in this batch, the fake batch keeps its graph for G's loss (one G forward)
         with torch.set_grad_enabled(self.is_g_step(batch_idx)):
-            fake = to_image(self.generator(self.z(n)))
-        d_loss, logs = self.discriminator_loss(real, fake.detach())
-        return self.adversarial_step(d_loss, logs, lambda: self.generator_loss(fake), batch_idx, n)
+            fake = to_image(self.g_out(self.generator, self.z(n), y))
+        d_loss, logs = self.discriminator_loss(real, fake.detach(), y)
+        return self.adversarial_step(d_loss, logs, lambda: self.generator_loss(fake, y), batch_idx, n)
 
     def _eval_step(self, stage: str, batch) -> None:
-        real, _, index = batch
+        real, y = batch[0], self.labels_of(batch)
+        index = batch[2]
         g = eval_noise(stage, index)  # each image's own draws, in any process (eval_noise)
         z = draw((len(real), self.hparams.latent_dim), g, normal=True, device=self.device)
-        fake = self.generate(len(real), z)
+        # a conditional model's fakes have the real images' classes, as in training
+        fake = self.generate(len(real), z) if y is None else self.generate_class(y, z)
         for name, x in (("real", real), ("fake", fake)):
             m = moments(torch.from_numpy(image_statistics(x.float().cpu())))
             self._moments[name] = [a + b for a, b in zip(self._moments.get(name, [0, 0, 0]), m,
                                                          strict=True)]
-        s_real = self.realness(self.d_out(self.game.view(real, generator=g)))
+        s_real = self.realness(self.d_out(self.game.view(real, generator=g), y))
         log_eval(self, stage, {"d_real_acc": (s_real > 0).float().mean(1)})
 
     def _log_stat_fd(self, stage: str) -> None:

@@ -15,6 +15,8 @@ Components, each a config node (a registry name, or {name: ..., setting: value})
                 closed-form KL, so the KL is the Monte-Carlo estimate log q(z|x) - log p(z)
     objective   what it trains on (genlab.models.objectives): elbo (beta) | iwae (k) | elbo_k (k)
                 | named_elbo (beta, supervised_weight)
+`conditional` makes it a conditional VAE (preset model=cvae): q(z | x, y) and p(x | z, y) for the
+data's class labels y (genlab.models.conditional; needs data that declares ClassLabels).
 `named_factors` ties the first latent units to named factors of the data (genlab.models.named),
 with `labelled_fraction` of the training images labelled (chosen by `labelled_seed`).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -38,6 +41,15 @@ from genlab.models.common import (
     log_eval,
     log_this_step,
 )
+from genlab.models.conditional import (
+    ClassCondition,
+    LabelledDecoder,
+    LabelledEncoder,
+    check_labels,
+    cycle_labels,
+    num_classes_rule,
+    require_class_data,
+)
 from genlab.models.likelihood import LIKELIHOODS
 from genlab.models.named import NamedUnits, sweep, traverse
 from genlab.models.objectives import VAE_OBJECTIVES
@@ -46,7 +58,7 @@ from genlab.models.posteriors import Uniform as UniformPosterior
 from genlab.models.priors import PRIORS, VampPrior
 from genlab.nets import NETS
 from genlab.seeding import ExampleNoise
-from genlab.settings import Settings, fraction, nonnegative_int, positive, positive_int, setting
+from genlab.settings import Settings, flag, fraction, nonnegative_int, positive, positive_int, setting
 
 MANIFOLD_SIDE = 12  # the 2-D manifold grid: 12 x 12 decoded points
 
@@ -85,18 +97,38 @@ class VAESettings(Settings):
     named_factors: dict | None = None  # checked by genlab.models.named.NamedUnits
     labelled_fraction: float = setting(1.0, _fraction_labelled)
     labelled_seed: int = nonnegative_int(0)
+    conditional: bool = flag(False)  # q(z | x, y), p(x | z, y) for the data's class labels y
+    num_classes: int | None = setting(None, num_classes_rule)  # the data's (conf: genlab_num_classes)
+
+    def validate(self, key: str) -> None:
+        require(not self.conditional or self.num_classes is not None, f"{key}.conditional",
+                "false on data without class labels (model.num_classes=null); a conditional VAE "
+                "needs data that declares ClassLabels (data=digits | fashion_mnist | mnist)", True)
+        require(not (self.conditional and self.named_factors), f"{key}.named_factors",
+                "null with model.conditional=true (named units are read from unlabelled images)",
+                self.named_factors)
 
 
 @FAMILIES.register("vae")
 class VAE(GenerativeModule, Encoder):
+    # with `conditional`, a model also declares ClassConditional (it then holds num_classes)
     Settings = VAESettings
 
     def __init__(self, image_shape, **settings):
         super().__init__()
         s = self.configure(image_shape, settings)
         net = NETS.build(s.net, "model.net")
-        self.encoder = net.encoder(image_shape, 2 * s.latent_dim)
-        self.decoder = net.decoder(s.latent_dim, image_shape)
+        self.condition = ClassCondition(s.num_classes) if s.conditional else None
+        if self.condition is None:
+            self.encoder = net.encoder(image_shape, 2 * s.latent_dim)
+            self.decoder = net.decoder(s.latent_dim, image_shape)
+        else:  # the one-hot label: num_classes more input planes, num_classes more code units
+            self.num_classes = s.num_classes  # declares ClassConditional (genlab.capabilities)
+            c, h, w = image_shape
+            self.encoder = LabelledEncoder(net.encoder((c + s.num_classes, h, w), 2 * s.latent_dim),
+                                           self.condition)
+            self.decoder = LabelledDecoder(net.decoder(s.latent_dim + s.num_classes, image_shape),
+                                           self.condition)
         self.likelihood = LIKELIHOODS.build(s.likelihood, "model.likelihood")
         self.q = POSTERIORS.build(s.posterior, "model.posterior")
         # every prior gets the same context; a learned one (vamp) scores z with the VAE's own
@@ -208,10 +240,27 @@ class VAE(GenerativeModule, Encoder):
 
     @torch.no_grad()
     def generate(self, n: int, z: Tensor | None = None) -> Tensor:
-        """n images from the prior, as decoder means in [0, 1]."""
+        """n images from the prior, as decoder means in [0, 1]; a conditional VAE's of the classes
+        0, 1, ..., num_classes - 1 in turn (genlab.models.conditional.cycle_labels)."""
         if z is None:
             z = self.prior.sample(n, self.device)
+        if self.condition is not None:
+            return self.generate_class(cycle_labels(len(z), self.num_classes, self.device), z)
         return self.likelihood.mean(self.decode(z))
+
+    @torch.no_grad()
+    def generate_class(self, labels: Tensor, z: Tensor | None = None) -> Tensor:
+        """A conditional VAE's images of the requested classes (ClassConditional), decoded from
+        prior draws z (or the given z, one per label)."""
+        require(self.condition is not None, "model.conditional", "true to generate given classes", False)
+        labels = check_labels(labels, self.num_classes).to(self.device)
+        z = self.prior.sample(len(labels), self.device) if z is None else z
+        with self.condition.given(labels):
+            return self.likelihood.mean(self.decode(z))
+
+    def labelled(self, labels: Tensor | None):
+        """The span in which a conditional VAE's networks read these labels (a no-op otherwise)."""
+        return self.condition.given(labels) if self.condition is not None else nullcontext()
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -253,7 +302,9 @@ class VAE(GenerativeModule, Encoder):
         """Reconstructions for the sample-grid callback (which draws the prior samples itself),
         with a 2-D latent space the manifold grid, and with named factors their traversals."""
         n = min(len(real), self.hparams.n_grid)
-        grids = {"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+        # a conditional VAE encodes an image with its label, which the real grid batch lacks
+        grids = ({"reconstruction": interleave(real[: n // 2], self.reconstruct(real[: n // 2]))}
+                 if self.condition is None else {})
         if self.hparams.latent_dim == 2:
             grids["manifold"] = self.manifold()
         for name in self.named.units if self.named is not None else ():
@@ -263,6 +314,8 @@ class VAE(GenerativeModule, Encoder):
 
     # -- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.condition is not None:
+            require_class_data(self.trainer.datamodule, self.num_classes, "model.conditional=true")
         if self.named is not None:
             self.named.bind_data(self.trainer.datamodule)
 
@@ -280,7 +333,8 @@ class VAE(GenerativeModule, Encoder):
                     "a metric the run logs; val/iwae needs model.objective=iwae", monitor)
 
     def training_step(self, batch, batch_idx):
-        loss, logs = self.objective.loss(self, batch)
+        with self.labelled(batch[1] if self.condition is not None else None):
+            loss, logs = self.objective.loss(self, batch)
         if log_this_step(self):
             self.log("train/loss", loss.detach(), prog_bar=True)
             for name, value in logs.items():
@@ -293,22 +347,25 @@ class VAE(GenerativeModule, Encoder):
 
     def validation_step(self, batch, batch_idx):
         x, factors, index = batch
-        values = self.elbo_terms(x, eval_noise("val", index))
-        values.update(self.objective.eval_values(self, x, index))
+        with self.labelled(factors):
+            values = self.elbo_terms(x, eval_noise("val", index))
+            values.update(self.objective.eval_values(self, x, index))
         log_eval(self, "val", values)
         if self.named is not None:
             log_eval(self, "val", self._named_errors(x, factors))
 
     def test_step(self, batch, batch_idx):
         x, factors, index = batch
-        values = self.elbo_terms(x, eval_noise("test", index))
+        with self.labelled(factors):
+            values = self.elbo_terms(x, eval_noise("test", index))
         # the importance-sampled estimate costs loglik_samples decoder passes per image, so it
         # covers the test images of index < loglik_images (all when null), however many processes
         n = self.hparams.loglik_images
         keep = index < n if n is not None else torch.ones_like(index, dtype=torch.bool)
         if self.hparams.loglik_samples and keep.any():
             noise = eval_noise("test/loglik", index[keep])
-            values["loglik"] = self.log_likelihood_estimate(x[keep], self.hparams.loglik_samples, noise)
+            with self.labelled(factors[keep] if self.condition is not None else None):
+                values["loglik"] = self.log_likelihood_estimate(x[keep], self.hparams.loglik_samples, noise)
             values["loglik_elbo"] = values["elbo"][keep]
         log_eval(self, "test", values)
         if self.named is not None:

@@ -2,9 +2,12 @@
 mixes images) and the restoration GAN's image-to-image generator, and the registries the GAN
 families take them from (component slots, bottom of this module):
 
-    model.generator      GENERATORS (model=dcgan): dcgan, genlab.nets.conv.ConvDecoder with batch norm
+    model.generator      GENERATORS (model=dcgan): dcgan, genlab.nets.conv.ConvDecoder with batch norm;
+                         conditional_dcgan, the same with class-conditional batch norm
                          RESTORERS (model=restoration_gan): unet
-    model.discriminator  DISCRIMINATORS: conv (base_channels, norm, head)
+    model.discriminator  DISCRIMINATORS: conv (base_channels, norm, head); projection (base_channels,
+                         norm), the projection discriminator of a conditional generator
+(the conditional ones are registered in genlab.nets.conditional)
 
 A restorer maps a degraded image to a clean one of the same shape; UNet does that with the same
 stride-2 plan as ConvEncoder (28 -> 14 -> 7), so every genlab image size works without new sizing rules.
@@ -13,6 +16,7 @@ stride-2 plan as ConvEncoder (28 -> 14 -> 7), so every genlab image size works w
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -131,6 +135,8 @@ DISCRIMINATORS: Registry[type[DiscriminatorNet]] = Registry("discriminator", "mo
 
 
 class Generator(Component):
+    conditional: ClassVar[bool] = False  # its network takes (z, y): genlab.nets.conditional
+
     def network(self, latent_dim: int, image_shape) -> nn.Module:
         """latent codes [B, latent_dim] -> pre-activation images [B, C, H, W] (tanh follows)."""
         raise NotImplementedError
@@ -143,6 +149,8 @@ class Restorer(Component):
 
 
 class DiscriminatorNet(Component):
+    conditional: ClassVar[bool] = False  # its network takes (x, y): genlab.nets.conditional
+
     def network(self, image_shape, outputs: int) -> nn.Module:
         """images [B, C, H, W] in [-1, 1] -> raw outputs [B, outputs, L]."""
         raise NotImplementedError
