@@ -168,6 +168,10 @@ def test_preset_smoke_run_scores_and_draws_the_classes(smoke, tmp_path, model):
     assert sample(parse_args([f"ckpt={ckpt}", "mode=classes", "n=2", f"out={tmp_path / 'g.png'}"])).is_file()
     with pytest.raises(ConfigError, match=r"^class=1[02] is invalid; allowed: class indices in 0 \.\. 9$"):
         sample(parse_args([f"ckpt={ckpt}", "class=12", f"out={tmp_path / 'x.png'}"]))
+    if model == "cvae":  # modes that encode test images without their labels are not offered
+        for mode in ("reconstruct", "interpolate", "traversal"):
+            with pytest.raises(ConfigError, match=rf"^mode='{mode}' is invalid for VAE; allowed: prior \| classes$"):
+                sample(parse_args([f"ckpt={ckpt}", f"mode={mode}", f"out={tmp_path / 'x.png'}"]))
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
@@ -176,6 +180,7 @@ def test_preset_smoke_run_scores_and_draws_the_classes(smoke, tmp_path, model):
     (["model=cdcgan", "model/d_mode=noise_head", "corruption=gaussian"], r"^model\.d_mode='noise_head' is invalid; allowed: plain \| instance_noise"),
     (["model=cdcgan", "model/discriminator=conv"], r"^model\.discriminator='conv' is invalid; allowed: a conditional one"),
     (["model=dcgan", "model/discriminator=projection"], r"^model\.discriminator='projection' is invalid; allowed: an unconditional one"),
+    (["model=cvae", "model/prior=vamp"], r"^model\.prior='vamp' is invalid; allowed: standard_normal \| mog with model\.conditional=true"),
 ])
 def test_conditional_models_without_labels_or_with_label_blind_parts_are_refused(tmp_path, overrides, match):
     cfg = make_cfg(tmp_path, *overrides)

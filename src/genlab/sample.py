@@ -83,7 +83,7 @@ def sample(args: dict[str, str]) -> Path:
     n, steps, mode = int(args["n"]), int(args["steps"]), args["mode"]
     modes = {"prior": lambda: model.generate(n),
              **model.sample_modes(n, steps, lambda k: real_images(ckpt, k).to(model.device))}
-    if isinstance(model, VAE):
+    if isinstance(model, VAE) and not isinstance(model, ClassConditional):  # encodes images alone
         def traversal():
             plan = sweeps(model, args["unit"], steps)  # a bad unit fails before the data
             x = real_images(ckpt, n).to(model.device)

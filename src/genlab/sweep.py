@@ -88,9 +88,9 @@ def num_classes(data_name) -> int | None:
     from genlab.capabilities import ClassLabels
     from genlab.data import DATASETS
 
-    entry = DATASETS.get(data_name) if isinstance(data_name, str) else None
+    entry = DATASETS[data_name] if isinstance(data_name, str) and data_name in DATASETS else None
     # classes declare a capability by listing it among their bases
-    return entry.module.num_classes if entry is not None and ClassLabels in entry.module.__mro__ else None
+    return entry.num_classes if entry is not None and ClassLabels in entry.__mro__ else None
 
 
 def trained_bound(objective) -> str:

@@ -137,6 +137,9 @@ class VAE(GenerativeModule, Encoder):
                                   image_shape=self.image_shape, posterior_fn=self.posterior, q=self.q)
         # the VampPrior's components are q's family: boxes for the uniform posterior, whose KL is
         # +inf for any draw outside every box, so that pairing cannot train
+        require(not (isinstance(self.prior, VampPrior) and self.condition is not None), "model.prior",
+                "standard_normal | mog with model.conditional=true (the VampPrior encodes its "
+                "pseudo-inputs, which have no class label)", "vamp")
         require(not (isinstance(self.prior, VampPrior) and isinstance(self.q, UniformPosterior)),
                 "model.prior", "standard_normal | mog with model.posterior=uniform (the VampPrior's "
                 "box components leave the KL infinite)", "vamp")
@@ -276,7 +279,11 @@ class VAE(GenerativeModule, Encoder):
 
     def sample_modes(self, n: int, steps: int, real_fn) -> dict:
         """genlab-sample: `interpolate` (n rows of `steps` images between two encoded test images)
-        and `reconstruct` (n test images next to their reconstructions)."""
+        and `reconstruct` (n test images next to their reconstructions); none for a conditional
+        VAE, whose encoder needs each test image's label (genlab-sample gives images alone)."""
+        if self.condition is not None:
+            return {}
+
         def interpolate():
             x = real_fn(2 * n)
             return self.interpolate(x[:n], x[n:], steps)
