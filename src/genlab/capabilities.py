@@ -28,7 +28,8 @@ class Representation(Protocol):
 @runtime_checkable
 class Encoder(Representation, Protocol):
     """A model with an amortised posterior q(z | x) over a latent space with a prior p(z):
-    latent diagnostics (active units, MMD to the prior, aggregate KL, the ex-post mixture) and
+    latent diagnostics (active units, MMD to the prior, aggregate KL, the ex-post mixture, the
+    reconstruction FID) and
     disentanglement scores need it. x: float images [B, C, H, W] in [0, 1]. Its `codes` (a
     Representation) are the ones scored for disentanglement (e.g. the posterior mean)."""
 
@@ -52,6 +53,11 @@ class Encoder(Representation, Protocol):
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         """log p(z) under the model's prior, summed over latent units: [...] for z [..., D]."""
+        ...
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at the posterior mean of each image: float images [B, C, H, W] in
+        [0, 1], deterministic (no noise is drawn); val/fid_recon scores them."""
         ...
 
 

@@ -331,7 +331,7 @@ def _report(run_dir: Path, summary: dict) -> None:
     lines += [f"{k}: {v:.3f}" for k, v in sorted(summary.items())
               if k.startswith("test/") and isinstance(v, float)]
     lines += [f"{k}: {summary[k]:.3f} (feature extractor {summary['fid_extractor']})"
-              for k in ("val/fid", "val/fid_expost") if isinstance(summary.get(k), float)]
+              for k in ("val/fid", "val/fid_expost", "val/fid_recon") if isinstance(summary.get(k), float)]
     lines += [f"run directory: {run_dir}",
               f"samples: {run_dir / 'samples'}", f"metrics: {run_dir / METRICS_CSV}"]
     wandb_runs = wandb_offline_runs(run_dir)

@@ -229,10 +229,17 @@ class LatentDiagnostics(Evaluator):
     (nats) of the aggregate KL's two estimates at which it is logged (genlab.metrics.prior.
     kl_aggregate_posterior), NaN with the bracket in metric_errors beyond it;
     expost_components: Gaussians in the mixture; expost_reg_covar: added to their covariances'
-    diagonals (scikit-learn's reg_covar). A class-conditional model (ClassConditional) is skipped."""
+    diagonals (scikit-learn's reg_covar); expost_codes: the codes the mixture is fitted to, those
+    of the first n_samples training images (n_samples) or of every training image (all; the other
+    diagnostics stay on the first n_samples). val/fid_recon: the FID of the model's reconstructions
+    (Encoder.reconstruct: the decoder means of the posterior means) of the first n_samples training
+    images, against the same reference as val/fid: the floor that no sampler decoding through
+    this decoder (val/fid, val/fid_expost) can be expected to beat. A class-conditional model
+    (ClassConditional) is skipped."""
 
     needs = (Encoder,)
-    metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost")
+    metrics = ("val/active_units", "val/mmd_prior", "val/kl_aggregate", "val/fid_expost",
+               "val/fid_recon")
 
     def applies_to(self, model: pl.LightningModule) -> bool:
         # a class-conditional encoder, q(z | x, y), reads each image's label, which these
@@ -240,8 +247,9 @@ class LatentDiagnostics(Evaluator):
         return super().applies_to(model) and not isinstance(model, ClassConditional)
 
     def __init__(self, subset: int = 2000, expost_components: int = 10, expost_reg_covar: float = 1e-6,
-                 kl_max_gap: float = 0.1):
+                 kl_max_gap: float = 0.1, expost_codes: str = "n_samples"):
         require_positive(subset, f"{self.key}.subset", integer=True)
+        require_choice(expost_codes, f"{self.key}.expost_codes", EXPOST_CODES)
         require_positive(kl_max_gap, f"{self.key}.kl_max_gap")
         require_positive(expost_components, f"{self.key}.expost_components", integer=True)
         require(isinstance(expost_reg_covar, int | float) and not isinstance(expost_reg_covar, bool)
@@ -250,6 +258,7 @@ class LatentDiagnostics(Evaluator):
         self.subset, self.expost_components = subset, expost_components
         self.expost_reg_covar = float(expost_reg_covar)
         self.kl_max_gap = float(kl_max_gap)
+        self.expost_codes = expost_codes
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         model: Encoder = ctx.model
@@ -292,7 +301,7 @@ class LatentDiagnostics(Evaluator):
             # decodes its own contiguous share
             gmm = ExPostGMM(n_components=min(self.expost_components, len(mu)),
                             seed=mix_seed(ctx.seed, "expost"), reg_covar=self.expost_reg_covar)
-            gmm.fit(mu.float())
+            gmm.fit(self._expost_codes(ctx, mu).float())
             k = math.ceil(ctx.n_samples / ctx.world)
             fake = ctx.generate(ctx.n_samples, gmm.sample(k * ctx.world))
             if ctx.final and ctx.rank == 0:
@@ -300,6 +309,16 @@ class LatentDiagnostics(Evaluator):
             return {"val/fid_expost": ctx.score(fake, ["fid"])["fid"]}
 
         out.update(ctx.attempt(["val/fid_expost"], fid_expost))
+
+        def fid_recon():
+            # the same contiguous shards as the codes: each rank reconstructs its own, gathered in
+            # rank order (no draws: the posterior means, decoded to the decoder's means)
+            recon = [to_uint8(model.reconstruct(fetch(part)[0].float().div(255).to(ctx.model.device)))
+                     for part in idx.split(ctx.generate_batch_size)]
+            fake = gather_samples(torch.cat(recon)).cpu()
+            return {"val/fid_recon": ctx.score(fake, ["fid"])["fid"]}
+
+        out.update(ctx.attempt(["val/fid_recon"], fid_recon))
         if ctx.final and ctx.rank == 0:
             z_q = model.sample_z(mu[sub], std[sub], generator=generator_for(ctx.seed, "latent_figure"))
             labels = classes = None
@@ -315,6 +334,23 @@ class LatentDiagnostics(Evaluator):
         return out
 
 
+    def _expost_codes(self, ctx: EvalContext, mu: Tensor) -> Tensor:
+        """The codes the ex-post mixture is fitted to: `mu`, the posterior means of the first
+        n_samples training images, and with expost_codes=all those of the remaining training
+        images too, each rank encoding its contiguous share (gathered in rank order). [N, D]
+        float64 on the CPU."""
+        fetch, total = ctx.data.fetcher("train")
+        if self.expost_codes == "n_samples" or len(mu) >= total:
+            return mu
+        rest = total - len(mu)
+        per_rank = math.ceil(rest / ctx.world)
+        idx = torch.arange(len(mu) + ctx.rank * per_rank, len(mu) + min(rest, (ctx.rank + 1) * per_rank))
+        parts = [ctx.model.posterior(fetch(part)[0].float().div(255).to(ctx.model.device))[0]
+                 for part in idx.split(ctx.generate_batch_size)]  # an empty shard gives [0, D]
+        return torch.cat([mu, gather_samples(torch.cat(parts)).cpu().double()])
+
+
+EXPOST_CODES = ("n_samples", "all")  # metrics.latent.expost_codes
 AGGREGATE_POSTERIOR = "aggregate_posterior"  # written as the run's final grid of this name
 EXPOST = "expost"  # the ex-post mixture's samples, written as the run's final grid of this name
 GRID_N = 64  # images in the ex-post grid, as many as the sample grids' default

@@ -267,6 +267,8 @@ class VAE(GenerativeModule, Encoder):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at each image's posterior mean, in [0, 1] (Encoder). A conditional
+        VAE reads each image's label here: call it inside `labelled(labels)`."""
         return self.likelihood.mean(self.decode(self.posterior(x)[0]))
 
     @torch.no_grad()
