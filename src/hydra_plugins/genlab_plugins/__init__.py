@@ -160,8 +160,9 @@ class ResumableOptunaSweeper(Sweeper):
         trial.set_user_attr(RUN_ATTR, self.job_idx)  # the trial's run folder, for a later _resume
         if RETRY_ATTR in trial.user_attrs:  # the lost trial's run names the run that replaces it
             lost = study.get_trials(deepcopy=False)[trial.user_attrs[RETRY_ATTR]]
-            update_manifest(self.config.hydra.sweep.dir, str(lost.user_attrs.get(RUN_ATTR)),
-                            {"replaced_by": self.job_idx})
+            if RUN_ATTR in lost.user_attrs:  # else the sweep stopped before it had a run
+                update_manifest(self.config.hydra.sweep.dir, str(lost.user_attrs[RUN_ATTR]),
+                                {"replaced_by": self.job_idx})
         self.job_idx += 1
         return trial, [*trial_overrides(trial.params, fixed),
                        f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
@@ -257,6 +258,27 @@ class ResumableOptunaSweeper(Sweeper):
             raise RuntimeError(f"{failed} of {told} trials failed, more than "
                                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
 
+    def _ended_entry(self, manifest: dict, run: str) -> dict:
+        """The run's manifest entry; where it says the run had not ended (its job was killed
+        between the run's end and the entry's), the run's summary, written into the entry."""
+        from genlab.runs import RunReadError, read_summary
+        from genlab.sweep import update_manifest
+
+        entry = manifest.get(run, {})
+        if entry.get("status") in ENDED or "dir" not in entry:
+            return entry
+        try:
+            summary = read_summary(Path(self.config.hydra.sweep.dir) / entry["dir"])
+        except RunReadError:
+            return entry
+        if summary["status"] not in ENDED:
+            return entry
+        metric = summary.get("objective")
+        ended = {"status": summary["status"], "error": summary.get("error"),
+                 **({"objective": {metric: summary[metric]}} if metric in summary else {})}
+        update_manifest(self.config.hydra.sweep.dir, run, ended)
+        return {**entry, **ended}
+
     def _resume(self, study) -> int:
         """Settle the trials an interruption left running, number new run folders after the old
         ones, and return how many trials are done."""
@@ -268,7 +290,7 @@ class ResumableOptunaSweeper(Sweeper):
         for t in study.get_trials(deepcopy=False):
             if t.state != optuna.trial.TrialState.RUNNING:  # WAITING: enqueued, asked next
                 continue
-            entry = manifest.get(str(t.user_attrs.get(RUN_ATTR)), {})
+            entry = self._ended_entry(manifest, str(t.user_attrs.get(RUN_ATTR)))
             values = list(entry.get("objective", {}).values())
             status = entry.get("status")
             if status == "pruned":
@@ -278,10 +300,10 @@ class ResumableOptunaSweeper(Sweeper):
                 study.tell(t.number, values[0])
             elif status in ("failed", "diverged", "timed_out"):
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            else:  # cut off mid-run: asked again before any new trial
-                run = str(t.user_attrs.get(RUN_ATTR))
-                end_lost_run(self.config.hydra.sweep.dir, run, "interrupted",
-                             "cut off when its sweep stopped; its parameters are asked again")
+            else:  # cut off mid-run (or before it had a run): asked again before any new trial
+                if RUN_ATTR in t.user_attrs:
+                    end_lost_run(self.config.hydra.sweep.dir, str(t.user_attrs[RUN_ATTR]),
+                                 "interrupted", "cut off when its sweep stopped")
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
         # a trial whose job was lost is not done: its replacement (retry_of) stands for it
@@ -300,6 +322,8 @@ class ResumableOptunaSweeper(Sweeper):
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 
+# the statuses of a run that has ended (genlab.runs.STATUSES less running and interrupted)
+ENDED = ("ok", "pruned", "failed", "diverged", "timed_out")
 # the user attribute of a trial that names its run folder (the job number) inside the sweep
 RUN_ATTR = "genlab_run"
 # the user attribute of a trial asked again after its job died: the number of the lost trial
