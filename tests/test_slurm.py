@@ -299,7 +299,7 @@ def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tm
         assert manifest[str(t.number)]["status"] == ("ok" if t in complete else "failed")
 
 
-@pytest.mark.slow  # one two-minute SLURM time limit
+@pytest.mark.slow  # about 100 s: one two-minute SLURM time limit
 def test_a_run_timed_out_for_good_says_so(slurm_cluster, tmp_path):
     """max_num_timeout=0: the first time limit ends the run. Its summary and manifest entry say
     timed_out (not running or interrupted), and the sweep exits TIMEOUT_EXIT."""
@@ -366,7 +366,7 @@ def search_args(cluster, progress: Path, n_trials: int) -> list[str]:
             "+callbacks.stall.max_wait_s=3"]
 
 
-@pytest.mark.slow  # about 90 s: three short trials and a retry on two workers
+# 29-31 s on the shared 2-core machine: three short trials and a retry on two workers
 def test_a_worker_killed_mid_trial_is_failed_within_a_heartbeat(slurm_cluster, tmp_path):
     """SIGKILL to every process of a running worker's job: within a grace period its trial is
     FAIL in the study and its run failed in the manifest, its parameters run again, and the study
@@ -407,7 +407,7 @@ def test_a_worker_killed_mid_trial_is_failed_within_a_heartbeat(slurm_cluster, t
     assert {p.name for p in (sweep / ".heartbeats").iterdir()} <= {f"{lost.user_attrs[RUN_ATTR]}.stale"}
 
 
-@pytest.mark.slow  # about 2 minutes: a search killed with its jobs, then resumed
+@pytest.mark.slow  # 35-80 s: a search killed with its jobs, then resumed
 def test_a_killed_search_resumed_continues_the_study(slurm_cluster, tmp_path):
     """The whole search (sweeper and jobs) killed while trials run; resume=true continues the same
     study: the trials it cut off fail and run again, n_trials complete, and the manifest and the
