@@ -16,10 +16,12 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import BIN, DATA
+from omegaconf import OmegaConf
 
 from genlab import runs
 from genlab.search import open_storage
-from genlab.sweep import read_manifest
+from genlab.sweep import TIMEOUT_EXIT, TRIAL_ENV, read_manifest
+from hydra_plugins.genlab_plugins import RETRY_ATTR, RUN_ATTR
 
 TESTS = Path(__file__).parent
 SMOKE = ("debug=smoke", "data=digits", "logger=csv")
@@ -189,24 +191,29 @@ def finished_trials(multiruns: Path) -> int:
     return sum(t.state.is_finished() for t in study.trials)
 
 
-@pytest.mark.slow
-def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
-    args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=4", *launcher(slurm_cluster), *SMOKE]
-    proc = genlab_train(slurm_cluster, tmp_path, *args, wait=False)
-    try:  # stop the search (and, as a user would, its jobs) once Optuna has two trials' values
+def kill_search_when(cluster, tmp_path: Path, args: list[str], ready) -> Path:
+    """Start the search, and once ready(<multiruns folder>) SIGKILL it and (as a user would)
+    cancel its jobs; its sweep folder."""
+    proc = genlab_train(cluster, tmp_path, *args, wait=False)
+    try:
         deadline = time.time() + 300
         base = tmp_path / "vae_elbo_search" / "multiruns"
-        while proc.poll() is None and time.time() < deadline:
-            if finished_trials(base) >= 2:
-                break
-            time.sleep(0.5)
+        while proc.poll() is None and time.time() < deadline and not ready(base):
+            time.sleep(0.3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    slurm_cluster.run("scancel", f"--partition={slurm_cluster.partition}")
-    while slurm_cluster.jobs():
+    cluster.run("scancel", f"--partition={cluster.partition}")
+    while cluster.jobs():
         time.sleep(1)
-    sweep = sweep_dir(tmp_path, "vae_elbo_search")
+    return sweep_dir(tmp_path, "vae_elbo_search")
+
+
+@pytest.mark.slow
+def test_optuna_on_slurm_interrupted_and_resumed(slurm_cluster, tmp_path):
+    args = ["hparams_search=vae_elbo", "hydra.sweeper.n_trials=4", *launcher(slurm_cluster), *SMOKE]
+    # stop the search once Optuna has two trials' values
+    sweep = kill_search_when(slurm_cluster, tmp_path, args, lambda base: finished_trials(base) >= 2)
     storage = open_storage(sweep / "optuna.journal")
     done_before = [t for t in optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
                    if t.state.is_finished()]
@@ -274,7 +281,9 @@ def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 1, output(tmp_path)[-3000:]  # a run was lost: the sweep says so
+    # a run was lost and its parameters ran again: the search is whole, and says so
+    assert proc.returncode == 0, output(tmp_path)[-3000:]
+    assert "1 lost and run again" in output(tmp_path)
     sweep = sweep_dir(tmp_path, "vae_elbo_search")
     State = optuna.trial.TrialState
     trials = optuna.load_study(study_name="vae_elbo_search",
@@ -288,3 +297,151 @@ def test_asynchronous_workers_on_slurm_replace_a_cancelled_job(slurm_cluster, tm
     assert sorted(manifest, key=int) == [str(t.number) for t in trials]  # one folder per trial
     for t in trials:
         assert manifest[str(t.number)]["status"] == ("ok" if t in complete else "failed")
+
+
+@pytest.mark.slow  # about 100 s: one two-minute SLURM time limit
+def test_a_run_timed_out_for_good_says_so(slurm_cluster, tmp_path):
+    """max_num_timeout=0: the first time limit ends the run. Its summary and manifest entry say
+    timed_out (not running or interrupted), and the sweep exits TIMEOUT_EXIT."""
+    settings = {"timeout_min": 2, "signal_delay_s": 5, "max_num_timeout": 0}
+    proc = genlab_train(slurm_cluster, tmp_path, "-m", *launcher(slurm_cluster, **settings), *RUN,
+                        *stall_at(5, progress=tmp_path / "progress"), timeout=400)
+    out = output(tmp_path)
+    assert proc.returncode == TIMEOUT_EXIT, out[-3000:]
+    assert "0 of 1 runs ok, 1 timed out" in out
+    sweep = sweep_dir(tmp_path)
+    entry = read_manifest(sweep)["0"]
+    summary = runs.read_summary(sweep / "0")
+    assert entry["status"] == summary["status"] == "timed_out"
+    assert "max_num_timeout=0" in entry["error"] and "max_num_timeout=0" in summary["error"]
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()  # resume=true continues it
+    assert "this job is timed-out" in job_logs(sweep)
+
+
+def trial_of_run(run: Path) -> int | None:
+    """The Optuna trial a run folder trained (its job's GENLAB_OPTUNA_TRIAL); None for a run
+    whose job never started."""
+    if not (run / ".hydra" / "hydra.yaml").is_file():
+        return None
+    return int(OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.env_set[TRIAL_ENV])
+
+
+def assert_manifest_agrees_with_study(sweep: Path, study_name: str) -> list:
+    """Every trial has its own run folder, every run folder one trial, and the manifest's status
+    is the study's state (a failed trial's run: failed, interrupted or timed_out; a lost trial's
+    entry names the run that replaced it). Returns the trials."""
+    State = optuna.trial.TrialState
+    trials = optuna.load_study(study_name=study_name,
+                               storage=open_storage(sweep / "optuna.journal")).trials
+    manifest = read_manifest(sweep)
+    # a trial asked just as the sweep was killed may have no run: failed, and asked again
+    ran = [t for t in trials if RUN_ATTR in t.user_attrs or t.state != State.FAIL]
+    assert sorted(manifest, key=int) == sorted(str(t.user_attrs[RUN_ATTR]) for t in ran)
+    for t in ran:
+        run = str(t.user_attrs[RUN_ATTR])
+        assert trial_of_run(sweep / run) in (t.number, None)  # one trial, one run, one job
+        entry = manifest[run]
+        if t.state == State.COMPLETE:
+            assert entry["status"] == "ok"
+            assert t.value == runs.read_summary(sweep / run)["val/elbo"]
+        elif t.state == State.PRUNED:
+            assert entry["status"] == "pruned"
+        else:
+            assert t.state == State.FAIL and entry["status"] in ("failed", "interrupted", "timed_out")
+    for retry in [t for t in trials if RETRY_ATTR in t.user_attrs]:
+        lost = trials[retry.user_attrs[RETRY_ATTR]]
+        assert lost.state == State.FAIL and retry.params == lost.params
+        if RUN_ATTR in lost.user_attrs:
+            run = str(lost.user_attrs[RUN_ATTR])
+            assert manifest[run]["replaced_by"] == retry.user_attrs[RUN_ATTR]
+    return trials
+
+
+def search_args(cluster, progress: Path, n_trials: int) -> list[str]:
+    """A vae_elbo search on 2 asynchronous SLURM workers, 1-s heartbeats, runs held 3 s at step 2."""
+    return ["hparams_search=vae_elbo", f"hydra.sweeper.n_trials={n_trials}",
+            "hydra.sweeper.workers=2", "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=4", "trainer.max_epochs=1", "callbacks.evaluation=null",
+            *launcher(cluster), *SMOKE, *stall_at(2, progress=progress),
+            "+callbacks.stall.max_wait_s=3"]
+
+
+# 29-31 s on the shared 2-core machine: three short trials and a retry on two workers
+def test_a_worker_killed_mid_trial_is_failed_within_a_heartbeat(slurm_cluster, tmp_path):
+    """SIGKILL to every process of a running worker's job: within a grace period its trial is
+    FAIL in the study and its run failed in the manifest, its parameters run again, and the study
+    still completes n_trials; the sweep exits 0, saying which run was lost and run again."""
+    progress = tmp_path / "progress"
+    proc = genlab_train(slurm_cluster, tmp_path, *search_args(slurm_cluster, progress, 3),
+                        wait=False)
+    try:
+        deadline = time.time() + 300
+        while not progress.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        job = slurm_cluster.run("squeue", "-h", "-t", "R", "-o", "%i").split()[0]
+        pids = [int(line.split()[0]) for line in
+                slurm_cluster.run("scontrol", "listpids", job).splitlines()[1:]]
+        killed = time.time()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert proc.wait(400) == 0, output(tmp_path)[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = output(tmp_path)
+    assert "1 lost and run again" in out
+    sweep = sweep_dir(tmp_path, "vae_elbo_search")
+    trials = assert_manifest_agrees_with_study(sweep, "vae_elbo_search")
+    State = optuna.trial.TrialState
+    (lost,) = [t for t in trials if t.state == State.FAIL]
+    assert sum(t.state == State.COMPLETE for t in trials) == 3 and len(trials) == 4
+    # marked failed within the grace period (4 s) and a heartbeat check (1 s), with slack for
+    # a loaded machine
+    assert lost.datetime_complete.timestamp() - killed < 4 + 1 + 10
+    # every job that ended took its file; the killed one's, if its heartbeat told first, is
+    # withdrawn (<run>.stale)
+    assert {p.name for p in (sweep / ".heartbeats").iterdir()} <= {f"{lost.user_attrs[RUN_ATTR]}.stale"}
+
+
+@pytest.mark.slow  # 35-80 s: a search killed with its jobs, then resumed
+def test_a_killed_search_resumed_continues_the_study(slurm_cluster, tmp_path):
+    """The whole search (sweeper and jobs) killed while trials run; resume=true continues the same
+    study: the trials it cut off fail and run again, n_trials complete, and the manifest and the
+    study agree on every trial."""
+    progress = tmp_path / "progress"
+    args = search_args(slurm_cluster, progress, 4)
+    def ready(base: Path) -> bool:  # one trial has a value and another's run has started
+        if finished_trials(base) < 1:
+            return False
+        (sweep,) = base.iterdir()
+        return "running" in [v["status"] for v in read_manifest(sweep).values()]
+
+    sweep = kill_search_when(slurm_cluster, tmp_path, args, ready)
+    storage = open_storage(sweep / "optuna.journal")
+    before = optuna.load_study(study_name="vae_elbo_search", storage=storage).trials
+    cut_off = [t.number for t in before if t.state == optuna.trial.TrialState.RUNNING]
+    assert cut_off and 1 <= sum(t.state.is_finished() for t in before) < 4
+
+    proc = genlab_train(slurm_cluster, tmp_path, *args, "resume=true", timeout=400, name="resumed")
+    assert proc.returncode == 0, output(tmp_path, "resumed")[-3000:]
+    trials = assert_manifest_agrees_with_study(sweep, "vae_elbo_search")
+    assert [t.params for t in trials[: len(before)]] == [t.params for t in before]  # the same study
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 4
+    # a trial the kill left running: its run had ended before the jobs were cancelled, and the
+    # resumed sweeper took its result from the manifest, or it was cut off mid-run: failed,
+    # its run interrupted, and its parameters ran again
+    replaced = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+    manifest = read_manifest(sweep)
+    for number in cut_off:
+        t = trials[number]
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            assert number in replaced
+            if RUN_ATTR in t.user_attrs:
+                run = str(t.user_attrs[RUN_ATTR])
+                assert manifest[run]["status"] == "interrupted"
+                if (sweep / run / runs.SUMMARY).is_file():
+                    assert runs.read_summary(sweep / run)["status"] in runs.STOPPED

@@ -31,7 +31,10 @@ WANDB = "wandb"  # the offline W&B runs, and what genlab keeps beside them (wand
 # running: started, not ended (or killed without warning); interrupted: stopped by SIGTERM or
 # Ctrl-C after saving checkpoints/last.ckpt, which the next attempt at the run continues from;
 # pruned: stopped early by an Optuna search's pruner (genlab.callbacks.pruning), not a failure
-STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned")
+STATUSES = ("ok", "failed", "diverged", "running", "interrupted", "pruned", "timed_out")
+# a run that stopped without an end of its own: the next attempt continues from last.ckpt.
+# timed_out: its SLURM job hit the time limit more than hydra.launcher.max_num_timeout times
+STOPPED = ("running", "interrupted", "timed_out")
 # generate(n) of every family is written as samples/generated_epochNNN.png and, at the end of
 # training, samples/generated_final.png (genlab.callbacks.samples): the only grid genlab-report
 # shows as a run's samples; the other grids (reconstructions, chains, degraded real images,

@@ -6,8 +6,10 @@ Hydra runs this module's pieces; genlab's own code reaches them only through con
   entry per job with its overrides, directory and status. Jobs of a parallel launcher, and other
   processes on the same sweep, update it under a file lock, so concurrent writers lose nothing.
   At the end of a multirun it raises SystemExit(1) when any run failed or diverged, after every
-  run has had its turn (runs an Optuna pruner stopped, status pruned, are not failures), and
-  SystemExit(BUSY_EXIT) when the only runs not done are another process's.
+  run has had its turn (runs an Optuna pruner stopped, status pruned, are not failures, nor is
+  a search's trial whose job was lost and whose parameters ran again), SystemExit(TIMEOUT_EXIT)
+  when the only runs not done timed out on SLURM for good, and SystemExit(BUSY_EXIT) when the
+  only runs not done are another process's.
 - `run_lock` (called by train()) and SweepManifest hold a run directory's lock
   (genlab.runs.hold_run) while a job trains it: one process per run folder, so a sweep started
   twice on one folder (resume=true while the first still runs, a requeued SLURM job meeting a
@@ -178,6 +180,9 @@ def put_back_started(run_dir: Path) -> None:
 # -- one process per run directory ----------------------------------------------------------
 # genlab-train's exit code when runs were left alone because another process trains them
 BUSY_EXIT = 3
+# a sweep's exit code when runs timed out on SLURM more than hydra.launcher.max_num_timeout times
+# (and none failed): resume=true with a longer hydra.launcher.timeout_min continues them
+TIMEOUT_EXIT = 4
 
 
 def _trains_the_run() -> bool:
@@ -237,6 +242,42 @@ def update_manifest(sweep_dir: str | Path, key: str, entry: dict,
         if if_status is None or runs.get(key, {}).get("status") in if_status:
             runs[key] = {**runs.get(key, {}), **entry}
             atomic_write_text(path, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
+
+
+def end_lost_run(sweep_dir: str | Path, key: str, status: str, error: str,
+                 hung: bool = False) -> None:
+    """Record the end of run `key` whose job ended without on_job_end (killed, cancelled, or timed
+    out for good): its manifest entry, unless it already holds an end, and, for `timed_out`, its
+    summary, which then says why the run stopped rather than `running` or `interrupted` (the next
+    attempt continues from last.ckpt either way). Under the run's lock; skipped while another
+    process holds the run, unless that is the lost job itself, still alive but `hung` (its
+    heartbeat stopped): then the manifest entry is written and the summary left to it."""
+    from genlab.runs import STOPPED, RunBusy, write_summary
+
+    entry = read_manifest(sweep_dir).get(key, {})
+    run_dir = Path(sweep_dir) / entry.get("dir", key)
+    held = run_dir.is_dir()  # a job lost before its run started has no folder to hold
+    if held:
+        try:
+            hold_run(run_dir)
+        except RunBusy:
+            if not hung:
+                return
+            held = False
+    try:
+        if status == "timed_out" and held:
+            try:
+                summary = read_summary(run_dir)
+            except RunReadError:
+                summary = None
+            if summary is not None and summary["status"] in STOPPED:
+                write_summary(run_dir, {**summary, "status": status, "error": error})
+        update_manifest(sweep_dir, key, {"status": status, "error": error[:500],
+                                         "ended": datetime.now().isoformat(timespec="seconds")},
+                        if_status=(None, "running", "busy", "interrupted", status))
+    finally:
+        if held:
+            release_run(run_dir)
 
 
 class SweepManifest(Callback):
@@ -316,13 +357,20 @@ class SweepManifest(Callback):
         holder = {k: run_holder(sweep / runs[k].get("dir", k)) for k, s in status.items()
                   if s in ("busy", "running")}
         busy = {k for k, h in holder.items() if h or status[k] == "busy"}
+        # an Optuna trial whose job was lost and whose parameters ran again (replaced_by) in a run
+        # that ended: its search went on whole, so it is said, not failed
+        replaced = {k for k, v in runs.items() if k not in busy and status[k] != "ok"
+                    and status.get(str(v.get("replaced_by"))) in ("ok", "pruned")}
         # a pruned run is a search's verdict on its trial, not a failure
-        bad = {k for k, s in status.items() if s not in ("ok", "pruned") and k not in busy}
+        bad = {k for k, s in status.items() if s not in ("ok", "pruned") and k not in busy | replaced}
+        timed_out = {k for k in bad if status[k] == "timed_out"}
         n_ok, pruned = (sum(s == x for s in status.values()) for x in ("ok", "pruned"))
         print(f"sweep {sweep}: {n_ok} of {len(runs)} runs ok" + (f", {pruned} pruned" if pruned else "")
+              + (f", {len(replaced)} lost and run again" if replaced else "")
+              + (f", {len(timed_out)} timed out" if timed_out else "")
               + (f", {len(busy)} left to another process" if busy else "")
               + f" (manifest: {sweep / MANIFEST})")
-        for k in sorted(bad | busy, key=int):
+        for k in sorted(bad | busy | replaced, key=int):
             v = runs[k]
             if k in busy:
                 why = (f"being trained by another process ({holder[k]}); once that process has "
@@ -330,10 +378,13 @@ class SweepManifest(Callback):
                        else "skipped while another process held it, which has stopped since; the "
                        "same command with resume=true continues it")
                 v = {**v, "status": "busy", "error": why}
+            elif k in replaced:
+                v = {**v, "error": f"{v.get('error')}; its parameters ran again as run "
+                                   f"{v['replaced_by']}"}
             print(f"  run {k} {v.get('status')}: {' '.join(v.get('overrides', []))}: {v.get('error')}",
                   file=sys.stderr)
         if bad or busy:
-            raise SystemExit(1 if bad else BUSY_EXIT)
+            raise SystemExit(1 if bad - timed_out else TIMEOUT_EXIT if timed_out else BUSY_EXIT)
 
 
 def _subdir(config: DictConfig) -> str:

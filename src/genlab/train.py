@@ -44,6 +44,7 @@ from genlab.models import build_model, check_corruption_read, family_of, read_ge
 from genlab.optim import check_settings
 from genlab.runs import (
     METRICS_CSV,
+    STOPPED,
     DiskFull,
     RunBusy,
     RunReadError,
@@ -184,7 +185,7 @@ def _previous_run(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | No
     if old and old["status"] == "ok" and cfg.get("resume"):
         return old, None
     last = last_checkpoint(run_dir)
-    stopped = old and (old["status"] in ("running", "interrupted") or old.get("disk_full"))
+    stopped = old and (old["status"] in STOPPED or old.get("disk_full"))
     if not cfg.get("ckpt_path") and stopped and last.is_file():
         return None, str(last)
     return None, cfg.get("ckpt_path")
