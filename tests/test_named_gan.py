@@ -121,8 +121,9 @@ def test_commanded_error_is_near_zero_for_a_model_that_obeys_and_a_guess_for_one
     reader = orientation.load_regressor()
     obeys = commanded_error_deg(renderer(True), "orientation", reader, 1000, seed=1)
     ignores = commanded_error_deg(renderer(False), "orientation", reader, 1000, seed=1)
-    # the renderer's 39 angles put the commanded angle up to 4.6 degrees away (2.3 on average)
-    assert obeys < 10.0
+    # the reader's own error on real test images is 9.4 degrees (its floor); the renderer's 39
+    # angles put the commanded angle up to 4.6 degrees further away (measured: 10.0 in all)
+    assert obeys < 15.0
     assert abs(ignores - orientation.GUESS_DEG) < 6.0, ignores
     assert orientation.GUESS_DEG == pytest.approx(52.5)
 

@@ -65,7 +65,8 @@ def load_regressor(path: str | Path | None = None) -> DomainCNN:
     if not path.is_file():
         raise ExtractorUnavailable(f"orientation regressor: weights file {path} is missing. Retrain it "
                                    "with\n  python -m genlab.metrics.orientation")
-    net = new_regressor()
+    with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: no draw counts
+        net = new_regressor()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     return net.eval().requires_grad_(False)
 
