@@ -8,6 +8,7 @@ isinstance with these protocols only, never hasattr or a name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -140,4 +141,20 @@ class ClassConditional(Protocol):
     def generate_class(self, labels: Tensor) -> Tensor:
         """One image of each requested class: labels LongTensor [n] -> float images [n, C, H, W]
         in [0, 1], drawn from the training stream."""
+        ...
+
+
+@runtime_checkable
+class NamedGeneration(Protocol):
+    """A model whose first latent units carry named factors of the data and that generates with
+    their values commanded (model=named_vae, model=named_gan; genlab.models.named): the commanded-
+    factor evaluator (genlab.callbacks.commanded) needs it. As with ClassConditional, a model
+    declares it itself: it holds `named_factor_kinds` only when it has named units."""
+
+    named_factor_kinds: dict[str, str]  # factor name -> its coding (circle | line), in unit order
+
+    def generate_named(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Images with the named units set: values maps factor names to codes [n, units] of their
+        coding (circle: (cos phi, sin phi)); the other units are drawn as for generate(n), from the
+        training stream. Float images [n, C, H, W] in [0, 1]."""
         ...

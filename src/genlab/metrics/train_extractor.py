@@ -70,9 +70,22 @@ def evaluate(net: DomainCNN, dm, name: str, split: str = "test", batch_size: int
 def train(name: str, dm, steps: int, batch_size: int, lr: float = 2e-3, seed: int = 0,
           device: str = "cpu", log_every: int = 500) -> DomainCNN:
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     spec = DOMAIN[name]
     net = DomainCNN(extractor_image_shape(name), spec["heads"], downsample=spec["downsample"]).to(device)
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        _, logits = net(x)
+        t = targets(y, name).to(device)
+        return sum(F.cross_entropy(lg, t[:, h]) for h, lg in enumerate(net.split_logits(logits)))
+
+    return fit(net, dm, loss_fn, steps, batch_size, lr, seed, device, log_every)
+
+
+def fit(net: torch.nn.Module, dm, loss_fn, steps: int, batch_size: int, lr: float = 2e-3, seed: int = 0,
+        device: str = "cpu", log_every: int = 500):
+    """Adam with a cosine decay over `steps` random batches of the training split (drawn from a
+    generator seeded with `seed`); loss_fn(x float [B, C, H, W] in [0, 1] on `device`, labels)."""
+    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     fetch, n = dm.fetcher("train")
@@ -80,9 +93,7 @@ def train(name: str, dm, steps: int, batch_size: int, lr: float = 2e-3, seed: in
     t0 = time.time()
     for step in range(steps):
         x, y = fetch(torch.randint(n, (batch_size,), generator=g))
-        _, logits = net(x.to(device).float() / 255.0)
-        t = targets(y, name).to(device)
-        loss = sum(F.cross_entropy(lg, t[:, h]) for h, lg in enumerate(net.split_logits(logits)))
+        loss = loss_fn(x.to(device).float() / 255.0, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,9 +104,14 @@ def train(name: str, dm, steps: int, batch_size: int, lr: float = 2e-3, seed: in
 
 
 def save(net: DomainCNN, path: Path, accuracy: list[float], command: str) -> None:
+    save_weights(net, path, command, test_accuracy=[round(a, 4) for a in accuracy])
+
+
+def save_weights(net: torch.nn.Module, path: Path, command: str, **scores) -> None:
+    """The state dict with `scores` (its measured quality), the command and the torch version."""
     blob = {
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-        "test_accuracy": [round(a, 4) for a in accuracy],
+        **scores,
         "command": command,
         "torch_version": str(torch.__version__),
     }

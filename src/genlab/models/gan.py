@@ -33,11 +33,13 @@ from genlab.metrics.psnr import psnr
 from genlab.models.adversarial import AdversarialModule, AdversarialSettings, to_image, to_signed
 from genlab.models.common import FAMILIES, eval_means, eval_noise, log_eval, triplets
 from genlab.models.conditional import check_labels, cycle_labels, num_classes_rule, require_class_data
+from genlab.models.factor_heads import FACTOR_HEADS
 from genlab.models.games import GAMES
+from genlab.models.named import NamedUnits, labelled_fraction_rule, sweep
 from genlab.nets import conditional as _conditional_nets  # noqa: F401  (registers conditional_dcgan, projection)
 from genlab.nets.gan import GENERATORS, RESTORERS
 from genlab.seeding import draw
-from genlab.settings import flag, nonnegative, positive_int, setting
+from genlab.settings import flag, nonnegative, nonnegative_int, positive_int, setting
 
 # --- DCGAN --------------------------------------------------------------------------------------
 
@@ -49,6 +51,11 @@ class DCGANSettings(AdversarialSettings):
     latent_dim: int = positive_int(64)
     n_grid: int = positive_int(64)  # real images in the game's grids (degraded_real)
     num_classes: int | None = setting(None, num_classes_rule)  # the data's: conditional networks' classes
+    # named factors (preset model=named_gan): G's first latent units carry them, D reads them back
+    named_factors: dict | None = None  # checked by genlab.models.named.NamedUnits
+    labelled_fraction: float = setting(1.0, labelled_fraction_rule)
+    labelled_seed: int = nonnegative_int(0)
+    factor_head: str | dict = "ss_info"  # genlab.models.factor_heads.FACTOR_HEADS (with named_factors)
 
 
 @FAMILIES.register("dcgan")
@@ -61,7 +68,16 @@ class DCGAN(AdversarialModule):
     discriminator (projection), both or neither, on data with class labels (genlab.nets.conditional,
     genlab.models.conditional). The fakes of a batch get the real batch's labels; D judges real
     images with their labels and fakes with theirs. Only games that leave D's calls to the family
-    take labels (plain, instance_noise); the others refuse a conditional model."""
+    take labels (plain, instance_noise); the others refuse a conditional model.
+
+    Named factors (preset model=named_gan, `named_factors` as the VAE's, genlab.models.named): G's
+    first latent units carry the factors' codes, drawn uniformly over each factor's range (circle:
+    (cos phi, sin phi), phi uniform; the rest of z standard normal), and D has the factor head's
+    extra outputs after the game's (`factor_head`, genlab.models.factor_heads: semi-supervised
+    InfoGAN), trained on the labelled real images (`labelled_fraction` of the grid, chosen by
+    `labelled_seed`, as for the VAE) and on the fakes' given codes. val/test `<factor>_err_deg`
+    (or `_mae`): how far D's head reads real images' factors; `generate_named` generates with
+    commanded codes (NamedGeneration). Not with a conditional generator."""
 
     Settings = DCGANSettings
 
@@ -73,7 +89,7 @@ class DCGAN(AdversarialModule):
         super().__init__()
         s = self.configure(image_shape, settings)
         self.init_adversarial(s, num_classes=s.num_classes)
-        self.game = GAMES.build(s.d_mode, "model.d_mode", score=self.d_out, corruption=self.corruption,
+        self.game = GAMES.build(s.d_mode, "model.d_mode", score=self.game_out, corruption=self.corruption,
                                 loss=self.gan_loss)
         losses, loss = self.game.losses, self.gan_loss.registry_name
         require(losses is None or loss in losses, "model.loss",
@@ -88,20 +104,35 @@ class DCGAN(AdversarialModule):
                 n for n, game in GAMES.items() if game.takes_labels) + " with a conditional generator "
                 "(this game scores images without their labels)", self.game.registry_name)
             self.num_classes = s.num_classes  # declares ClassConditional (genlab.capabilities)
+        self.named = (NamedUnits(s.named_factors, s.latent_dim, s.labelled_fraction, s.labelled_seed)
+                      if s.named_factors is not None else None)
+        self.factor_head = (FACTOR_HEADS.build(s.factor_head, "model.factor_head", named=self.named)
+                            if self.named is not None else None)
+        if self.named is not None:
+            require(not self.conditional, "model.named_factors", "null with a conditional generator",
+                    s.named_factors)
+            self.named_factor_kinds = self.named.kinds()  # declares NamedGeneration (genlab.capabilities)
         self.generator = g_net.network(s.latent_dim, self.image_shape)
-        self.discriminator = self.d_net.network(self.image_shape, self.game.outputs)
+        head_outputs = self.factor_head.outputs if self.factor_head is not None else 0
+        self.discriminator = self.d_net.network(self.image_shape, self.game.outputs + head_outputs)
         self.init_ema(s.ema_decay)
-        self.means = eval_means(["d_real_acc"])
+        self.means = eval_means(["d_real_acc", *(self.named.metrics() if self.named else [])])
         self._moments: dict[str, list[Tensor]] = {}
+        heads = {"factor_head": self.factor_head} if self.factor_head is not None else {}
         self.save_settings(s, d_mode=self.game, loss=self.gan_loss, generator=g_net,
-                           discriminator=self.d_net, corruption=self.corruption)
+                           discriminator=self.d_net, corruption=self.corruption, **heads)
 
     def d_parameters(self):
         return list(self.discriminator.parameters())
 
     # -- the networks ---------------------------------------------------------------------------
     def z(self, n: int) -> Tensor:
-        return torch.randn(n, self.hparams.latent_dim, device=self.device)
+        return self.g_input(torch.randn(n, self.hparams.latent_dim, device=self.device))
+
+    def g_input(self, z: Tensor) -> Tensor:
+        """Standard normal draws -> G's input: with named factors, their units mapped to codes
+        drawn uniformly over each factor's range (NamedUnits.from_normal); else z itself."""
+        return z if self.named is None else self.named.from_normal(z)
 
     def labels_of(self, batch) -> Tensor | None:
         """A batch's class labels for a conditional model (None for an unconditional one)."""
@@ -119,9 +150,17 @@ class DCGAN(AdversarialModule):
         """D's raw outputs [B, K, L] for images x in [0, 1] (and classes y, when conditional)."""
         return self.d_raw(to_signed(x), y)
 
+    def game_out(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The game's share of D's outputs, [B, game.outputs, L] (the factor head's follow it)."""
+        return self.d_out(x, y)[:, : self.game.outputs]
+
+    def head_out(self, out: Tensor) -> Tensor:
+        """The factor head's share of D's outputs [B, K, L]: [B, named units, L]."""
+        return out[:, self.game.outputs:]
+
     def realness(self, out: Tensor) -> Tensor:
         """s [B, L], a logit per location (> 0: judged real), as the game defines it."""
-        return self.game.realness(out)
+        return self.game.realness(out[:, : self.game.outputs])
 
     @torch.no_grad()
     def generate(self, n: int, z: Tensor | None = None) -> Tensor:
@@ -131,6 +170,16 @@ class DCGAN(AdversarialModule):
             return self.generate_class(cycle_labels(n if z is None else len(z), self.num_classes), z)
         g = self.g_ema if self.g_ema is not None else self.generator
         return to_image(g(self.z(n) if z is None else z))
+
+    @torch.no_grad()
+    def generate_named(self, values) -> Tensor:
+        """Images with the named units set to the commanded codes (NamedGeneration): values maps
+        factor names to codes [n, units] (circle: (cos, sin)); the rest of z drawn as in training."""
+        require(self.named is not None, "model.named_factors", "a mapping such as {orientation: circle} "
+                "to generate with commanded factors", None)
+        n = len(next(iter(values.values())))
+        g = self.g_ema if self.g_ema is not None else self.generator
+        return to_image(g(self.named.command(self.z(n), values)))
 
     @torch.no_grad()
     def generate_class(self, labels: Tensor, z: Tensor | None = None) -> Tensor:
@@ -143,56 +192,84 @@ class DCGAN(AdversarialModule):
 
     def sample_grids(self, real: Tensor) -> dict[str, Tensor]:
         """The game's own grids (what the corruption does to real images, where it is part of the
-        game); the sample-grid callback draws the generated samples itself."""
-        return self.game.grids(real[: self.hparams.n_grid])
+        game; the sample-grid callback draws the generated samples itself), and with named
+        factors one traversal each: 8 rows of fixed z, the factor's units swept over 8 values."""
+        grids = self.game.grids(real[: self.hparams.n_grid])
+        for name in self.named.units if self.named is not None else ():
+            units, values = sweep(self, name, 8)
+            z = self.z(8).unsqueeze(1).repeat(1, len(values), 1)
+            z[:, :, units] = values.to(z)
+            grids[f"traversal_{name}"] = self.generate(len(values) * 8, z.flatten(0, 1))
+        return grids
 
     # -- the losses -------------------------------------------------------------------------------
-    def discriminator_loss(self, real: Tensor, fake: Tensor,
-                           y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def discriminator_loss(self, real: Tensor, fake: Tensor, y: Tensor | None = None,
+                           factors: Tensor | None = None,
+                           code: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss for real and fake images in [0, 1] (no gradient reaches G), and what to log;
-        y: the classes of both (a conditional model: the fakes have the real batch's labels)."""
+        y: the classes of both (a conditional model: the fakes have the real batch's labels);
+        with named factors, factors: the real images' factor levels, code: the fakes' given code."""
         real_in = to_signed(self.game.view(real)).detach().requires_grad_(self.hparams.r1_gamma > 0)
         fake_in = to_signed(self.game.view(fake)).detach()
         out_real, out_fake = self.d_raw(real_in, y), self.d_raw(fake_in, y)
         s_real = self.realness(out_real)
-        loss, logs = self.game.d_loss(out_real, out_fake, real)
+        k = self.game.outputs
+        loss, logs = self.game.d_loss(out_real[:, :k], out_fake[:, :k], real)
+        if self.factor_head is not None:
+            aux, aux_logs = self.factor_head.d_loss(self.head_out(out_real), factors,
+                                                    self.head_out(out_fake), code)
+            loss, logs = loss + aux, {**logs, **aux_logs}
         penalty, penalty_logs = self.d_penalties(lambda x: self.realness(self.d_raw(x, y)),
                                                  real_in, fake_in, s_real)
         return loss + penalty, {"d_real_acc": (s_real > 0).float().mean(), **logs, **penalty_logs}
 
-    def generator_loss(self, fake: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def generator_loss(self, fake: Tensor, y: Tensor | None = None,
+                       code: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """G's loss on fake images that carry G's graph (gradients reach G through D and, for games
-        whose view corrupts, through the corruption), and what to log; y: the fakes' classes."""
-        return self.game.g_loss(self.d_out(self.game.view(fake), y), fake)
+        whose view corrupts, through the corruption), and what to log; y: the fakes' classes;
+        code: with named factors, the code G was given."""
+        out = self.d_out(self.game.view(fake), y)
+        loss, logs = self.game.g_loss(out[:, : self.game.outputs], fake)
+        if self.factor_head is not None:
+            aux, aux_logs = self.factor_head.g_loss(self.head_out(out), code)
+            loss, logs = loss + aux, {**logs, **aux_logs}
+        return loss, logs
 
     # -- Lightning ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.conditional:
             require_class_data(self.trainer.datamodule, self.num_classes,
                                f"model.generator={self.hparams.generator['name']}")
+        if self.named is not None:
+            self.named.bind_data(self.trainer.datamodule)
 
     def training_step(self, batch, batch_idx):
         real, y = batch[0], self.labels_of(batch)
         n = real.shape[0]
+        z = self.z(n)
+        factors, code = (batch[1], z[:, : self.named.n_named]) if self.named is not None else (None, None)
         # with a G step in this batch, the fake batch keeps its graph for G's loss (one G forward)
         with torch.set_grad_enabled(self.is_g_step(batch_idx)):
-            fake = to_image(self.g_out(self.generator, self.z(n), y))
-        d_loss, logs = self.discriminator_loss(real, fake.detach(), y)
-        return self.adversarial_step(d_loss, logs, lambda: self.generator_loss(fake, y), batch_idx, n)
+            fake = to_image(self.g_out(self.generator, z, y))
+        d_loss, logs = self.discriminator_loss(real, fake.detach(), y, factors, code)
+        return self.adversarial_step(d_loss, logs, lambda: self.generator_loss(fake, y, code), batch_idx, n)
 
     def _eval_step(self, stage: str, batch) -> None:
         real, y = batch[0], self.labels_of(batch)
         index = batch[2]
         g = eval_noise(stage, index)  # each image's own draws, in any process (eval_noise)
-        z = draw((len(real), self.hparams.latent_dim), g, normal=True, device=self.device)
+        z = self.g_input(draw((len(real), self.hparams.latent_dim), g, normal=True, device=self.device))
         # a conditional model's fakes have the real images' classes, as in training
         fake = self.generate(len(real), z) if y is None else self.generate_class(y, z)
         for name, x in (("real", real), ("fake", fake)):
             m = moments(torch.from_numpy(image_statistics(x.float().cpu())))
             self._moments[name] = [a + b for a, b in zip(self._moments.get(name, [0, 0, 0]), m,
                                                          strict=True)]
-        s_real = self.realness(self.d_out(self.game.view(real, generator=g), y))
+        out = self.d_out(self.game.view(real, generator=g), y)
+        s_real = self.realness(out)
         log_eval(self, stage, {"d_real_acc": (s_real > 0).float().mean(1)})
+        if self.named is not None:  # how far D's head reads the real images' factors
+            log_eval(self, stage, self.named.errors(self.factor_head.read(self.head_out(out)), batch[1]))
 
     def _log_stat_fd(self, stage: str) -> None:
         if not self._moments:

@@ -87,6 +87,11 @@ class Coding:
         """[steps, units]: the codes a traversal sets, over the factor's range."""
         raise NotImplementedError
 
+    def from_normal(self, eps: Tensor) -> Tensor:
+        """[B, units] standard normal draws -> codes drawn uniformly over the factor's range (what a
+        generator is given for the factor: genlab.models.gan.DCGAN with named_factors)."""
+        raise NotImplementedError
+
 
 def _phase(data, factors: Tensor, name: str) -> tuple[Tensor, Tensor]:
     """The rotation as an angle phi on the circle (one symmetry period per turn) and the period."""
@@ -114,6 +119,10 @@ class Circle(Coding):
         a = torch.arange(steps) * (2 * math.pi / steps)
         return torch.stack([torch.cos(a), torch.sin(a)], dim=1)
 
+    def from_normal(self, eps):
+        # an isotropic Gaussian pair has a uniform angle: (cos phi, sin phi), phi ~ U[0, 2 pi)
+        return eps / eps.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
 
 @CODINGS.register("line")
 class Line(Coding):
@@ -132,6 +141,17 @@ class Line(Coding):
     def sweep(self, steps):
         return torch.linspace(-SQRT3, SQRT3, steps).unsqueeze(1)
 
+    def from_normal(self, eps):
+        # uniform over the standardised levels' range, +-sqrt 3, through the normal's CDF
+        return SQRT3 * torch.erf(eps / math.sqrt(2.0))
+
+
+def labelled_fraction_rule(value, key: str) -> None:
+    """The rule of model.labelled_fraction (genlab.settings.setting)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    require(ok and 0 < value <= 1, key, "a number in (0, 1]: the fraction of training images whose "
+            "factors are given", value)
+
 
 def check_named_factors(named_factors, latent_dim: int) -> dict[str, str]:
     """model.named_factors as {name: kind} without the nulls (a null drops a factor), checked
@@ -149,9 +169,10 @@ def check_named_factors(named_factors, latent_dim: int) -> dict[str, str]:
 
 
 class NamedUnits:
-    """The latent layout of a VAE with `model.named_factors`: which units carry which factor, which
+    """The latent layout of a model with `model.named_factors`: which units carry which factor, which
     training images carry labels, what the units are trained towards and how far they are from it
-    (see the module's docstring). The VAE holds one as `named` (None without named factors)."""
+    (see the module's docstring). The VAE and the DCGAN hold one as `named` (None without named
+    factors)."""
 
     def __init__(self, named_factors: Mapping, latent_dim: int, labelled_fraction: float, labelled_seed: int):
         named = check_named_factors(named_factors, latent_dim)
@@ -165,6 +186,29 @@ class NamedUnits:
         self.labelled_fraction, self.labelled_seed = labelled_fraction, labelled_seed
         self.factor_data: NamedFactors | None = None
         self._labelled: Tensor | None = None
+
+    def kinds(self) -> dict[str, str]:
+        """factor name -> its coding's kind (circle | line), in the units' order."""
+        return {name: coding.registry_name for name, (coding, _) in self.units.items()}
+
+    def from_normal(self, z: Tensor) -> Tensor:
+        """Standard normal draws [B, D] with the named units mapped to codes drawn uniformly over
+        each factor's range (Coding.from_normal); the other units unchanged."""
+        z = z.clone()
+        for coding, u in self.units.values():
+            z[:, u:u + coding.units] = coding.from_normal(z[:, u:u + coding.units])
+        return z
+
+    def command(self, z: Tensor, values: Mapping[str, Tensor]) -> Tensor:
+        """z [B, D] with each named factor's units set to values[name] [B, units] (or [units], the
+        same for every row); a factor without a value keeps its units."""
+        z = z.clone()
+        for name, v in values.items():
+            if name not in self.units:
+                raise ConfigError(f"named factor {name!r} is invalid; allowed: {' | '.join(self.units)}")
+            coding, u = self.units[name]
+            z[:, u:u + coding.units] = torch.as_tensor(v).to(z).expand(len(z), coding.units)
+        return z
 
     def metric(self, name: str) -> str:
         return f"{name}_{self.units[name][0].metric_suffix}"
@@ -253,4 +297,5 @@ def traverse(model, x: Tensor, units: slice, values: Tensor) -> Tensor:
     return model.likelihood.mean(model.decode(z.flatten(0, 1)))
 
 
-__all__ = ["CODINGS", "Circle", "Line", "NamedUnits", "check_named_factors", "grid_index", "labelled_mask", "sweep", "sweeps", "traverse"]
+__all__ = ["CODINGS", "Circle", "Line", "NamedUnits", "check_named_factors", "grid_index", "labelled_fraction_rule",
+           "labelled_mask", "sweep", "sweeps", "traverse"]

@@ -51,7 +51,7 @@ from genlab.models.conditional import (
     require_class_data,
 )
 from genlab.models.likelihood import LIKELIHOODS
-from genlab.models.named import NamedUnits, sweep, traverse
+from genlab.models.named import NamedUnits, labelled_fraction_rule, sweep, traverse
 from genlab.models.objectives import VAE_OBJECTIVES
 from genlab.models.posteriors import POSTERIORS
 from genlab.models.posteriors import Uniform as UniformPosterior
@@ -73,12 +73,6 @@ def _loglik_samples(value, key: str) -> None:
             "an integer >= 0 (0 skips the test log-likelihood)", value)
 
 
-def _fraction_labelled(value, key: str) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    require(ok and 0 < value <= 1, key, "a number in (0, 1]: the fraction of training images whose "
-            "factors are given", value)
-
-
 @dataclasses.dataclass
 class VAESettings(Settings):
     latent_dim: int = positive_int(16)
@@ -95,7 +89,7 @@ class VAESettings(Settings):
     loglik_chunk: int = positive_int(8192)
     n_grid: int = positive_int(64)
     named_factors: dict | None = None  # checked by genlab.models.named.NamedUnits
-    labelled_fraction: float = setting(1.0, _fraction_labelled)
+    labelled_fraction: float = setting(1.0, labelled_fraction_rule)
     labelled_seed: int = nonnegative_int(0)
     conditional: bool = flag(False)  # q(z | x, y), p(x | z, y) for the data's class labels y
     num_classes: int | None = setting(None, num_classes_rule)  # the data's (conf: genlab_num_classes)
@@ -111,7 +105,8 @@ class VAESettings(Settings):
 
 @FAMILIES.register("vae")
 class VAE(GenerativeModule, Encoder):
-    # with `conditional`, a model also declares ClassConditional (it then holds num_classes)
+    # with `conditional`, a model also declares ClassConditional (it then holds num_classes); with
+    # `named_factors`, NamedGeneration (it then holds named_factor_kinds)
     Settings = VAESettings
 
     def __init__(self, image_shape, **settings):
@@ -146,6 +141,8 @@ class VAE(GenerativeModule, Encoder):
         self.objective = VAE_OBJECTIVES.build(s.objective, "model.objective")
         self.named = (NamedUnits(s.named_factors, s.latent_dim, s.labelled_fraction, s.labelled_seed)
                       if s.named_factors is not None else None)
+        if self.named is not None:  # declares NamedGeneration (genlab.capabilities)
+            self.named_factor_kinds = self.named.kinds()
         require(self.named is not None or not isinstance(self.objective, VAE_OBJECTIVES["named_elbo"]),
                 "model.objective", "elbo | iwae | elbo_k without model.named_factors (named_elbo "
                 "supervises the named units)", self.objective.registry_name)
@@ -249,6 +246,14 @@ class VAE(GenerativeModule, Encoder):
             z = self.prior.sample(n, self.device)
         if self.condition is not None:
             return self.generate_class(cycle_labels(len(z), self.num_classes, self.device), z)
+        return self.likelihood.mean(self.decode(z))
+
+    @torch.no_grad()
+    def generate_named(self, values) -> Tensor:
+        """Images decoded from prior draws with the named units set to the commanded codes
+        (NamedGeneration): values maps factor names to codes [n, units] (circle: (cos, sin))."""
+        n = len(next(iter(values.values())))
+        z = self.named.command(self.prior.sample(n, self.device), values)
         return self.likelihood.mean(self.decode(z))
 
     @torch.no_grad()
