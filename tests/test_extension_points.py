@@ -178,7 +178,6 @@ def test_add_a_model_family(tmp_path, registered):
 # --- add an evaluator: one Evaluator subclass, its node metrics.<name> ----------------------------
 
 
-@EVALUATORS.register("brightness_gap")  # its config node, metrics.brightness_gap
 class BrightnessGap(Evaluator):
     """|mean brightness of n generated images - that of the first n validation images|, in [0, 1]."""
 
@@ -194,7 +193,8 @@ class BrightnessGap(Evaluator):
         return {"val/brightness_gap": abs(fake.mean() - real.mean()).item()}
 
 
-def test_add_an_evaluator(tmp_path):
+def test_add_an_evaluator(tmp_path, registered):
+    registered(EVALUATORS, "brightness_gap", BrightnessGap)  # its config node: metrics.brightness_gap
     run = tmp_path / "run"
     # the new metric is the objective (the best checkpoint is chosen by it); the built-in
     # evaluators are switched off, each by its own node
@@ -228,8 +228,9 @@ class WideNormal(Prior):
         s = self.settings.scale
         return (-0.5 * (z / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
-    def sample(self, n, device=None):
-        return self.settings.scale * torch.randn(n, self.latent_dim, device=device)
+    def sample(self, n, device=None, generator=None, dtype=torch.float32):
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=dtype)
+        return self.settings.scale * z.to(device)
 
 
 @dataclasses.dataclass

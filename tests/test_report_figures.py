@@ -30,7 +30,7 @@ def sweep(tmp_path_factory):
     reconstructions, the aggregate posterior) and per-epoch curves."""
     root = tmp_path_factory.mktemp("sweep")
     run_cli("-m", "model=vae", "data=digits", "debug=smoke", "logger=csv", "model.latent_dim=2",
-            "model.beta=0.5,1", "seed=0", f"paths.log_dir={root}", cwd=root)
+            "model.objective.beta=0.5,1", "seed=0", f"paths.log_dir={root}", cwd=root)
     (sweep_dir,) = root.glob("*/multiruns/*")
     return sweep_dir
 
@@ -71,7 +71,7 @@ def assert_readable(name: str, fig: Figure) -> None:
 def test_every_figure_of_a_real_sweep_is_labelled_and_fits_its_canvas(sweep, tmp_path, monkeypatch):
     for config in sweep.glob("*/.hydra/config.yaml"):  # the study preset's report block
         cfg = yaml.safe_load(config.read_text())
-        cfg["report"] = {"x": {"key": "model.beta", "label": "beta (the KL's weight)"},
+        cfg["report"] = {"x": {"key": "model.objective.beta", "label": "beta (the KL's weight)"},
                          "lines": {"by": "model.latent_dim", "names": {2: "2-D VAE"}},
                          "metrics": ["val/elbo", "val/fid", "val/fid_expost"],
                          "step_metric": ["val/elbo", "val/fid"], "panels": PANELS,
