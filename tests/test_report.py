@@ -638,3 +638,14 @@ def test_compact_png_keeps_every_pixel_in_fewer_bytes(tmp_path):
         back = Image.open(io.BytesIO(small))
         assert back.mode == mode
         assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(Image.open(path).convert("RGBA")))
+
+
+def test_lookup_walks_through_a_node_set_by_interpolation():
+    """A preset's `objective: ${arms.${arm}}` is saved unresolved; its settings are still keys."""
+    from genlab.report.load import MISSING, lookup
+
+    config = {"arm": "iwae_k5", "arms": {"iwae_k5": {"name": "iwae", "k": 5}},
+              "model": {"objective": "${arms.${arm}}"}}
+    assert lookup(config, "model.objective.k") == 5
+    assert lookup(config, "model.objective") == "iwae"
+    assert lookup(config, "model.objective.beta") is MISSING

@@ -8,7 +8,6 @@ skipped, and the "PATH: reason" line is returned for the report to name.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -130,16 +129,30 @@ def lookup(config: dict[str, Any], dotted: str) -> Any:
     preset's `${arms.${arm}.iwae_k}`) is resolved, so runs group by what they ran with; one that
     cannot be resolved here stays as written."""
     node: Any = config
-    for part in dotted.split("."):
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, str) and "${" in node:  # a node set by interpolation (`${arms.${arm}}`)
+            node = _resolved(config, ".".join(parts[:i]))
         if not isinstance(node, dict) or part not in node:
             return MISSING
         node = node[part]
-    if is_component(dotted, node):
-        dotted, node = f"{dotted}.{NAME}", node[NAME]
-    if isinstance(node, str) and "${" in node:
-        with contextlib.suppress(Exception):  # a resolver only genlab-train registers, a typo
-            return OmegaConf.select(OmegaConf.create(config), dotted)
+    for _ in range(2):  # the node, then a component's name, each possibly an interpolation
+        if isinstance(node, str) and "${" in node:
+            resolved = _resolved(config, dotted)
+            node = node if resolved is MISSING else resolved  # one that cannot be resolved: as written
+        if is_component(dotted, node):
+            dotted, node = f"{dotted}.{NAME}", node[NAME]
     return node
+
+
+def _resolved(config: dict[str, Any], dotted: str) -> Any:
+    """The value at `dotted` with the config's own interpolations resolved, as plain containers
+    (MISSING where it cannot be resolved here)."""
+    try:
+        value = OmegaConf.select(OmegaConf.create(config), dotted)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except Exception:  # a resolver only genlab-train registers, a typo
+        return MISSING
 
 
 def as_text(value: Any) -> str:
