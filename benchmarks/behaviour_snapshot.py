@@ -76,7 +76,7 @@ def run_case(name: str, overrides: list[str], root: Path) -> dict:
            *overrides]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
     (summary,) = out.glob("**/summary.json")
     values = json.loads(summary.read_text())
     return {k: v for k, v in values.items() if isinstance(v, int | float) and not k.endswith("_s")}

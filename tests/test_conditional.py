@@ -138,7 +138,7 @@ def test_a_briefly_trained_cvae_generates_the_classes_asked_for(digits):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = digits.images("train"), digits.labels("train")
     model.train()
-    for epoch in range(25):
+    for _ in range(25):
         for idx in torch.randperm(len(x)).split(64):
             loss = model.training_step((x[idx], y[idx]), 0)
             opt.zero_grad()

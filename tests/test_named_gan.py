@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from genlab.callbacks.commanded import commanded_error_deg
 from genlab.capabilities import NamedGeneration
@@ -20,8 +21,6 @@ from genlab.metrics import orientation
 from genlab.models import DCGAN
 from genlab.models.factor_heads import SemiSupervisedInfo, SSInfoSettings, code_error
 from genlab.models.named import NamedUnits
-
-from conftest import make_cfg
 
 ORIENTATION = {"orientation": "circle"}
 

@@ -29,7 +29,7 @@ from genlab.capabilities import ClassConditional
 from genlab.config import ConfigError
 from genlab.data import build_datamodule
 from genlab.models import VAE, load_model
-from genlab.models.conditional import class_grid_labels, check_labels
+from genlab.models.conditional import check_labels, class_grid_labels
 from genlab.models.named import sweeps, traverse
 from genlab.runs import RunReadError
 

@@ -16,7 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-from genlab.config import ConfigError, require, require_choice, require_nonnegative, require_positive
+from genlab.config import (
+    ConfigError,
+    require,
+    require_choice,
+    require_nonnegative,
+    require_positive,
+)
 
 Rule = Callable[[object, str], None]
 

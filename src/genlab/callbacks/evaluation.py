@@ -44,8 +44,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.callbacks import commanded as _commanded  # noqa: F401  (registers commanded_factors)
+from genlab.callbacks.evaluators import EVALUATORS, EvalContext, Evaluator
 from genlab.config import ConfigError, one_line, require, require_choice, require_positive
 from genlab.data import DATASETS, dataset_name
 from genlab.metrics.extractors import DOMAIN, extractor_image_shape, known_extractors, weights_hash

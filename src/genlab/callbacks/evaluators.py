@@ -50,7 +50,13 @@ from genlab.data import DATASETS, dataset_name
 from genlab.metrics.conditional import class_accuracy, intra_fid
 from genlab.metrics.disentanglement import dci, factor_vae_score, mig, sample_codes
 from genlab.metrics.extractors import DOMAIN
-from genlab.metrics.fid import METRIC_SWITCH, RealReference, extract_features, gather_samples, to_uint8
+from genlab.metrics.fid import (
+    METRIC_SWITCH,
+    RealReference,
+    extract_features,
+    gather_samples,
+    to_uint8,
+)
 from genlab.metrics.figures import aggregate_posterior_figure
 from genlab.metrics.prior import ExPostGMM, active_units, kl_aggregate_posterior, mmd
 from genlab.metrics.probe import linear_probe_accuracy

@@ -15,7 +15,6 @@ from genlab.models.conditional import class_grid_labels
 from genlab.runs import GENERATED, atomic_path
 from genlab.seeding import forked_rng
 
-
 CLASSES = "classes"  # the class-by-sample grid of a class-conditional model
 
 

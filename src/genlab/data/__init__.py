@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.config import ConfigError
 from genlab.data.base import DATASETS, IndexBatches, InMemoryDataModule
-from genlab.data.fashion_mnist import FashionMNISTDataModule  # first: the default dataset
 from genlab.data.digits import DigitsDataModule  # noqa: I001 (the registry's order)
 from genlab.data.dsprites import DSpritesDataModule
+from genlab.data.fashion_mnist import FashionMNISTDataModule  # first: the default dataset
 from genlab.data.mnist import MNISTDataModule
 
 

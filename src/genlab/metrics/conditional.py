@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 

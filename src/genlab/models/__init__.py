@@ -212,5 +212,6 @@ def check_corruption_read(model: GenerativeModule, run_config: Mapping) -> None:
                       f"it is read by {', '.join(readers)} (allow_unused=[corruption] keeps it anyway)")
 
 
-__all__ = ["DAE", "DCGAN", "FAMILIES", "VAE", "GenerativeModule", "GenlabCheckpoint",
-           "RestorationGAN", "UNUSED_OK", "build_model", "family_of", "check_corruption_read", "family_name", "load_model", "read_genlab_checkpoint"]
+__all__ = ["DAE", "DCGAN", "FAMILIES", "RBM", "VAE", "DeepMLP", "GenerativeModule", "GenlabCheckpoint",
+           "RestorationGAN", "UNUSED_OK", "build_model", "check_corruption_read", "family_name", "family_of",
+           "load_model", "read_genlab_checkpoint"]

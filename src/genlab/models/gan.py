@@ -32,7 +32,12 @@ from genlab.metrics.image_stats import image_statistics, moments, stat_fd
 from genlab.metrics.psnr import psnr
 from genlab.models.adversarial import AdversarialModule, AdversarialSettings, to_image, to_signed
 from genlab.models.common import FAMILIES, eval_means, eval_noise, log_eval, triplets
-from genlab.models.conditional import check_labels, cycle_labels, num_classes_rule, require_class_data
+from genlab.models.conditional import (
+    check_labels,
+    cycle_labels,
+    num_classes_rule,
+    require_class_data,
+)
 from genlab.models.factor_heads import FACTOR_HEADS
 from genlab.models.games import GAMES
 from genlab.models.named import NamedUnits, labelled_fraction_rule, sweep

@@ -18,6 +18,7 @@ not the ELBO. Units: nats per image (docs/objectives.md).
 from __future__ import annotations
 
 import dataclasses
+
 from torch import Tensor
 
 from genlab.models.common import eval_noise

@@ -58,7 +58,14 @@ from genlab.models.posteriors import Uniform as UniformPosterior
 from genlab.models.priors import PRIORS, VampPrior
 from genlab.nets import NETS
 from genlab.seeding import ExampleNoise
-from genlab.settings import Settings, flag, fraction, nonnegative_int, positive, positive_int, setting
+from genlab.settings import (
+    Settings,
+    flag,
+    nonnegative_int,
+    positive,
+    positive_int,
+    setting,
+)
 
 MANIFOLD_SIDE = 12  # the 2-D manifold grid: 12 x 12 decoded points
 
