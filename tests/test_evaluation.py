@@ -169,11 +169,12 @@ def test_expost_codes_all_fits_every_training_image(smoke, tmp_path, monkeypatch
         return fit(self, z)
 
     monkeypatch.setattr(evaluators.ExPostGMM, "fit", spy)
-    run = smoke(tmp_path / "run", "data=digits", "metrics.latent.expost_codes=all",
-                "trainer.max_epochs=1", "metrics.sample_quality=null")
+    overrides = ("data=digits", "metrics.latent.expost_codes=all", "trainer.max_epochs=1",
+                 "metrics.sample_quality=null")
+    run = smoke(tmp_path / "run", *overrides)
     s = runs.read_summary(run)
     assert s["status"] == "ok" and math.isfinite(s["val/fid_expost"])
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg = make_cfg(run, "debug=smoke", *overrides)  # the run's config, as smoke composed it
     dm = _data_module(cfg)
     total = len(dm.images("train"))
     assert cfg.metrics.n_samples < total

@@ -17,10 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.config import ConfigError
 from genlab.data.base import DATASETS, IndexBatches, InMemoryDataModule
-from genlab.data.digits import DigitsDataModule  # noqa: I001 (the registry's order)
+
+# isort: off
+# imported in the registry's order (the order error messages list the datasets in): the default first
+from genlab.data.fashion_mnist import FashionMNISTDataModule
+from genlab.data.digits import DigitsDataModule
 from genlab.data.dsprites import DSpritesDataModule
-from genlab.data.fashion_mnist import FashionMNISTDataModule  # first: the default dataset
 from genlab.data.mnist import MNISTDataModule
+# isort: on
 
 
 def dataset(name, key: str = "data.name") -> type[InMemoryDataModule]:
