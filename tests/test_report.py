@@ -649,3 +649,14 @@ def test_lookup_walks_through_a_node_set_by_interpolation():
     assert lookup(config, "model.objective.k") == 5
     assert lookup(config, "model.objective") == "iwae"
     assert lookup(config, "model.objective.beta") is MISSING
+
+
+def test_a_metric_a_run_could_not_measure_is_left_out_of_its_mean():
+    """A NaN (e.g. val/kl_aggregate where the codes cannot tell it) is no value: the mean and the
+    interval are over the runs that measured it, and a point nobody measured stays empty."""
+    from genlab.stats import ok_values
+
+    assert groups.mean_std([1.0, math.nan, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert groups.mean_std([math.nan]) == (None, None)
+    members = [{"seed": 0, "status": "ok", "m": math.nan}, {"seed": 1, "status": "ok", "m": 2.0}]
+    assert ok_values(members, "m") == [(1, 2.0)]

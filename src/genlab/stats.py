@@ -85,8 +85,10 @@ def compare(a: Values, b: Values, level: float = LEVEL) -> Comparison:
 # summary.csv (genlab.report)
 
 def ok_values(members: list[dict[str, Any]], col: str) -> list[tuple[Any, float]]:
-    """(seed, value) of the ok runs that have the metric."""
-    return [(m["seed"], m[col]) for m in members if m["status"] == "ok" and m.get(col) is not None]
+    """(seed, value) of the ok runs that have the metric. A NaN (a metric the run could not
+    measure: its reason is in the run's metric_errors, its value in runs.csv) is no value."""
+    return [(m["seed"], m[col]) for m in members if m["status"] == "ok" and m.get(col) is not None
+            and not (isinstance(m[col], float) and math.isnan(m[col]))]
 
 
 COMPARISON = ("diff", "diff low", "diff high", "p", "higher", "lower", "paired")  # summary.csv

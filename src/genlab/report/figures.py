@@ -321,7 +321,7 @@ def against_figure(points: dict[str, dict[Any, list[float]]], axis: Axis, column
         stats = [mean_std(per_x[k]) for k in keys]
         n = sorted({len(per_x[k]) for k in keys})
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-        ax.errorbar([position[k] for k in keys], [m for m, _ in stats],
+        ax.errorbar([position[k] for k in keys], [m if m is not None else math.nan for m, _ in stats],
                     yerr=[s if s is not None else math.nan for _, s in stats],
                     marker="o", capsize=3, label=f"{wrap(name)} (n={seeds})")
     if not numeric:

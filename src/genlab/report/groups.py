@@ -12,6 +12,7 @@ name) and `model.d_mode.aux_weight_d`, as if it were given by name with its sett
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +181,9 @@ def metric_columns(loaded: list[Run], wanted: list[str] | None) -> list[str]:
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard deviation (n - 1) of the values that are numbers: a NaN is a metric its
+    run could not measure (the reason is in the run's metric_errors)."""
+    values = [v for v in values if not math.isnan(v)]
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
