@@ -70,3 +70,26 @@ def test_the_architecture_document_lists_every_registry_and_its_entries():
         key = "`metrics.<name>`" if r.key == "metrics" else f"`{r.key}"
         missing += [f"{names[0]}'s row lacks {x}" for x in [key, *r] if x not in row]
     assert not missing, "\n".join(missing)
+
+
+def test_a_name_registered_twice_is_refused_unless_it_is_the_same_class_again():
+    """Two classes under one name is an error at import; the same class defined again (a module
+    run as a script, `python -m genlab.data.mnist`, defines its classes once more as __main__)
+    keeps the first entry."""
+    r = Registry("thing", "model.thing")
+
+    def make():
+        class Thing:
+            pass
+        return Thing
+
+    first, again = make(), make()
+    r.register("a")(first)
+    r.register("a")(again)
+    assert r["a"] is first
+
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+        r.register("a")(Other)

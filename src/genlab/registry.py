@@ -41,8 +41,13 @@ class Registry(Generic[T]):
         """Decorator: register the decorated class (or function) under `name`; a class gets
         `registry_name`. A name registered twice is an error at import."""
         def add(entry: T) -> T:
-            if name in self._entries and self._entries[name] is not entry:
-                raise ValueError(f"{self.what} {name!r} is registered twice")
+            known = self._entries.get(name)
+            if known is not None and known is not entry:
+                # a module run as a script (python -m genlab.data.mnist) defines its classes twice,
+                # once as __main__: the same class again keeps the entry there is
+                if getattr(known, "__qualname__", None) != getattr(entry, "__qualname__", ""):
+                    raise ValueError(f"{self.what} {name!r} is registered twice")
+                return entry
             self._entries[name] = entry
             if isinstance(entry, type):
                 entry.registry_name = name
