@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Mapping
 
@@ -13,7 +12,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from genlab.compat import attached_trainer, should_write_step_logs
-from genlab.corruption import Corruption, as_corruption
 from genlab.optim import DEFAULTS, adam
 from genlab.registry import Registry
 from genlab.seeding import ExampleNoise, run_seed
@@ -93,17 +91,6 @@ class GenerativeModule(pl.LightningModule):
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
-
-
-def init_corruption(module: pl.LightningModule, corruption) -> Corruption:
-    """The set-up every family with a corruption shares: build it (`as_corruption`), and save the
-    calling __init__'s arguments as hyper-parameters with the corruption as its plain config, the
-    form a weights_only checkpoint can hold and as_corruption rebuilds; its state (images seen,
-    adaptive level) travels in the state_dict."""
-    c = as_corruption(corruption)
-    module.save_hyperparameters(ignore=["corruption"], frame=inspect.currentframe().f_back)
-    module.hparams["corruption"] = c.config()
-    return c
 
 
 def eval_means(names: list[str], stages=("val", "test")) -> nn.ModuleDict:
