@@ -54,10 +54,6 @@ class Registry(Generic[T]):
             return entry
         return add
 
-    def add(self, name: str, entry: T) -> T:
-        """Register a plain value (a dataset's table row) under `name`."""
-        return self.register(name)(entry)
-
     def remove(self, name: str) -> None:
         """Take `name` out again (a test that registered an extension of its own)."""
         entry = self._entries.pop(name)

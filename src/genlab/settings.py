@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+from omegaconf import OmegaConf
+
 from genlab.config import (
     ConfigError,
     require,
@@ -68,12 +70,8 @@ def fraction(default, closed_low: bool = False) -> dataclasses.Field:
 
 def plain(value):
     """OmegaConf containers -> plain dicts and lists (what a checkpoint and a dataclass hold)."""
-    try:
-        from omegaconf import OmegaConf
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        pass
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, tuple):
@@ -93,7 +91,7 @@ class Settings:
     def from_node(cls, node, key: str, skip: Sequence[str] = ("name",)):
         """Checked settings from a config node: a name alone (every default) or a mapping whose
         keys are fields of this class (`skip`: keys that are not settings, e.g. the name)."""
-        values = {} if isinstance(node, str) else {k: plain(v) for k, v in plain(node).items() if k not in skip}
+        values = {} if isinstance(node, str) else {k: v for k, v in plain(node).items() if k not in skip}
         allowed = cls.names()
         for k in values:
             if k not in allowed:
